@@ -1,0 +1,37 @@
+# Two commands that work on a fresh machine; each installs what it needs into .venv.
+#   make demo   the main job: importance sampling on the Gaussian, next to the exact answer
+#   make test   lint, type check and the test suite
+#   make bench  the benchmark table (installs Pyro as the peer to compare with)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+.PHONY: install-run install-dev install-bench demo test test-all bench
+
+install-run: $(BIN)/python
+	$(PIP) -e .
+
+install-dev: $(BIN)/python
+	$(PIP) -e '.[dev,plot]'
+
+install-bench: $(BIN)/python
+	$(PIP) -e '.[bench]'
+
+demo: install-run
+	$(BIN)/python -m infcomp.demo
+
+test: install-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+test-all: install-dev
+	$(BIN)/python -m pytest -q -m ''
+
+bench: install-bench
+	$(BIN)/python bench/importance.py

@@ -1,0 +1,314 @@
+"""Diagnostics for self-normalised importance sampling.
+
+Every function takes a tensor of importance *log* weights ``log w_i = log p(x_i) - log q(x_i)``
+(``p`` possibly unnormalised) whose dimension 0 indexes the ``N`` particles.  Any trailing
+dimensions are independent batches: an input of shape ``(N,)`` gives a scalar, an input of
+shape ``(N, B1, B2, ...)`` gives a result of shape ``(B1, B2, ...)`` (except
+:func:`normalized_weights`, which keeps the input shape).  All computations are carried out in
+``float64`` and the results are ``float64`` tensors on the input's device.
+
+A log weight of ``-inf`` is a legitimate zero weight (e.g. a particle outside the support of
+the target) and is counted in ``N``.  ``NaN`` log weights propagate to ``NaN`` results.
+
+The functions are pure: they never modify their input, print, or warn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "effective_sample_size",
+    "khat_threshold",
+    "log_evidence",
+    "log_evidence_stderr",
+    "normalized_weights",
+    "pareto_khat",
+]
+
+# Weakly informative prior of the Pareto k-hat estimate (Vehtari et al., 2024, Appendix C):
+# the Zhang & Stephens estimate is shrunk towards this value with the weight of this many
+# pseudo-observations.
+_KHAT_PRIOR_VALUE = 0.5
+_KHAT_PRIOR_WEIGHT = 10.0
+# Fewer tail points than this and the generalized Pareto fit is not attempted.
+_MIN_TAIL_POINTS = 5
+# Upper bound on the number of float64 elements of one (columns, grid, tail) block in the
+# vectorised Zhang & Stephens fit, so that wide batches are processed in chunks.
+_MAX_BLOCK_ELEMENTS = 1 << 24
+
+
+def _as_float64(log_weights: Tensor) -> Tensor:
+    """Validate the particle dimension and convert to float64."""
+    if log_weights.dim() == 0:
+        raise ValueError("log_weights must have at least one dimension (the particle dimension)")
+    if log_weights.shape[0] == 0:
+        raise ValueError("log_weights must contain at least one particle along dim 0")
+    return log_weights.to(torch.float64)
+
+
+def _shifted_weight_moments(log_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Return ``(S1, S2) = (sum_i u_i, sum_i u_i^2)`` with ``u_i = exp(log w_i - max_j log w_j)``.
+
+    Shifting by the maximum keeps ``1 <= S1 <= N`` and ``1 <= S2 <= N`` (for a finite maximum),
+    so no overflow or catastrophic underflow can occur, and exactly equal weights give exactly
+    ``S1 = S2 = N``.
+    """
+    lw = _as_float64(log_weights)
+    lw_max = lw.amax(dim=0)
+    u = torch.exp(lw - lw_max)
+    return u.sum(dim=0), (u * u).sum(dim=0)
+
+
+def normalized_weights(log_weights: Tensor) -> Tensor:
+    """Self-normalised importance weights.
+
+    ``wbar_i = w_i / sum_j w_j = exp(log w_i - logsumexp_j(log w_j))``, i.e. a softmax over
+    dim 0.
+
+    Args:
+        log_weights: Log importance weights, shape ``(N, *batch)``.
+
+    Returns:
+        Float64 tensor of the same shape as ``log_weights`` whose slices along dim 0 sum to 1.
+        A batch column whose weights are all zero (all log weights ``-inf``) gives ``NaN``.
+
+    Raises:
+        ValueError: If ``log_weights`` is 0-dimensional or has no particles.
+    """
+    return torch.softmax(_as_float64(log_weights), dim=0)
+
+
+def log_evidence(log_weights: Tensor) -> Tensor:
+    """Importance-sampling estimate of the log normalising constant (log evidence).
+
+    ``log Z_hat = log((1/N) sum_i w_i) = logsumexp_i(log w_i) - log N``.
+
+    ``Z_hat`` is unbiased for ``Z``; ``log Z_hat`` is biased downwards by about
+    ``Var(Z_hat) / (2 Z^2)`` (Jensen), see :func:`log_evidence_stderr`.
+
+    Args:
+        log_weights: Log importance weights, shape ``(N, *batch)``.
+
+    Returns:
+        Float64 tensor of shape ``batch``.  All-zero weights give ``-inf``; any ``+inf`` log
+        weight gives ``+inf``.
+
+    Raises:
+        ValueError: If ``log_weights`` is 0-dimensional or has no particles.
+    """
+    lw = _as_float64(log_weights)
+    return torch.logsumexp(lw, dim=0) - math.log(lw.shape[0])
+
+
+def effective_sample_size(log_weights: Tensor) -> Tensor:
+    """Kish effective sample size of the importance weights.
+
+    ``ESS = (sum_i w_i)^2 / sum_i w_i^2 = exp(2 logsumexp(log w) - logsumexp(2 log w))``.
+
+    It lies in ``[1, N]``: ``N`` for equal weights, ``1`` when one weight dominates.  It is
+    invariant to adding a constant to all log weights.  It is evaluated on weights rescaled by
+    the largest one, so that equal weights give exactly ``N``.
+
+    Args:
+        log_weights: Log importance weights, shape ``(N, *batch)``.
+
+    Returns:
+        Float64 tensor of shape ``batch``.  A column with all weights zero, or with a ``+inf`` or
+        ``NaN`` log weight, gives ``NaN``.
+
+    Raises:
+        ValueError: If ``log_weights`` is 0-dimensional or has no particles.
+    """
+    s1, s2 = _shifted_weight_moments(log_weights)
+    return s1 * s1 / s2
+
+
+def log_evidence_stderr(log_weights: Tensor) -> Tensor:
+    """Delta-method standard error of :func:`log_evidence`.
+
+    ``se(log Z_hat) = sqrt(1/ESS - 1/N)``.
+
+    Derivation: ``Z_hat = (1/N) sum_i w_i`` is a mean of ``N`` i.i.d. weights, so
+    ``Var(Z_hat) = Var(w) / N``.  Estimating ``Var(w)`` by the plug-in
+    ``(1/N) sum_i w_i^2 - Z_hat^2`` and ``Z`` by ``Z_hat``::
+
+        Var(Z_hat) / Z_hat^2 ≈ ((1/N) sum w^2 / ((1/N) sum w)^2 - 1) / N
+                             = (N sum w^2 / (sum w)^2 - 1) / N
+                             = (N / ESS - 1) / N = 1/ESS - 1/N.
+
+    By the delta method (``d log z / dz = 1/z``),
+    ``Var(log Z_hat) ≈ Var(Z_hat) / Z^2``, whose square root is the value returned.  It is
+    exactly ``0`` for equal weights.  Like any moment-based error estimate it is unreliable
+    (typically too small) when the weights are heavy tailed; check :func:`pareto_khat`.
+
+    Args:
+        log_weights: Log importance weights, shape ``(N, *batch)``.
+
+    Returns:
+        Float64 tensor of shape ``batch``.  ``NaN`` where :func:`effective_sample_size` is
+        ``NaN``.
+
+    Raises:
+        ValueError: If ``log_weights`` is 0-dimensional or has no particles.
+    """
+    n = log_weights.shape[0] if log_weights.dim() > 0 else 0
+    s1, s2 = _shifted_weight_moments(log_weights)
+    # (N S2 / S1^2 - 1) / N; clamped at zero against rounding (it is >= 0 by Cauchy-Schwarz).
+    relative_var = (n * s2 / (s1 * s1) - 1.0).clamp(min=0.0) / n
+    return torch.sqrt(relative_var)
+
+
+def khat_threshold(num_samples: int) -> float:
+    """Sample-size-dependent reliability threshold for the Pareto k-hat diagnostic.
+
+    ``threshold(N) = min(1 - 1/log10(N), 0.7)`` (Vehtari et al., 2024, Section 3.2.2).  With
+    ``k-hat`` below it, importance sampling with ``N`` draws can be expected to be reliable;
+    above it, the pre-asymptotic error is too large (and above 0.7 no feasible ``N`` helps).
+
+    Args:
+        num_samples: Number of importance samples ``N`` (at least 1).
+
+    Returns:
+        The threshold; ``-inf`` for ``N = 1`` (the limit of the formula).
+
+    Raises:
+        ValueError: If ``num_samples < 1``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    if num_samples == 1:
+        return -math.inf
+    return min(1.0 - 1.0 / math.log10(num_samples), 0.7)
+
+
+def _pareto_tail_length(num_samples: int) -> int:
+    """``M = ceil(min(0.2 N, 3 sqrt(N))) = min(ceil(N / 5), ceil(sqrt(9 N)))``, in exact integers."""
+    ceil_fifth = -(-num_samples // 5)
+    root = math.isqrt(9 * num_samples)
+    ceil_root = root if root * root == 9 * num_samples else root + 1
+    return min(ceil_fifth, ceil_root)
+
+
+def _gpd_fit_zhang_stephens(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Fit a generalized Pareto distribution with location 0 (Zhang & Stephens, 2009).
+
+    The GPD with shape ``k`` and scale ``sigma`` has density
+    ``(1/sigma) (1 + k x / sigma)^(-1/k - 1)``.  With ``theta = -k / sigma`` and
+    ``k(theta) = (1/n) sum_i log(1 - theta x_i)`` (the ML estimate of ``k`` given ``theta``),
+    the profile log-likelihood is ``l(theta) = n (log(-theta / k(theta)) - k(theta) - 1)``.
+    Zhang & Stephens' empirical-Bayes estimate is the posterior mean of ``theta`` over the grid
+    ``theta_j = 1/x_(n) + (1 - sqrt(m / (j - 1/2))) / (3 x_q)``, ``j = 1..m``,
+    ``m = 30 + floor(sqrt(n))``, ``x_q`` the first quartile ``x_(floor(n/4 + 1/2))``, with
+    posterior weights proportional to ``exp(l(theta_j))``.  Then ``k = k(theta_hat)`` and
+    ``sigma = -k / theta_hat``.  No prior on ``k`` is applied here (see :func:`pareto_khat`).
+
+    If the quartile is zero (ties at the threshold), the smallest positive exceedance is used
+    as the scale of the grid instead (the reference implementations would divide by zero).
+
+    Args:
+        x: Exceedances, shape ``(B, n)``, each row sorted ascending, non-negative, with a
+            positive maximum.
+
+    Returns:
+        ``(k, sigma)``, each of shape ``(B,)``.
+    """
+    n = x.shape[-1]
+    m = 30 + math.isqrt(n)
+    j = torch.arange(1, m + 1, dtype=x.dtype, device=x.device)
+    x_max = x[:, -1]
+    quartile = x[:, math.floor(n / 4 + 0.5) - 1]
+    if bool((quartile <= 0).any()):
+        smallest_positive = torch.where(x > 0, x, torch.inf).amin(dim=-1)
+        quartile = torch.where(quartile > 0, quartile, smallest_positive)
+    # theta_j < 1/x_max for every j (the second term is negative), so 1 - theta_j x_i > 0.
+    theta = 1.0 / x_max[:, None] + (1.0 - torch.sqrt(m / (j - 0.5)))[None, :] / (
+        3.0 * quartile[:, None]
+    )  # (B, m)
+    k_grid = torch.log1p(-theta[:, :, None] * x[:, None, :]).mean(dim=-1)  # (B, m)
+    profile = n * (torch.log(-theta / k_grid) - k_grid - 1.0)
+    profile = torch.where(torch.isnan(profile), -torch.inf, profile)
+    post = torch.softmax(profile, dim=-1)
+    theta_hat = (post * theta).sum(dim=-1)
+    k = torch.log1p(-theta_hat[:, None] * x).mean(dim=-1)
+    sigma = -k / theta_hat
+    return k, sigma
+
+
+def pareto_khat(log_weights: Tensor) -> Tensor:
+    """Pareto k-hat diagnostic of Vehtari, Simpson, Gelman, Yao & Gabry (JMLR, 2024).
+
+    Estimates the shape ``k`` of the generalized Pareto distribution (GPD) fitted to the upper
+    tail of the weights; the weight distribution has finite moments of order ``< 1/k``.
+    ``k < 0.5``: finite variance; ``k`` below :func:`khat_threshold` (at most 0.7): importance
+    sampling is reliable; ``k > 0.7``: unreliable for any feasible ``N``; ``k >= 1``: the
+    weights do not even have a finite mean.
+
+    Procedure, with ``u_i = exp(log w_i - max_j log w_j)`` (scale invariant, overflow free):
+
+    1. ``M = ceil(min(0.2 N, 3 sqrt(N)))`` tail points: the ``M`` largest ``u``.
+    2. Threshold ``u_thr``: the ``(M+1)``-th largest ``u``; exceedances ``x = u_tail - u_thr``.
+    3. ``k_ZS``: Zhang & Stephens (2009) empirical-Bayes GPD fit (location 0) to ``x``.
+    4. Weakly informative prior: ``k = (M k_ZS + 10 * 0.5) / (M + 10)``.
+
+    The result is invariant to adding a constant to all log weights (up to rounding).
+
+    Edge cases (per batch column):
+
+    * ``M < 5``, i.e. ``N < 21``: too few tail points, ``NaN``.
+    * any ``NaN`` log weight: ``NaN``.
+    * otherwise any ``+inf`` log weight: ``+inf`` (an infinitely heavy tail).
+    * all log weights ``-inf`` (all weights zero): ``NaN`` (weights undefined after
+      normalisation).
+    * flat tail, i.e. all exceedances zero (e.g. all weights equal): ``-inf``, meaning "no tail
+      at all".
+    * ``-inf`` log weights (zero weights) among others are legitimate; they sort to the bottom
+      and count in ``N``.
+
+    Args:
+        log_weights: Log importance weights, shape ``(N, *batch)``.
+
+    Returns:
+        Float64 tensor of shape ``batch``.
+
+    Raises:
+        ValueError: If ``log_weights`` is 0-dimensional or has no particles.
+    """
+    lw = _as_float64(log_weights)
+    n = lw.shape[0]
+    batch_shape = lw.shape[1:]
+    flat = lw.reshape(n, -1)  # (N, B)
+    num_cols = flat.shape[1]
+    out = torch.full((num_cols,), torch.nan, dtype=torch.float64, device=lw.device)
+    tail_len = _pareto_tail_length(n)
+    if tail_len < _MIN_TAIL_POINTS or num_cols == 0:
+        return out.reshape(batch_shape)
+
+    has_nan = torch.isnan(flat).any(dim=0)
+    has_posinf = torch.isposinf(flat).any(dim=0)
+    all_zero = torch.isneginf(flat).all(dim=0)
+    out = torch.where(has_posinf & ~has_nan, torch.inf, out)
+    valid = ~(has_nan | has_posinf | all_zero)
+    if not bool(valid.any()):
+        return out.reshape(batch_shape)
+
+    # (M+1, B_valid), descending: row 0 is the maximum, row M the threshold.
+    top = torch.topk(flat[:, valid], tail_len + 1, dim=0, largest=True, sorted=True).values
+    u = torch.exp(top - top[0])
+    exceedances = (u[:tail_len] - u[tail_len]).T.flip(-1)  # (B_valid, M), ascending rows
+    khat = torch.full((exceedances.shape[0],), -torch.inf, dtype=torch.float64, device=lw.device)
+    has_tail = exceedances[:, -1] > 0
+    if bool(has_tail.any()):
+        x = exceedances[has_tail]
+        m_grid = 30 + math.isqrt(tail_len)
+        chunk = max(1, _MAX_BLOCK_ELEMENTS // (m_grid * tail_len))
+        k_zs = torch.cat([_gpd_fit_zhang_stephens(xc)[0] for xc in torch.split(x, chunk)])
+        k_post = (tail_len * k_zs + _KHAT_PRIOR_WEIGHT * _KHAT_PRIOR_VALUE) / (
+            tail_len + _KHAT_PRIOR_WEIGHT
+        )
+        khat[has_tail] = k_post
+    out[valid] = khat
+    return out.reshape(batch_shape)

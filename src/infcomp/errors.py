@@ -1,0 +1,24 @@
+"""Errors and warnings of infcomp.
+
+Every error about a program names the site it concerns and says what was expected.
+"""
+
+
+class ModelError(ValueError):
+    """A program, its data or its arguments are not what inference needs."""
+
+
+class GuideError(ModelError):
+    """A guide (proposal program) does not match the model's latent sites."""
+
+
+class VectorizationError(RuntimeError):
+    """A program cannot run with particles as a leading batch dimension."""
+
+
+class InferenceWarning(UserWarning):
+    """An inference result should not be trusted as it is (low ESS, high k-hat, NaN weights)."""
+
+
+class VectorizationNotice(UserWarning):
+    """A program runs particle by particle because it could not be vectorized."""

@@ -1,0 +1,286 @@
+"""Handlers: context managers that change what a program's sites do.
+
+Each handler is a :class:`~infcomp.runtime.Messenger`; use it as a context manager or
+wrap a function with it::
+
+    with ic.trace() as tracer, ic.condition(data=data):
+        gaussian()
+    tracer.trace["z"].value
+
+    trace = ic.trace(ic.simulate(gaussian)).get_trace()   # a joint sample (z, x1, x2)
+
+Handlers nest: the innermost processes a site first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+from infcomp.errors import ModelError, VectorizationError
+from infcomp.runtime import Messenger, Site, Trace
+
+
+def as_data(data: Mapping[str, Any] | None) -> dict[str, Tensor]:
+    """Observations by site name as tensors; numbers, lists and booleans become floats."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ModelError(
+            f"data must be a mapping from observe-site names to values, got {type(data).__name__}"
+        )
+    result = {}
+    for name, value in data.items():
+        if not isinstance(name, str):
+            raise ModelError(f"data keys must be site names (str), got {name!r}")
+        if not isinstance(value, Tensor) or value.dtype == torch.bool:
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        result[name] = value
+    return result
+
+
+def check_observation(site: Site, value: Tensor) -> None:
+    """Check that ``value`` fits the distribution of an observe site (unbatched run).
+
+    The value's shape must equal the distribution's ``batch_shape + event_shape`` and
+    the value must lie in its support.
+    """
+    fn = site.fn
+    assert fn is not None
+    expected = fn.batch_shape + fn.event_shape
+    if value.shape != expected:
+        raise ModelError(
+            f"observe site {site.name!r}: the value has shape {tuple(value.shape)} but "
+            f"{type(fn).__name__} has shape {tuple(expected)} (batch_shape + event_shape); "
+            f"for independent repeated observations expand the distribution, e.g. "
+            f"{type(fn).__name__}(...).expand({list(value.shape)})"
+        )
+    support = fn.support
+    if support is None or constraints.is_dependent(support):
+        return
+    if not bool(support.check(value).all()):
+        raise ModelError(
+            f"observe site {site.name!r}: the value lies outside the support ({support}) "
+            f"of {type(fn).__name__}"
+        )
+
+
+class trace(Messenger):  # noqa: N801 (handlers are lower-case, like functions)
+    """Record every site of a run, in program order, into :attr:`trace`.
+
+    Args:
+        fn: a program to wrap (optional).
+        batch_ndim: the number of leading particle dimensions the values carry.
+    """
+
+    def __init__(self, fn: Callable[..., Any] | None = None, batch_ndim: int = 0) -> None:
+        super().__init__(fn)
+        self.batch_ndim = batch_ndim
+        self.trace = Trace(batch_ndim)
+
+    def __enter__(self) -> trace:
+        self.trace = Trace(self.batch_ndim)
+        return super().__enter__()
+
+    def postprocess(self, site: Site) -> None:
+        self.trace.add(site)
+
+    def get_trace(self, *args: Any, **kwargs: Any) -> Trace:
+        """Run the wrapped program and return its trace, return value included."""
+        result = self(*args, **kwargs)
+        self.trace.return_value = result
+        return self.trace
+
+
+class condition(Messenger):  # noqa: N801
+    """Give observe sites their observed values, by site name.
+
+    An observe site named in ``data`` takes that value; one with an explicit
+    ``value=`` and no data keeps it; one with neither is an error. Naming a latent
+    (sample) site in ``data`` is an error: observations are what ``observe`` declares.
+    After a run, :attr:`used` holds the data names the program consumed.
+
+    Args:
+        fn: a program to wrap (optional).
+        data: observations by site name.
+        validate: check each value's shape and support against the site's distribution
+            (for unbatched runs; vectorized runs check once beforehand).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        validate: bool = True,
+    ) -> None:
+        super().__init__(fn)
+        self.data = as_data(data)
+        self.validate = validate
+        self.used: set[str] = set()
+
+    def process(self, site: Site) -> None:
+        if site.kind == "sample" and site.name in self.data:
+            raise ModelError(
+                f"data names {site.name!r}, which is a latent sample site; data may only "
+                f"name observe sites (use replay to fix a latent value)"
+            )
+        if site.kind != "observe":
+            return
+        if site.name in self.data:
+            value = self.data[site.name]
+            if self.validate:
+                check_observation(site, value)
+            site.value = value
+            self.used.add(site.name)
+        elif site.value is None:
+            raise ModelError(
+                f"observe site {site.name!r} has no observed value: pass it in data "
+                f"(data={{{site.name!r}: ...}}) or give observe(..., value=...)"
+            )
+        elif self.validate:
+            check_observation(site, site.value)
+
+
+class simulate(Messenger):  # noqa: N801
+    """Joint simulation: every observe site samples, ignoring data and fixed values.
+
+    Running a model under ``simulate`` draws (latents, observations) from the joint
+    p(x, y): the sample/observe duality used to train compiled proposals.
+    """
+
+    def process(self, site: Site) -> None:
+        if site.kind == "observe":
+            site.value = None
+
+
+class replay(Messenger):  # noqa: N801
+    """Give latent (sample) sites the values recorded in ``trace``, by name.
+
+    Used to score a proposal's values under the model. After a run, :attr:`used`
+    holds the names that were replayed.
+    """
+
+    def __init__(self, fn: Callable[..., Any] | None = None, trace: Trace | None = None) -> None:
+        super().__init__(fn)
+        if trace is None:
+            raise TypeError("replay needs a trace")
+        self.source = trace
+        self.used: set[str] = set()
+
+    def process(self, site: Site) -> None:
+        if site.kind == "sample" and site.name in self.source:
+            site.value = self.source[site.name].value
+            self.used.add(site.name)
+
+
+class block(Messenger):  # noqa: N801
+    """Hide sites from the handlers outside this one.
+
+    Args:
+        fn: a program to wrap (optional).
+        hide: names to hide; when neither ``hide`` nor ``expose`` is given, all sites.
+        expose: names to leave visible, hiding every other site.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any] | None = None,
+        hide: Iterable[str] | None = None,
+        expose: Iterable[str] | None = None,
+    ) -> None:
+        super().__init__(fn)
+        if hide is not None and expose is not None:
+            raise ValueError("block takes hide or expose, not both")
+        self.hide = None if hide is None else frozenset(hide)
+        self.expose = None if expose is None else frozenset(expose)
+
+    def process(self, site: Site) -> None:
+        if self.hide is not None:
+            site.stop = site.name in self.hide
+        elif self.expose is not None:
+            site.stop = site.name not in self.expose
+        else:
+            site.stop = True
+
+
+class scale(Messenger):  # noqa: N801
+    """Multiply the log density of every site by ``factor`` (> 0)."""
+
+    def __init__(self, fn: Callable[..., Any] | None = None, factor: float = 1.0) -> None:
+        super().__init__(fn)
+        if not factor > 0:
+            raise ValueError(f"scale factor must be positive, got {factor}")
+        self.factor = factor
+
+    def process(self, site: Site) -> None:
+        site.scale = site.scale * self.factor
+
+
+class particles(Messenger):  # noqa: N801
+    """Run a program for many particles at once, as leading batch dimensions.
+
+    Every site's distribution is expanded to ``batch_shape + natural shape``, where the
+    natural shape is the site's batch shape in an unbatched run of the same program
+    (``natural_shapes``, by name; a factor's natural shape is its value's shape). A
+    program written with broadcasting then runs once for all particles. A site that is
+    missing from ``natural_shapes`` or whose distribution cannot be expanded raises
+    :class:`~infcomp.errors.VectorizationError`.
+
+    Args:
+        fn: a program to wrap (optional).
+        batch_shape: the particle dimensions, e.g. ``(num_particles,)``.
+        natural_shapes: each site's batch shape in an unbatched run.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any] | None = None,
+        batch_shape: tuple[int, ...] = (),
+        natural_shapes: Mapping[str, torch.Size] | None = None,
+    ) -> None:
+        super().__init__(fn)
+        self.batch_shape = torch.Size(batch_shape)
+        self.natural_shapes = dict(natural_shapes or {})
+
+    @staticmethod
+    def natural_shapes_of(trace: Trace) -> dict[str, torch.Size]:
+        """The natural shape of every site of an unbatched trace."""
+        shapes = {}
+        for name, site in trace.sites.items():
+            if site.fn is not None:
+                shapes[name] = site.fn.batch_shape
+            else:
+                assert site.value is not None
+                shapes[name] = site.value.shape
+        return shapes
+
+    def process(self, site: Site) -> None:
+        natural = self.natural_shapes.get(site.name)
+        if natural is None:
+            raise VectorizationError(
+                f"site {site.name!r} did not occur in the unbatched run: the program's "
+                f"structure depends on random values"
+            )
+        target = self.batch_shape + natural
+        if site.fn is None:
+            assert site.value is not None
+            try:
+                site.value = site.value.expand(target)
+            except RuntimeError as error:
+                raise VectorizationError(
+                    f"factor {site.name!r}: log weight of shape {tuple(site.value.shape)} "
+                    f"does not broadcast to {tuple(target)}"
+                ) from error
+        elif site.fn.batch_shape != target:
+            try:
+                site.fn = site.fn.expand(target)
+            except (RuntimeError, ValueError, NotImplementedError) as error:
+                raise VectorizationError(
+                    f"{site.kind} site {site.name!r}: {type(site.fn).__name__} with batch "
+                    f"shape {tuple(site.fn.batch_shape)} does not broadcast to the particle "
+                    f"shape {tuple(target)} (particle dimensions must lead)"
+                ) from error

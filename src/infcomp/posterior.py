@@ -1,0 +1,384 @@
+"""The weighted posterior: importance-sampled traces and what users ask of them.
+
+A :class:`Posterior` holds N particles (traces x_i with log weights log w_i) and
+answers, with normalized weights ``w̄ = softmax(log w)``:
+
+- expectations ``E[f] ≈ sum_i w̄_i f(x_i)``: :meth:`Posterior.mean`, ``variance``,
+  ``std``, weighted :meth:`Posterior.quantile`, for a site or any function of a trace;
+- the evidence ``log Ẑ = logsumexp(log w) - log N`` with its standard error;
+- ``ESS = (sum w)^2 / sum w^2`` and the Pareto k-hat diagnostic;
+- resampling into an equally weighted posterior, and marginals as distributions.
+
+Particles whose traces have the same structure are stored together, batched along a
+leading dimension; a program with varying structure gives several such groups.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from infcomp import diagnostics
+from infcomp.empirical import Empirical
+from infcomp.errors import ModelError
+from infcomp.resampling import multinomial_indices, systematic_indices
+from infcomp.runtime import Site, Trace
+
+Quantity = str | Callable[[Trace], Tensor]
+"""A site name, or a function of a trace whose result has a leading particle dimension."""
+
+#: Below this ESS/N a posterior warns that almost all its weight sits on few particles.
+MIN_ESS_FRACTION = 0.001
+
+
+def stack_traces(traces: Sequence[Trace]) -> Trace:
+    """Stack unbatched traces of one structure into one trace with a particle dimension.
+
+    Values (and tensor return values of equal shape) are stacked along a new leading
+    dimension; the stacked sites keep names and kinds but no distribution.
+    """
+    first = traces[0]
+    stacked = Trace(batch_ndim=1)
+    for name, site in first.sites.items():
+        values = [trace.sites[name].value for trace in traces]
+        stacked.add(Site(name, site.kind, None, torch.stack(values)))  # type: ignore[arg-type]
+    stacked.return_value = _stack_returns([trace.return_value for trace in traces])
+    return stacked
+
+
+def _stack_returns(returns: list[Any]) -> Any:
+    if all(isinstance(r, (Tensor, int, float, bool)) for r in returns):
+        tensors = [torch.as_tensor(r) for r in returns]
+        if all(t.shape == tensors[0].shape for t in tensors):
+            return torch.stack(tensors)
+    return returns
+
+
+def structure_key(trace: Trace) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """What must agree for traces to be stacked: site names and value shapes."""
+    return tuple(
+        (name, tuple(site.value.shape) if site.value is not None else ())
+        for name, site in trace.sites.items()
+    )
+
+
+def group_traces(
+    traces: Sequence[Trace], log_weights: Tensor
+) -> tuple[list[Trace], list[int], Tensor]:
+    """Group unbatched traces by structure and stack each group.
+
+    Returns the stacked groups, their sizes and the log weights reordered to match.
+    """
+    groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
+    for index, trace in enumerate(traces):
+        groups.setdefault(structure_key(trace), []).append(index)
+    order = [index for members in groups.values() for index in members]
+    stacked = [stack_traces([traces[i] for i in members]) for members in groups.values()]
+    sizes = [len(members) for members in groups.values()]
+    return stacked, sizes, log_weights[torch.tensor(order, dtype=torch.long)]
+
+
+def index_trace(trace: Trace, index: Tensor) -> Trace:
+    """The particles ``index`` of a trace with one leading particle dimension."""
+    selected = Trace(batch_ndim=1)
+    for name, site in trace.sites.items():
+        assert site.value is not None
+        selected.add(Site(name, site.kind, None, site.value[index]))
+    returned = trace.return_value
+    if isinstance(returned, Tensor) and returned.dim() > 0:
+        selected.return_value = returned[index]
+    elif isinstance(returned, list):
+        selected.return_value = [returned[i] for i in index.tolist()]
+    else:
+        selected.return_value = returned
+    return selected
+
+
+class Posterior:
+    """N weighted particles from importance sampling.
+
+    Args:
+        traces: groups of particles, each a trace whose values carry one leading
+            particle dimension; the particles are the groups' concatenation.
+        sizes: the number of particles in each group.
+        log_weights: ``log w_i``, shape ``(N,)``, in the order of the groups.
+        nonfinite_sites: for reporting, how many particles got a NaN or +inf log
+            density at each site.
+
+    Example:
+        >>> post = ic.importance(gaussian, data, num_samples=10_000)
+        >>> post.mean("z"), post.std("z"), post.ess, post.log_evidence
+    """
+
+    def __init__(
+        self,
+        traces: Sequence[Trace],
+        sizes: Sequence[int],
+        log_weights: Tensor,
+        nonfinite_sites: dict[str, int] | None = None,
+    ) -> None:
+        self.traces = list(traces)
+        self.log_weights = log_weights.to(torch.float64)
+        self.sizes = [int(size) for size in sizes]
+        if len(self.sizes) != len(self.traces):
+            raise ValueError(f"{len(self.traces)} trace groups but {len(self.sizes)} sizes")
+        if sum(self.sizes) != self.log_weights.numel() or self.log_weights.dim() != 1:
+            raise ValueError(
+                f"{sum(self.sizes)} particles in the traces but log weights of shape "
+                f"{tuple(self.log_weights.shape)}"
+            )
+        self.nonfinite_sites = dict(nonfinite_sites or {})
+
+    # -- weights and diagnostics -------------------------------------------------------
+
+    @property
+    def num_samples(self) -> int:
+        """The number of particles N."""
+        return self.log_weights.numel()
+
+    @functools.cached_property
+    def weights(self) -> Tensor:
+        """Normalized weights ``w̄ = softmax(log w)``."""
+        return diagnostics.normalized_weights(self.log_weights)
+
+    @functools.cached_property
+    def ess(self) -> Tensor:
+        """Effective sample size ``(sum w)^2 / sum w^2``, between 1 and N."""
+        return diagnostics.effective_sample_size(self.log_weights)
+
+    @functools.cached_property
+    def log_evidence(self) -> Tensor:
+        """``log Ẑ = logsumexp(log w) - log N``, the log of an unbiased estimate of p(y)."""
+        return diagnostics.log_evidence(self.log_weights)
+
+    @functools.cached_property
+    def log_evidence_stderr(self) -> Tensor:
+        """Monte Carlo standard error of ``log Ẑ``: ``sqrt(1/ESS - 1/N)`` (delta method)."""
+        return diagnostics.log_evidence_stderr(self.log_weights)
+
+    @functools.cached_property
+    def khat(self) -> Tensor:
+        """Pareto k-hat of the weights (Vehtari et al., JMLR 2024); reliable below
+        :attr:`khat_threshold`, hopeless above 1."""
+        return diagnostics.pareto_khat(self.log_weights)
+
+    @property
+    def khat_threshold(self) -> float:
+        """The sample-size-dependent k-hat threshold ``min(1 - 1/log10 N, 0.7)``."""
+        return diagnostics.khat_threshold(self.num_samples)
+
+    @property
+    def num_nan_weights(self) -> int:
+        """How many log weights are NaN (kept: they make the estimates NaN)."""
+        return int(torch.isnan(self.log_weights).sum())
+
+    @property
+    def num_infinite_weights(self) -> int:
+        """How many log weights are +inf (kept: they make the estimates NaN)."""
+        return int(torch.isposinf(self.log_weights).sum())
+
+    @property
+    def num_zero_weights(self) -> int:
+        """How many log weights are -inf: particles the data rule out."""
+        return int(torch.isneginf(self.log_weights).sum())
+
+    def problems(self) -> list[str]:
+        """Reasons not to trust this posterior as it is; empty when none are found.
+
+        Checks NaN and +inf weights (naming the sites that produced them), weights
+        that are all zero, ``ESS/N < MIN_ESS_FRACTION`` and ``k̂`` above its threshold.
+        """
+        found = []
+        n = self.num_samples
+        bad = self.num_nan_weights + self.num_infinite_weights
+        if bad:
+            sites = ", ".join(f"{name!r} ({count})" for name, count in self.nonfinite_sites.items())
+            where = f"; sites with non-finite log densities: {sites}" if sites else ""
+            found.append(
+                f"{self.num_nan_weights} NaN and {self.num_infinite_weights} +inf log weights "
+                f"out of {n}; estimates are NaN{where}"
+            )
+            return found
+        if self.num_zero_weights == n:
+            found.append(f"all {n} weights are zero: no particle is consistent with the data")
+            return found
+        ess = float(self.ess)
+        if ess < MIN_ESS_FRACTION * n:
+            found.append(
+                f"ESS is {ess:.1f} of {n} particles ({ess / n:.2%}): the proposal is poor for "
+                f"these data; use more particles or a better proposal"
+            )
+        khat = float(self.khat)
+        if khat > self.khat_threshold:
+            found.append(
+                f"Pareto k-hat is {khat:.2f} > {self.khat_threshold:.2f}: the weights are "
+                f"heavy-tailed and estimates may be far off"
+            )
+        return found
+
+    # -- quantities --------------------------------------------------------------------
+
+    def values(self, quantity: Quantity) -> Tensor:
+        """The particles' values of a site (or of a function of the trace), shape ``(N, ...)``.
+
+        Args:
+            quantity: a site name, or a function that takes a trace (values with a
+                leading particle dimension) and returns a tensor with that dimension.
+        """
+        parts = [
+            self._group_values(trace, size, quantity)
+            for trace, size in zip(self.traces, self.sizes)
+        ]
+        shapes = {part.shape[1:] for part in parts}
+        if len(shapes) > 1:
+            raise ModelError(
+                f"{_describe(quantity)} has different shapes in different particles "
+                f"({sorted(tuple(s) for s in shapes)}); use a function of the trace that "
+                f"returns one shape"
+            )
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _group_values(self, trace: Trace, size: int, quantity: Quantity) -> Tensor:
+        if isinstance(quantity, str):
+            if quantity not in trace:
+                having = sum(s for t, s in zip(self.traces, self.sizes) if quantity in t)
+                raise ModelError(
+                    f"site {quantity!r} is present in {having} of {self.num_samples} particles; "
+                    f"for programs whose sites vary between particles, ask for a function of "
+                    f"the trace, e.g. post.mean(lambda trace: ...)"
+                )
+            value = trace[quantity].value
+        else:
+            value = quantity(trace)
+        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != size:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ModelError(
+                f"{_describe(quantity)} gave {shape}; expected a tensor with a leading "
+                f"particle dimension of {size}"
+            )
+        return value
+
+    def _weighted_sum(self, values: Tensor) -> Tensor:
+        weights = self.weights.reshape((-1,) + (1,) * (values.dim() - 1))
+        return (weights * values).sum(0)
+
+    def mean(self, quantity: Quantity) -> Tensor:
+        """Self-normalized estimate ``E[f] ≈ sum_i w̄_i f(x_i)``, in float64."""
+        return self._weighted_sum(self.values(quantity).to(torch.float64))
+
+    expectation = mean
+
+    def variance(self, quantity: Quantity) -> Tensor:
+        """``Var[f] ≈ sum_i w̄_i (f(x_i) - E[f])^2``, in float64."""
+        values = self.values(quantity).to(torch.float64)
+        return self._weighted_sum((values - self._weighted_sum(values)) ** 2)
+
+    def std(self, quantity: Quantity) -> Tensor:
+        """Square root of :meth:`variance`."""
+        return self.variance(quantity).sqrt()
+
+    def quantile(self, quantity: Quantity, probs: float | Sequence[float] | Tensor) -> Tensor:
+        """Weighted quantiles, elementwise: the smallest value v with ``sum_{x_i <= v} w̄_i >= q``.
+
+        Returns shape ``probs.shape + value shape``.
+        """
+        q = torch.as_tensor(probs, dtype=torch.float64)
+        if ((q < 0) | (q > 1)).any():
+            raise ValueError(f"quantile levels must lie in [0, 1], got {q.tolist()}")
+        values = self.values(quantity).to(torch.float64)
+        flat = values.reshape(values.shape[0], -1)
+        ordered, order = flat.sort(dim=0)
+        cdf = self.weights[order].cumsum(0)
+        cdf = cdf / cdf[-1:]
+        levels = q.reshape(-1, 1, 1)
+        index = (cdf.unsqueeze(0) < levels).sum(1).clamp_(max=flat.shape[0] - 1)
+        result = ordered.gather(0, index.reshape(-1, flat.shape[1]))
+        return result.reshape(q.shape + values.shape[1:])
+
+    def marginal(self, quantity: Quantity) -> Empirical:
+        """The weighted marginal of a site or function, as a distribution."""
+        return Empirical(self.values(quantity), self.log_weights)
+
+    # -- resampling --------------------------------------------------------------------
+
+    def resample(
+        self,
+        num_samples: int | None = None,
+        method: Literal["systematic", "multinomial"] = "systematic",
+    ) -> Posterior:
+        """An equally weighted posterior of ``num_samples`` particles (default N).
+
+        Particles are drawn in proportion to their weights, systematically (less
+        variance) or multinomially (independent draws). The result keeps the log
+        evidence estimate: all its log weights equal ``log Ẑ``.
+        """
+        n = self.num_samples if num_samples is None else num_samples
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if method == "systematic":
+            index = systematic_indices(self.weights, n)
+        elif method == "multinomial":
+            index = multinomial_indices(self.weights, n)
+        else:
+            raise ValueError(f"method must be 'systematic' or 'multinomial', got {method!r}")
+        return self.select(index, log_weights=self.log_evidence.expand(n))
+
+    def select(self, index: Tensor, log_weights: Tensor | None = None) -> Posterior:
+        """The particles ``index`` (into 0..N-1), with their own or the given log weights."""
+        index = index.to(torch.long)
+        traces, sizes, order = [], [], []
+        start = 0
+        for trace, size in zip(self.traces, self.sizes):
+            chosen = torch.nonzero((index >= start) & (index < start + size)).squeeze(1)
+            if chosen.numel():
+                traces.append(index_trace(trace, index[chosen] - start))
+                sizes.append(chosen.numel())
+                order.append(chosen)
+            start += size
+        positions = torch.cat(order)
+        weights = self.log_weights[index] if log_weights is None else log_weights
+        return Posterior(traces, sizes, weights[positions])
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def summary(self, sites: Sequence[str] | None = None) -> str:
+        """A text table: mean, std and 5/50/95% quantiles per scalar site, then diagnostics."""
+        names = sites if sites is not None else self._scalar_latent_names()
+        lines = [f"{'site':>12} {'mean':>10} {'std':>10} {'5%':>10} {'50%':>10} {'95%':>10}"]
+        for name in names:
+            q = self.quantile(name, [0.05, 0.5, 0.95])
+            lines.append(
+                f"{name:>12} {float(self.mean(name)):10.4f} {float(self.std(name)):10.4f} "
+                + " ".join(f"{float(v):10.4f}" for v in q)
+            )
+        lines.append(
+            f"N = {self.num_samples}, ESS = {float(self.ess):.1f}, "
+            f"log Z = {float(self.log_evidence):.4f} ± {float(self.log_evidence_stderr):.4f}, "
+            f"k-hat = {float(self.khat):.2f}"
+        )
+        return "\n".join(lines)
+
+    def _scalar_latent_names(self) -> list[str]:
+        names: list[str] = []
+        for trace in self.traces:
+            for name, site in trace.sites.items():
+                scalar = site.kind == "sample" and site.value is not None and site.value.dim() == 1
+                if scalar and name not in names and all(name in t for t in self.traces):
+                    names.append(name)
+        return names
+
+    def __repr__(self) -> str:
+        return (
+            f"Posterior(num_samples={self.num_samples}, ess={float(self.ess):.1f}, "
+            f"log_evidence={float(self.log_evidence):.4f})"
+        )
+
+
+def _describe(quantity: Quantity) -> str:
+    if isinstance(quantity, str):
+        return f"site {quantity!r}"
+    return f"function {getattr(quantity, '__name__', repr(quantity))}"

@@ -1,0 +1,50 @@
+"""Resampling: indices of particles drawn in proportion to their weights.
+
+Both schemes work on any number of particles (no category limit) by inverting the
+cumulative sum of the normalized weights, in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _cumulative(weights: Tensor) -> Tensor:
+    if weights.dim() != 1 or weights.numel() == 0:
+        raise ValueError(
+            f"expected a non-empty 1-d tensor of weights, got shape {tuple(weights.shape)}"
+        )
+    cdf = weights.to(torch.float64).cumsum(0)
+    if not bool(torch.isfinite(cdf[-1])) or not cdf[-1] > 0:
+        raise ValueError("cannot resample: the weights are not finite with a positive sum")
+    return cdf / cdf[-1]
+
+
+def _invert(cdf: Tensor, uniforms: Tensor) -> Tensor:
+    index = torch.searchsorted(cdf, uniforms, right=True)
+    return index.clamp_(max=cdf.numel() - 1)
+
+
+def multinomial_indices(weights: Tensor, num_samples: int) -> Tensor:
+    """``num_samples`` independent draws of i with probability ``w_i / sum w``.
+
+    Each index is ``min{i : F_i > u}`` for ``u ~ U(0, 1)``, where F is the normalized
+    cumulative weight.
+    """
+    cdf = _cumulative(weights)
+    return _invert(cdf, torch.rand(num_samples, dtype=torch.float64, device=cdf.device))
+
+
+def systematic_indices(weights: Tensor, num_samples: int) -> Tensor:
+    """Systematic resampling: one uniform ``u ~ U(0, 1)``, points ``(j + u) / n``.
+
+    Each particle i is kept ``floor(n w̄_i)`` or ``ceil(n w̄_i)`` times, so the
+    resampled set varies less than a multinomial one; the indices come out sorted.
+    """
+    cdf = _cumulative(weights)
+    offset = torch.rand((), dtype=torch.float64, device=cdf.device)
+    points = (
+        torch.arange(num_samples, dtype=torch.float64, device=cdf.device) + offset
+    ) / num_samples
+    return _invert(cdf, points)

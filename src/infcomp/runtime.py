@@ -1,0 +1,197 @@
+"""The runtime: site records, traces and the handler stack.
+
+A probabilistic program is a plain Python function that calls :func:`infcomp.sample`,
+:func:`infcomp.observe` and :func:`infcomp.factor`. Each call builds a :class:`Site`
+and hands it to the handler stack, the only module-level state of the library. A run
+goes, as in minipyro: every handler's :meth:`Messenger.process`, innermost first (a
+handler may stop the walk, see :class:`infcomp.handlers.block`); then, if no handler gave
+the site a value, a value is sampled from its distribution; then
+:meth:`Messenger.postprocess` of the handlers that saw the site, outermost last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from infcomp.errors import ModelError
+
+SiteKind = Literal["sample", "observe", "factor"]
+
+_M = TypeVar("_M", bound="Messenger")
+
+
+@dataclass(eq=False)
+class Site:
+    """One named random choice, observation or weight of a program run.
+
+    Attributes:
+        name: the site's address, unique within a run.
+        kind: ``"sample"`` (a latent variable), ``"observe"`` (an observation) or
+            ``"factor"`` (an extra log weight).
+        fn: the site's distribution; ``None`` for a factor.
+        value: the value, set by a handler or sampled; for a factor, its log weight.
+        scale: a multiplier on the site's log density (see :class:`infcomp.handlers.scale`).
+        stop: set by a handler to hide the site from the handlers outside it.
+    """
+
+    name: str
+    kind: SiteKind
+    fn: Distribution | None
+    value: Tensor | None = None
+    scale: float = 1.0
+    stop: bool = False
+
+    def log_prob(self) -> Tensor:
+        """The site's scaled log density ``scale * log fn(value)``, elementwise.
+
+        For a factor this is ``scale * value``. Errors from the distribution (a value
+        outside its support, a shape that does not broadcast) are re-raised as
+        :class:`~infcomp.errors.ModelError` naming the site.
+        """
+        if self.value is None:
+            raise ModelError(f"site {self.name!r} has no value")
+        if self.fn is None:
+            log_density = self.value
+        else:
+            try:
+                log_density = self.fn.log_prob(self.value)
+            except (ValueError, RuntimeError) as error:
+                raise ModelError(
+                    f"{self.kind} site {self.name!r}: cannot score a value of shape "
+                    f"{tuple(self.value.shape)} under {self.fn}: {error}"
+                ) from error
+        return log_density if self.scale == 1.0 else log_density * self.scale
+
+
+class Trace:
+    """The sites of one program run, in program order, with the run's return value.
+
+    In a vectorized run every value carries leading particle dimensions
+    (``batch_ndim`` of them); in a single run ``batch_ndim`` is 0.
+    """
+
+    def __init__(self, batch_ndim: int = 0) -> None:
+        self.sites: dict[str, Site] = {}
+        self.return_value: Any = None
+        self.batch_ndim = batch_ndim
+
+    def add(self, site: Site) -> None:
+        """Record a site; a second site with the same name is a :class:`ModelError`."""
+        if site.name in self.sites:
+            raise ModelError(
+                f"site name {site.name!r} is used twice in one run; names are addresses "
+                f"and must be unique (add a loop index, e.g. f'{site.name}_{{i}}')"
+            )
+        self.sites[site.name] = site
+
+    def __getitem__(self, name: str) -> Site:
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise KeyError(
+                f"the trace has no site {name!r}; its sites are {list(self.sites)}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.sites
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sites)
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    def values(self) -> dict[str, Tensor]:
+        """The value of every site, by name."""
+        return {name: site.value for name, site in self.sites.items() if site.value is not None}
+
+    def names(self, kind: SiteKind) -> list[str]:
+        """The names of the sites of one kind, in program order."""
+        return [name for name, site in self.sites.items() if site.kind == kind]
+
+    def log_prob_sum(self, kinds: tuple[SiteKind, ...] = ("sample", "observe", "factor")) -> Tensor:
+        """Sum of the log densities of the sites of the given kinds, in float64.
+
+        Each site's log density is summed over its own dimensions, keeping the
+        ``batch_ndim`` leading particle dimensions:
+        ``sum_sites sum_{dims >= batch_ndim} scale * log fn(value)``.
+        """
+        total: Tensor = torch.zeros((), dtype=torch.float64)
+        for site in self.sites.values():
+            if site.kind in kinds:
+                total = total + sum_rightmost(site.log_prob(), self.batch_ndim).double()
+        return total
+
+
+def sum_rightmost(value: Tensor, keep_ndim: int) -> Tensor:
+    """Sum ``value`` over every dimension after its first ``keep_ndim``."""
+    if value.dim() <= keep_ndim:
+        return value
+    return value.sum(dim=tuple(range(keep_ndim, value.dim())))
+
+
+class Messenger:
+    """Base of all handlers: a context manager that sits on the handler stack.
+
+    Subclasses override :meth:`process` (before a value is chosen) and/or
+    :meth:`postprocess` (after). A handler can also wrap a function:
+    ``handler(fn)(*args)`` runs ``fn`` inside the handler.
+    """
+
+    def __init__(self, fn: Callable[..., Any] | None = None) -> None:
+        self.fn = fn
+
+    def __enter__(self: _M) -> _M:
+        _STACK.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Remove this handler even when the program raised, so that the stack never
+        # keeps a handler from an aborted run.
+        if _STACK and _STACK[-1] is self:
+            _STACK.pop()
+        elif self in _STACK:
+            _STACK.remove(self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fn is None:
+            raise TypeError(f"{type(self).__name__} wraps no function")
+        with self:
+            return self.fn(*args, **kwargs)
+
+    def process(self, site: Site) -> None:
+        """Act on a site before its value is chosen (innermost handler first)."""
+
+    def postprocess(self, site: Site) -> None:
+        """Act on a site after its value is chosen (innermost handler first)."""
+
+
+_STACK: list[Messenger] = []
+
+
+def apply_stack(site: Site) -> Site:
+    """Send a site through the handler stack and give it a value.
+
+    Handlers process the site innermost first until one sets ``site.stop``; if none
+    gave it a value, it is sampled from ``site.fn``; then the handlers that processed
+    it postprocess it, innermost first.
+    """
+    seen = 0
+    for handler in reversed(_STACK):
+        seen += 1
+        handler.process(site)
+        if site.stop:
+            break
+    if site.value is None:
+        if site.fn is None:
+            raise ModelError(f"{site.kind} site {site.name!r} has no value")
+        site.value = site.fn.sample()
+    for handler in _STACK[len(_STACK) - seen :][::-1]:
+        handler.postprocess(site)
+    return site
