@@ -114,7 +114,9 @@ def test_equal_weights(c: float) -> None:
     assert effective_sample_size(lw).item() == pytest.approx(n, rel=1e-14)
     assert log_evidence(lw).item() == pytest.approx(c, rel=1e-14, abs=1e-12)
     assert log_evidence_stderr(lw).item() == 0.0
-    torch.testing.assert_close(normalized_weights(lw), torch.full((n,), 1.0 / n, dtype=torch.float64))
+    torch.testing.assert_close(
+        normalized_weights(lw), torch.full((n,), 1.0 / n, dtype=torch.float64)
+    )
 
 
 def test_one_huge_weight() -> None:
@@ -287,6 +289,22 @@ def test_gpd_fit_matches_scipy_mle(xi: float, seed: int) -> None:
     assert khat == pytest.approx(expected, abs=1e-9)
 
 
+@pytest.mark.parametrize("n", [5, 6, 40, 425, 3000])
+def test_gpd_fit_matches_pyro(n: int) -> None:
+    # pyro.ops.stats.fit_generalized_pareto is an independent implementation of the same
+    # estimator (same grid size 30 + floor(sqrt(n)), same quartile, same prior), so the results
+    # agree to rounding.  Pyro is an optional dependency, hence importorskip.
+    pyro_stats = pytest.importorskip("pyro.ops.stats")
+    rng = np.random.default_rng(20 + n)
+    for xi in (-0.4, 0.1, 0.6, 1.2):
+        x = torch.from_numpy(np.sort(gpd_sample(rng, xi, n, sigma=0.3)))
+        k_pyro, sigma_pyro = pyro_stats.fit_generalized_pareto(x)
+        k_raw_pyro = (k_pyro * (n + PRIOR_WEIGHT) - PRIOR_WEIGHT * 0.5) / n
+        k, sigma = _gpd_fit_zhang_stephens(x[None, :])
+        assert k.item() == pytest.approx(k_raw_pyro, abs=1e-12)
+        assert sigma.item() == pytest.approx(sigma_pyro, rel=1e-12)
+
+
 def test_khat_light_tail_bounded_weights() -> None:
     # Target N(0, 1), proposal N(0, 2^2): log w = -3 x^2 / 8 + const is bounded above, so the
     # weights have a finite upper endpoint and the true GPD shape is negative (about -2 for
@@ -334,13 +352,26 @@ def test_khat_flat_tail_is_minus_inf() -> None:
     lw = torch.linspace(-5.0, 0.0, 1000, dtype=torch.float64)
     lw[-200:] = 0.0
     assert pareto_khat(lw).item() == -math.inf
+    # Exactly the M = 95 largest are equal and the threshold is lower: all exceedances are equal
+    # and positive, a point mass (the k -> -inf limit of the GPD), also reported as -inf.
+    lw = torch.linspace(-5.0, -1.0, 1000, dtype=torch.float64)
+    lw[-95:] = 0.0
+    assert pareto_khat(lw).item() == -math.inf
 
 
-def test_khat_ties_at_threshold_are_finite() -> None:
+def test_khat_heavily_tied_tail_is_nan() -> None:
     # Most of the tail ties with the threshold (zero exceedances, zero first quartile): only 3
-    # of the M = 20 tail points exceed it.  The fit must still give a finite number.
+    # of the M = 20 tail points exceed it.  Not a GPD-like tail; NaN as in posterior::gpdfit.
     lw = torch.zeros(100, dtype=torch.float64)
     lw[:3] = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    assert torch.isnan(pareto_khat(lw))
+    # Weights with three distinct values: 1% at 4, 9% at 2, 90% at 1 (N = 1000, M = 95).
+    rng = np.random.default_rng(19)
+    lw = torch.from_numpy(rng.choice(np.log([1.0, 2.0, 4.0]), size=1000, p=[0.9, 0.09, 0.01]))
+    assert torch.isnan(pareto_khat(lw))
+    # A few ties in an otherwise continuous tail are fine.
+    lw = torch.from_numpy(np.log(gpd_sample(rng, 0.3, 1000)))
+    lw[:5] = lw.max()
     assert torch.isfinite(pareto_khat(lw))
 
 

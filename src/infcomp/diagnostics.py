@@ -186,11 +186,19 @@ def khat_threshold(num_samples: int) -> float:
 
 
 def _pareto_tail_length(num_samples: int) -> int:
-    """``M = ceil(min(0.2 N, 3 sqrt(N))) = min(ceil(N / 5), ceil(sqrt(9 N)))``, in exact integers."""
+    """Tail length ``M = ceil(min(0.2 N, 3 sqrt(N))) = min(ceil(N / 5), ceil(sqrt(9 N)))``.
+
+    Computed in exact integer arithmetic.
+    """
     ceil_fifth = -(-num_samples // 5)
     root = math.isqrt(9 * num_samples)
     ceil_root = root if root * root == 9 * num_samples else root + 1
     return min(ceil_fifth, ceil_root)
+
+
+def _quartile_index(n: int) -> int:
+    """0-based index of the first-quartile order statistic ``x_(floor(n/4 + 1/2))``."""
+    return math.floor(n / 4 + 0.5) - 1
 
 
 def _gpd_fit_zhang_stephens(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -202,16 +210,14 @@ def _gpd_fit_zhang_stephens(x: Tensor) -> tuple[Tensor, Tensor]:
     the profile log-likelihood is ``l(theta) = n (log(-theta / k(theta)) - k(theta) - 1)``.
     Zhang & Stephens' empirical-Bayes estimate is the posterior mean of ``theta`` over the grid
     ``theta_j = 1/x_(n) + (1 - sqrt(m / (j - 1/2))) / (3 x_q)``, ``j = 1..m``,
-    ``m = 30 + floor(sqrt(n))``, ``x_q`` the first quartile ``x_(floor(n/4 + 1/2))``, with
+    ``m = 30 + floor(sqrt(n))`` (Zhang & Stephens use 20; 30 is the grid of the PSIS reference
+    implementations), ``x_q`` the first quartile ``x_(floor(n/4 + 1/2))``, with
     posterior weights proportional to ``exp(l(theta_j))``.  Then ``k = k(theta_hat)`` and
     ``sigma = -k / theta_hat``.  No prior on ``k`` is applied here (see :func:`pareto_khat`).
 
-    If the quartile is zero (ties at the threshold), the smallest positive exceedance is used
-    as the scale of the grid instead (the reference implementations would divide by zero).
-
     Args:
-        x: Exceedances, shape ``(B, n)``, each row sorted ascending, non-negative, with a
-            positive maximum.
+        x: Exceedances, shape ``(B, n)``, each row sorted ascending and non-negative, with a
+            positive first quartile ``x_q``.
 
     Returns:
         ``(k, sigma)``, each of shape ``(B,)``.
@@ -220,10 +226,7 @@ def _gpd_fit_zhang_stephens(x: Tensor) -> tuple[Tensor, Tensor]:
     m = 30 + math.isqrt(n)
     j = torch.arange(1, m + 1, dtype=x.dtype, device=x.device)
     x_max = x[:, -1]
-    quartile = x[:, math.floor(n / 4 + 0.5) - 1]
-    if bool((quartile <= 0).any()):
-        smallest_positive = torch.where(x > 0, x, torch.inf).amin(dim=-1)
-        quartile = torch.where(quartile > 0, quartile, smallest_positive)
+    quartile = x[:, _quartile_index(n)]
     # theta_j < 1/x_max for every j (the second term is negative), so 1 - theta_j x_i > 0.
     theta = 1.0 / x_max[:, None] + (1.0 - torch.sqrt(m / (j - 0.5)))[None, :] / (
         3.0 * quartile[:, None]
@@ -264,7 +267,14 @@ def pareto_khat(log_weights: Tensor) -> Tensor:
     * all log weights ``-inf`` (all weights zero): ``NaN`` (weights undefined after
       normalisation).
     * flat tail, i.e. all exceedances zero (e.g. all weights equal): ``-inf``, meaning "no tail
-      at all".
+      at all".  More generally any constant tail (the ``M`` largest weights all equal) gives
+      ``-inf``: a point mass at the top is the ``k -> -inf`` limit of the GPD.
+    * heavily tied tail that is not constant: if the first quartile of the exceedances is zero,
+      i.e. at least a quarter of the tail ties with the threshold (e.g. weights taking only a
+      few distinct values), the tail is far from a GPD and the Zhang & Stephens grid (scaled by
+      that quartile) is undefined: ``NaN``.  (``posterior::gpdfit`` returns ``NA`` more
+      eagerly, whenever the quartile equals the smallest exceedance; that would also reject
+      every 5-point tail, whose quartile *is* its minimum.)
     * ``-inf`` log weights (zero weights) among others are legitimate; they sort to the bottom
       and count in ``N``.
 
@@ -299,16 +309,19 @@ def pareto_khat(log_weights: Tensor) -> Tensor:
     top = torch.topk(flat[:, valid], tail_len + 1, dim=0, largest=True, sorted=True).values
     u = torch.exp(top - top[0])
     exceedances = (u[:tail_len] - u[tail_len]).T.flip(-1)  # (B_valid, M), ascending rows
-    khat = torch.full((exceedances.shape[0],), -torch.inf, dtype=torch.float64, device=lw.device)
-    has_tail = exceedances[:, -1] > 0
-    if bool(has_tail.any()):
-        x = exceedances[has_tail]
+    x_min = exceedances[:, 0]
+    constant = exceedances[:, -1] <= x_min  # flat tail: a point mass, the k -> -inf limit
+    # The Zhang & Stephens grid needs a positive first quartile; else heavily tied: NaN.
+    fittable = (exceedances[:, _quartile_index(tail_len)] > 0) & ~constant
+    khat = torch.full_like(x_min, torch.nan).masked_fill(constant, -torch.inf)
+    if bool(fittable.any()):
+        x = exceedances[fittable]
         m_grid = 30 + math.isqrt(tail_len)
         chunk = max(1, _MAX_BLOCK_ELEMENTS // (m_grid * tail_len))
         k_zs = torch.cat([_gpd_fit_zhang_stephens(xc)[0] for xc in torch.split(x, chunk)])
         k_post = (tail_len * k_zs + _KHAT_PRIOR_WEIGHT * _KHAT_PRIOR_VALUE) / (
             tail_len + _KHAT_PRIOR_WEIGHT
         )
-        khat[has_tail] = k_post
+        khat[fittable] = k_post
     out[valid] = khat
     return out.reshape(batch_shape)

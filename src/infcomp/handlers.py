@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from infcomp.errors import ModelError, VectorizationError
-from infcomp.runtime import Messenger, Site, Trace
+from infcomp.errors import GuideError, ModelError, VectorizationError
+from infcomp.runtime import Messenger, Site, Trace, support_depends_on_parameters
 
 
 def as_data(data: Mapping[str, Any] | None) -> dict[str, Tensor]:
@@ -43,28 +43,43 @@ def as_data(data: Mapping[str, Any] | None) -> dict[str, Tensor]:
     return result
 
 
-def check_observation(site: Site, value: Tensor) -> None:
-    """Check that ``value`` fits the distribution of an observe site (unbatched run).
+def check_value(
+    site: Site,
+    value: Tensor,
+    source: str,
+    error: type[ModelError] = ModelError,
+    parameter_dependent_support: bool = False,
+) -> None:
+    """Check that ``value`` fits a site's distribution in an unbatched run.
 
     The value's shape must equal the distribution's ``batch_shape + event_shape`` and
-    the value must lie in its support.
+    the value must lie in its support; otherwise ``error`` names the site and ``source``
+    (e.g. "the observed value"). A support computed from the distribution's parameters
+    (``Uniform(r, r + 1)``) is checked only with ``parameter_dependent_support``: an
+    observation outside it in one run is a zero weight, not bad data.
     """
     fn = site.fn
     assert fn is not None
     expected = fn.batch_shape + fn.event_shape
     if value.shape != expected:
-        raise ModelError(
-            f"observe site {site.name!r}: the value has shape {tuple(value.shape)} but "
-            f"{type(fn).__name__} has shape {tuple(expected)} (batch_shape + event_shape); "
-            f"for independent repeated observations expand the distribution, e.g. "
-            f"{type(fn).__name__}(...).expand({list(value.shape)})"
+        hint = ""
+        if site.kind == "observe":
+            hint = (
+                f"; for independent repeated observations expand the distribution, e.g. "
+                f"{type(fn).__name__}(...).expand({list(value.shape)})"
+            )
+        raise error(
+            f"{site.kind} site {site.name!r}: {source} has shape {tuple(value.shape)} but "
+            f"{type(fn).__name__} has shape {tuple(expected)} (batch_shape + event_shape){hint}"
         )
     support = fn.support
     if support is None or constraints.is_dependent(support):
         return
+    if support_depends_on_parameters(fn) and not parameter_dependent_support:
+        return
     if not bool(support.check(value).all()):
-        raise ModelError(
-            f"observe site {site.name!r}: the value lies outside the support ({support}) "
+        raise error(
+            f"{site.kind} site {site.name!r}: {source} lies outside the support ({support}) "
             f"of {type(fn).__name__}"
         )
 
@@ -133,7 +148,7 @@ class condition(Messenger):  # noqa: N801
         if site.name in self.data:
             value = self.data[site.name]
             if self.validate:
-                check_observation(site, value)
+                check_value(site, value, "the observed value")
             site.value = value
             self.used.add(site.name)
         elif site.value is None:
@@ -142,7 +157,7 @@ class condition(Messenger):  # noqa: N801
                 f"(data={{{site.name!r}: ...}}) or give observe(..., value=...)"
             )
         elif self.validate:
-            check_observation(site, site.value)
+            check_value(site, site.value, "the fixed value")
 
 
 class simulate(Messenger):  # noqa: N801
@@ -162,19 +177,39 @@ class replay(Messenger):  # noqa: N801
 
     Used to score a proposal's values under the model. After a run, :attr:`used`
     holds the names that were replayed.
+
+    Args:
+        fn: a program to wrap (optional).
+        trace: where the values come from.
+        validate: check that each value has the shape the model's distribution
+            expects, ``batch_shape + event_shape``, and lies in its support (raising
+            :class:`~infcomp.errors.GuideError`; for unbatched runs). A proposal must
+            stay inside the prior's support: outside it, particles are wasted and the
+            model may fail on the value.
     """
 
-    def __init__(self, fn: Callable[..., Any] | None = None, trace: Trace | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any] | None = None,
+        trace: Trace | None = None,
+        validate: bool = False,
+    ) -> None:
         super().__init__(fn)
         if trace is None:
             raise TypeError("replay needs a trace")
         self.source = trace
+        self.validate = validate
         self.used: set[str] = set()
 
     def process(self, site: Site) -> None:
-        if site.kind == "sample" and site.name in self.source:
-            site.value = self.source[site.name].value
-            self.used.add(site.name)
+        if site.kind != "sample" or site.name not in self.source:
+            return
+        value = self.source[site.name].value
+        assert value is not None
+        if self.validate:
+            check_value(site, value, "the proposal's value", GuideError, True)
+        site.value = value
+        self.used.add(site.name)
 
 
 class block(Messenger):  # noqa: N801

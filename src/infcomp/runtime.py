@@ -11,13 +11,15 @@ the site a value, a value is sampled from its distribution; then
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, constraints
 
 from infcomp.errors import ModelError
 
@@ -50,8 +52,10 @@ class Site:
     def log_prob(self) -> Tensor:
         """The site's scaled log density ``scale * log fn(value)``, elementwise.
 
-        For a factor this is ``scale * value``. Errors from the distribution (a value
-        outside its support, a shape that does not broadcast) are re-raised as
+        For a factor this is ``scale * value``. Where the support depends on the
+        distribution's parameters (``Uniform(r, r + 1)``, a ``Binomial`` with latent
+        ``total_count``), a value outside it has density zero: ``-inf``, not an error.
+        Other errors from the distribution are re-raised as
         :class:`~infcomp.errors.ModelError` naming the site.
         """
         if self.value is None:
@@ -62,11 +66,36 @@ class Site:
             try:
                 log_density = self.fn.log_prob(self.value)
             except (ValueError, RuntimeError) as error:
-                raise ModelError(
-                    f"{self.kind} site {self.name!r}: cannot score a value of shape "
-                    f"{tuple(self.value.shape)} under {self.fn}: {error}"
-                ) from error
+                if not (isinstance(error, ValueError) and support_depends_on_parameters(self.fn)):
+                    raise ModelError(
+                        f"{self.kind} site {self.name!r}: cannot score a value of shape "
+                        f"{tuple(self.value.shape)} under {self.fn}: {error}"
+                    ) from error
+                log_density = _log_prob_with_zero_outside_support(self.fn, self.value)
         return log_density if self.scale == 1.0 else log_density * self.scale
+
+
+def support_depends_on_parameters(fn: Distribution) -> bool:
+    """Whether ``fn``'s support is computed from its parameters (a dependent property).
+
+    Such supports (``Uniform``'s interval, ``Binomial``'s ``{0..total_count}``) may
+    exclude a value for some parameters and not others: a zero density, not bad data.
+    """
+    if isinstance(fn, Independent):
+        return support_depends_on_parameters(fn.base_dist)
+    return isinstance(
+        inspect.getattr_static(type(fn), "support", None), constraints.dependent_property
+    )
+
+
+def _log_prob_with_zero_outside_support(fn: Distribution, value: Tensor) -> Tensor:
+    """``log fn(value)`` where ``value`` is in the support, ``-inf`` elsewhere."""
+    unchecked = copy.copy(fn)
+    unchecked._validate_args = False  # the support is handled below, elementwise
+    support = fn.support
+    assert support is not None
+    inside = support.check(value)
+    return torch.where(inside, unchecked.log_prob(value), -torch.inf)
 
 
 class Trace:

@@ -178,7 +178,7 @@ def _run_single(
     with ExitStack() as stack:
         model_tracer = stack.enter_context(trace(batch_ndim=len(batch_shape)))
         if guide_trace is not None:
-            stack.enter_context(replay(trace=guide_trace))
+            stack.enter_context(replay(trace=guide_trace, validate=not batched))
         conditioner = stack.enter_context(condition(data=data, validate=not batched))
         if batched:
             assert probe is not None
@@ -191,7 +191,7 @@ def _run_single(
         model_tracer.trace.return_value = model(*args, **kwargs)
     model_trace = model_tracer.trace
     if guide_trace is not None:
-        check_guide(model_trace, guide_trace, check_shapes=not batched)
+        check_guide(model_trace, guide_trace)
     return _SingleRun(model_trace, guide_trace, conditioner.used)
 
 
@@ -243,12 +243,8 @@ def _run_sequential(
     return ParticleRun(traces, sizes, ordered, False, nonfinite)
 
 
-def check_guide(model_trace: Trace, guide_trace: Trace, check_shapes: bool = True) -> None:
-    """Raise :class:`GuideError` unless the guide sampled exactly the model's latent sites.
-
-    With ``check_shapes`` (unbatched runs), each guide value must also have the shape
-    the model's distribution expects, ``batch_shape + event_shape``.
-    """
+def check_guide(model_trace: Trace, guide_trace: Trace) -> None:
+    """Raise :class:`GuideError` unless the guide sampled exactly the model's latent sites."""
     for name, site in guide_trace.sites.items():
         if site.kind != "sample":
             raise GuideError(
@@ -274,16 +270,6 @@ def check_guide(model_trace: Trace, guide_trace: Trace, check_shapes: bool = Tru
                 f"the guide samples {name!r}, which is not a latent site of the model; the "
                 f"model's latent sites are {latent}"
             )
-    if check_shapes:
-        for name in latent:
-            fn, value = model_trace[name].fn, guide_trace[name].value
-            assert fn is not None and value is not None
-            expected = fn.batch_shape + fn.event_shape
-            if value.shape != expected:
-                raise GuideError(
-                    f"the guide's value at site {name!r} has shape {tuple(value.shape)}, but "
-                    f"the model's {type(fn).__name__} expects shape {tuple(expected)}"
-                )
 
 
 def _check_data_used(data: dict[str, Tensor], used: list[set[str]], model_trace: Trace) -> None:

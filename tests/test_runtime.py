@@ -1,0 +1,85 @@
+import pytest
+import torch
+from torch.distributions import Normal
+
+import infcomp as ic
+from infcomp.runtime import Messenger, Site, Trace, apply_stack, sum_rightmost
+
+
+class Recorder(Messenger):
+    def __init__(self, label: str, log: list[str]) -> None:
+        super().__init__()
+        self.label = label
+        self.log = log
+
+    def process(self, site: Site) -> None:
+        self.log.append(f"process {self.label}")
+
+    def postprocess(self, site: Site) -> None:
+        self.log.append(f"postprocess {self.label}")
+
+
+def test_handlers_process_innermost_first_and_postprocess_innermost_first():
+    log: list[str] = []
+    with Recorder("outer", log), Recorder("inner", log):
+        apply_stack(Site("z", "sample", Normal(0.0, 1.0)))
+    assert log == ["process inner", "process outer", "postprocess inner", "postprocess outer"]
+
+
+def test_a_stopped_site_is_hidden_from_outer_handlers():
+    log: list[str] = []
+    with Recorder("outer", log), ic.block(), Recorder("inner", log):
+        apply_stack(Site("z", "sample", Normal(0.0, 1.0)))
+    assert log == ["process inner", "postprocess inner"]
+
+
+def test_a_value_set_by_a_handler_is_not_resampled():
+    class Fix(Messenger):
+        def process(self, site: Site) -> None:
+            site.value = torch.tensor(3.0)
+
+    with Fix():
+        site = apply_stack(Site("z", "sample", Normal(0.0, 1.0)))
+    assert site.value == 3.0
+
+
+def test_the_stack_is_cleaned_up_when_the_program_raises():
+    from infcomp import runtime
+
+    with pytest.raises(RuntimeError, match="boom"), ic.trace():
+        raise RuntimeError("boom")
+    assert runtime._STACK == []
+
+
+def test_site_log_prob_scales_and_names_the_site_on_error():
+    site = Site("z", "sample", Normal(0.0, 1.0), torch.tensor(0.5), scale=2.0)
+    assert torch.allclose(site.log_prob(), 2 * Normal(0.0, 1.0).log_prob(torch.tensor(0.5)))
+    factor = Site("f", "factor", None, torch.tensor(-1.5))
+    assert factor.log_prob() == -1.5
+    bad = Site("y", "observe", torch.distributions.Poisson(2.0), torch.tensor(-1.0))
+    with pytest.raises(ic.ModelError, match="'y'"):
+        bad.log_prob()
+
+
+def test_trace_rejects_duplicate_names_and_sums_log_densities_per_particle():
+    trace = Trace(batch_ndim=1)
+    z = torch.tensor([0.0, 1.0])
+    trace.add(Site("z", "sample", Normal(torch.zeros(2), 1.0), z))
+    x = torch.zeros(2, 3)
+    trace.add(Site("x", "observe", Normal(z.unsqueeze(-1).expand(2, 3), 1.0), x))
+    with pytest.raises(ic.ModelError, match="'z' is used twice"):
+        trace.add(Site("z", "sample", Normal(0.0, 1.0), torch.tensor(0.0)))
+    expected_x = Normal(z.unsqueeze(-1), 1.0).log_prob(x).sum(-1).double()
+    assert torch.allclose(trace.log_prob_sum(("observe",)), expected_x)
+    expected = expected_x + Normal(0.0, 1.0).log_prob(z).double()
+    assert torch.allclose(trace.log_prob_sum(), expected)
+    assert trace.names("sample") == ["z"]
+    with pytest.raises(KeyError, match="no site 'w'"):
+        trace["w"]
+
+
+def test_sum_rightmost_keeps_leading_dimensions():
+    value = torch.ones(2, 3, 4)
+    assert sum_rightmost(value, 1).shape == (2,)
+    assert torch.equal(sum_rightmost(value, 1), torch.full((2,), 12.0))
+    assert sum_rightmost(torch.tensor(1.0), 1).shape == ()
