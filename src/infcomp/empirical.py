@@ -58,17 +58,19 @@ class Empirical(Distribution):
 
     def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
         shape = torch.Size(sample_shape)
-        index = multinomial_indices(self.weights, max(shape.numel(), 1))
+        if shape.numel() == 0:
+            return self.values.new_empty(shape + self.event_shape)
+        index = multinomial_indices(self.weights, shape.numel())
         return self.values[index].reshape(shape + self.event_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        value = torch.as_tensor(value, dtype=self.values.dtype, device=self.values.device)
+        # Compare in float64, so that 0.5 does not match an integer atom 0.
+        value = torch.as_tensor(value, device=self.values.device).to(torch.float64)
         event_ndim = len(self.event_shape)
         batch = value.shape[: value.dim() - event_ndim]
         flat = value.reshape((-1, 1) + self.event_shape)
-        matches = (flat == self.values.unsqueeze(0)).reshape(
-            flat.shape[0], self.values.shape[0], -1
-        )
+        atoms = self.values.to(torch.float64).unsqueeze(0)
+        matches = (flat == atoms).reshape(flat.shape[0], self.values.shape[0], -1)
         mass = (matches.all(-1).to(torch.float64) * self.weights).sum(-1)
         return mass.log().reshape(batch)
 

@@ -287,16 +287,18 @@ class Posterior:
         Returns shape ``probs.shape + value shape``.
         """
         q = torch.as_tensor(probs, dtype=torch.float64)
-        if ((q < 0) | (q > 1)).any():
+        if not bool(((q >= 0) & (q <= 1)).all()):
             raise ValueError(f"quantile levels must lie in [0, 1], got {q.tolist()}")
         values = self.values(quantity).to(torch.float64)
         flat = values.reshape(values.shape[0], -1)
         ordered, order = flat.sort(dim=0)
-        cdf = self.weights[order].cumsum(0)
-        cdf = cdf / cdf[-1:]
-        levels = q.reshape(-1, 1, 1)
-        index = (cdf.unsqueeze(0) < levels).sum(1).clamp_(max=flat.shape[0] - 1)
-        result = ordered.gather(0, index.reshape(-1, flat.shape[1]))
+        # Unnormalized weights scaled by the largest: equal weights sum exactly, so a
+        # level such as 1/2 falls exactly on the cumulative weight of a particle.
+        shifted = (self.log_weights - self.log_weights.max()).exp()
+        cumulative = shifted[order].T.contiguous().cumsum(-1)  # (value elements, N)
+        targets = (q.reshape(1, -1) * cumulative[:, -1:]).contiguous()
+        index = torch.searchsorted(cumulative, targets).clamp_(max=flat.shape[0] - 1)
+        result = ordered.gather(0, index.T.contiguous().reshape(-1, flat.shape[1]))
         return result.reshape(q.shape + values.shape[1:])
 
     def marginal(self, quantity: Quantity) -> Empirical:
@@ -317,7 +319,7 @@ class Posterior:
         evidence estimate: all its log weights equal ``log Ẑ``.
         """
         n = self.num_samples if num_samples is None else num_samples
-        if not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if method == "systematic":
             index = systematic_indices(self.weights, n)

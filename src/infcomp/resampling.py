@@ -15,9 +15,12 @@ def _cumulative(weights: Tensor) -> Tensor:
         raise ValueError(
             f"expected a non-empty 1-d tensor of weights, got shape {tuple(weights.shape)}"
         )
-    cdf = weights.to(torch.float64).cumsum(0)
-    if not bool(torch.isfinite(cdf[-1])) or not cdf[-1] > 0:
-        raise ValueError("cannot resample: the weights are not finite with a positive sum")
+    weights = weights.to(torch.float64)
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError("cannot resample: weights must be finite and non-negative")
+    cdf = weights.cumsum(0)
+    if not cdf[-1] > 0:
+        raise ValueError("cannot resample: all weights are zero")
     return cdf / cdf[-1]
 
 
