@@ -137,7 +137,8 @@ def test_a_model_that_cannot_be_vectorized_falls_back_once_with_a_notice():
             post = ic.importance(marsaglia, DATA, num_samples=20)
     notices = [w for w in caught if issubclass(w.category, ic.VectorizationNotice)]
     assert len(notices) == 1
-    assert "'marsaglia' runs particle by particle" in str(notices[0].message)
+    assert "model 'marsaglia' runs one trace at a time" in str(notices[0].message)
+    assert notices[0].filename == __file__
     assert post.num_samples == 20
 
 

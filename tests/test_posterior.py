@@ -19,8 +19,8 @@ import infcomp as ic
 from infcomp import diagnostics
 from infcomp.empirical import Empirical
 from infcomp.errors import ModelError
-from infcomp.posterior import Posterior, group_traces, stack_traces
-from infcomp.runtime import Site, Trace
+from infcomp.posterior import Posterior
+from infcomp.runtime import Site, Trace, group_traces, stack_traces
 
 RTOL = 1e-12  # float64 sums of at most a few thousand terms, computed two ways
 
@@ -86,7 +86,8 @@ def varying_posterior(seed: int = 0):
     traces = [ic.trace(loop_model).get_trace(steps, i) for i, steps in enumerate(STEPS)]
     gen = torch.Generator().manual_seed(seed + 100)
     log_weights = torch.randn(len(STEPS), generator=gen, dtype=torch.float64)
-    groups, sizes, ordered = group_traces(traces, log_weights)
+    groups, sizes, order = group_traces(traces)
+    ordered = log_weights[order]
     return Posterior(groups, sizes, ordered), traces, log_weights
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,76 +26,13 @@ from infcomp import diagnostics
 from infcomp.empirical import Empirical
 from infcomp.errors import ModelError
 from infcomp.resampling import multinomial_indices, systematic_indices
-from infcomp.runtime import Site, Trace
+from infcomp.runtime import Trace, index_trace
 
 Quantity = str | Callable[[Trace], Tensor]
 """A site name, or a function of a trace whose result has a leading particle dimension."""
 
 #: Below this ESS/N a posterior warns that almost all its weight sits on few particles.
 MIN_ESS_FRACTION = 0.001
-
-
-def stack_traces(traces: Sequence[Trace]) -> Trace:
-    """Stack unbatched traces of one structure into one trace with a particle dimension.
-
-    Values (and tensor return values of equal shape) are stacked along a new leading
-    dimension; the stacked sites keep names and kinds but no distribution.
-    """
-    first = traces[0]
-    stacked = Trace(batch_ndim=1)
-    for name, site in first.sites.items():
-        values = [trace.sites[name].value for trace in traces]
-        stacked.add(Site(name, site.kind, None, torch.stack(values)))  # type: ignore[arg-type]
-    stacked.return_value = _stack_returns([trace.return_value for trace in traces])
-    return stacked
-
-
-def _stack_returns(returns: list[Any]) -> Any:
-    if all(isinstance(r, (Tensor, int, float, bool)) for r in returns):
-        tensors = [torch.as_tensor(r) for r in returns]
-        if all(t.shape == tensors[0].shape for t in tensors):
-            return torch.stack(tensors)
-    return returns
-
-
-def structure_key(trace: Trace) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """What must agree for traces to be stacked: site names and value shapes."""
-    return tuple(
-        (name, tuple(site.value.shape) if site.value is not None else ())
-        for name, site in trace.sites.items()
-    )
-
-
-def group_traces(
-    traces: Sequence[Trace], log_weights: Tensor
-) -> tuple[list[Trace], list[int], Tensor]:
-    """Group unbatched traces by structure and stack each group.
-
-    Returns the stacked groups, their sizes and the log weights reordered to match.
-    """
-    groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
-    for index, trace in enumerate(traces):
-        groups.setdefault(structure_key(trace), []).append(index)
-    order = [index for members in groups.values() for index in members]
-    stacked = [stack_traces([traces[i] for i in members]) for members in groups.values()]
-    sizes = [len(members) for members in groups.values()]
-    return stacked, sizes, log_weights[torch.tensor(order, dtype=torch.long)]
-
-
-def index_trace(trace: Trace, index: Tensor) -> Trace:
-    """The particles ``index`` of a trace with one leading particle dimension."""
-    selected = Trace(batch_ndim=1)
-    for name, site in trace.sites.items():
-        assert site.value is not None
-        selected.add(Site(name, site.kind, None, site.value[index]))
-    returned = trace.return_value
-    if isinstance(returned, Tensor) and returned.dim() > 0:
-        selected.return_value = returned[index]
-    elif isinstance(returned, list):
-        selected.return_value = [returned[i] for i in index.tolist()]
-    else:
-        selected.return_value = returned
-    return selected
 
 
 class Posterior:

@@ -9,7 +9,7 @@ guide broadcast; otherwise one by one.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -17,18 +17,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from infcomp.errors import (
-    GuideError,
-    InferenceWarning,
-    ModelError,
-    VectorizationError,
-    VectorizationNotice,
-)
+from infcomp.errors import GuideError, InferenceWarning, ModelError
 from infcomp.handlers import as_data, condition, particles, replay, trace
-from infcomp.posterior import Posterior, group_traces
-from infcomp.runtime import Trace, sum_rightmost
-
-Program = Callable[..., Any]
+from infcomp.inference.common import (
+    Program,
+    batched_or_sequential,
+    check_positive_int,
+    check_vectorize,
+    program_name,
+)
+from infcomp.posterior import Posterior
+from infcomp.runtime import Trace, group_traces, sum_rightmost
 
 
 @dataclass
@@ -119,10 +118,8 @@ def run_particles(
     The building block of :func:`importance` (which adds ``no_grad`` and the
     posterior); gradients flow through the log weights when the caller allows them.
     """
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if vectorize not in (None, True, False):
-        raise ValueError(f"vectorize must be True, False or None (automatic), got {vectorize!r}")
+    check_positive_int("num_samples", num_samples)
+    vectorize = check_vectorize(vectorize)
     observations = as_data(data)
     kwargs = dict(kwargs or {})
 
@@ -130,24 +127,13 @@ def run_particles(
     # supports) and the guide against the model, with errors that name the site, and
     # gives each site's natural shape, which the batched run extends by particles.
     probe = _run_single(model, guide, observations, args, kwargs)
-    if vectorize is not False:
-        try:
-            return _run_vectorized(model, guide, observations, args, kwargs, num_samples, probe)
-        except ModelError:
-            raise
-        except Exception as error:
-            if vectorize:
-                raise VectorizationError(
-                    f"{_name(model)} cannot run with particles as a batch dimension: {error}"
-                ) from error
-            warnings.warn(
-                f"{_name(model)} runs particle by particle because it could not be "
-                f"vectorized ({type(error).__name__}: {error}); pass vectorize=False to "
-                f"choose this path directly",
-                VectorizationNotice,
-                stacklevel=3,
-            )
-    return _run_sequential(model, guide, observations, args, kwargs, num_samples, probe)
+    run, _ = batched_or_sequential(
+        f"model {program_name(model)}" + (f" with guide {program_name(guide)}" if guide else ""),
+        vectorize,
+        lambda: _run_vectorized(model, guide, observations, args, kwargs, num_samples, probe),
+        lambda: _run_sequential(model, guide, observations, args, kwargs, num_samples, probe),
+    )
+    return run
 
 
 def _run_single(
@@ -238,7 +224,8 @@ def _run_sequential(
     runs = [_run_single(model, guide, data, args, kwargs) for _ in range(num_samples)]
     _check_data_used(data, [probe.used_data] + [run.used_data for run in runs], probe.model_trace)
     log_weights = torch.stack([_log_weight(run) for run in runs])
-    traces, sizes, ordered = group_traces([run.model_trace for run in runs], log_weights)
+    traces, sizes, order = group_traces([run.model_trace for run in runs])
+    ordered = log_weights[order]
     nonfinite = _nonfinite_sites(runs, 0) if not _all_finite_or_zero(log_weights) else {}
     return ParticleRun(traces, sizes, ordered, False, nonfinite)
 
@@ -298,7 +285,3 @@ def _nonfinite_sites(runs: list[_SingleRun], batch_ndim: int) -> dict[str, int]:
                 if bad:
                     counts[prefix + name] = counts.get(prefix + name, 0) + bad
     return counts
-
-
-def _name(model: Program) -> str:
-    return f"model {getattr(model, '__qualname__', type(model).__name__)!r}"
