@@ -16,7 +16,7 @@ install-run: $(BIN)/python
 	$(PIP) -e .
 
 install-dev: $(BIN)/python
-	$(PIP) -e '.[dev,plot]'
+	$(PIP) -e '.[dev,plot,bench]'
 
 install-bench: $(BIN)/python
 	$(PIP) -e '.[bench]'

@@ -65,6 +65,7 @@ def test_guide_weights_follow_the_formula():
     assert torch.allclose(post.log_weights, expected.double(), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
 def test_prior_weights_are_the_likelihood():
     post = ic.importance(g.gaussian, DATA, num_samples=50)
     z = post.values("z")
@@ -101,6 +102,7 @@ def test_model_arguments_and_fixed_observations():
 # -- vectorized and particle-by-particle paths ------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
 def test_both_paths_agree_in_distribution():
     n = 4000
     torch.manual_seed(1)
