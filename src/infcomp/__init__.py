@@ -15,7 +15,7 @@ from infcomp.errors import (
     VectorizationNotice,
 )
 from infcomp.handlers import block, condition, particles, replay, scale, simulate, trace
-from infcomp.inference import importance, run_particles
+from infcomp.inference import CSIS, JointSimulator, importance, run_particles
 from infcomp.posterior import Posterior
 from infcomp.primitives import factor, observe, sample
 from infcomp.runtime import Site, Trace
@@ -23,9 +23,11 @@ from infcomp.runtime import Site, Trace
 __version__ = "0.1.0"
 
 __all__ = [
+    "CSIS",
     "Empirical",
     "GuideError",
     "InferenceWarning",
+    "JointSimulator",
     "ModelError",
     "Posterior",
     "Site",

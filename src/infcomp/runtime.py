@@ -189,9 +189,12 @@ def _stack_returns(returns: list[Any]) -> Any:
 
 
 def structure_key(trace: Trace) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """What must agree for traces to be stacked: site names and value shapes."""
+    """A trace's structure: site names and value shapes, without particle dimensions.
+
+    Traces of one structure can be stacked into a batch.
+    """
     return tuple(
-        (name, tuple(site.value.shape) if site.value is not None else ())
+        (name, tuple(site.value.shape[trace.batch_ndim :]) if site.value is not None else ())
         for name, site in trace.sites.items()
     )
 

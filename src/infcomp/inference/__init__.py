@@ -1,5 +1,15 @@
 """Inference algorithms; each states its weight formula and returns a Posterior."""
 
+from infcomp.inference.csis import CSIS
 from infcomp.inference.importance import ParticleRun, check_guide, importance, run_particles
+from infcomp.inference.simulation import JointBatch, JointSimulator
 
-__all__ = ["ParticleRun", "check_guide", "importance", "run_particles"]
+__all__ = [
+    "CSIS",
+    "JointBatch",
+    "JointSimulator",
+    "ParticleRun",
+    "check_guide",
+    "importance",
+    "run_particles",
+]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+import torch
 
 from infcomp.errors import ModelError, VectorizationError, VectorizationNotice
 
@@ -12,10 +15,11 @@ Program = Callable[..., Any]
 _T = TypeVar("_T")
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` if it is a positive int (not a bool), else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum``, else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
     return value
 
 
@@ -24,6 +28,15 @@ def check_vectorize(vectorize: Any) -> bool | None:
     if vectorize not in (None, True, False):
         raise ValueError(f"vectorize must be True, False or None (automatic), got {vectorize!r}")
     return bool(vectorize) if vectorize is not None else None
+
+
+def untouched_random_state() -> contextlib.AbstractContextManager[None]:
+    """A context in which random draws leave the global (CPU) random state as it was.
+
+    Probe runs (which find sites' natural shapes or validate data) happen inside it, so
+    that a seeded computation draws the same numbers whether or not it probed first.
+    """
+    return torch.random.fork_rng(devices=[])
 
 
 def program_name(program: Program) -> str:

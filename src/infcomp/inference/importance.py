@@ -25,6 +25,7 @@ from infcomp.inference.common import (
     check_positive_int,
     check_vectorize,
     program_name,
+    untouched_random_state,
 )
 from infcomp.posterior import Posterior
 from infcomp.runtime import Trace, group_traces, sum_rightmost
@@ -126,7 +127,8 @@ def run_particles(
     # An unbatched probe run: it validates the data against the model (names, shapes,
     # supports) and the guide against the model, with errors that name the site, and
     # gives each site's natural shape, which the batched run extends by particles.
-    probe = _run_single(model, guide, observations, args, kwargs)
+    with untouched_random_state():
+        probe = _run_single(model, guide, observations, args, kwargs)
     run, _ = batched_or_sequential(
         f"model {program_name(model)}" + (f" with guide {program_name(guide)}" if guide else ""),
         vectorize,

@@ -1,0 +1,320 @@
+import math
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Normal, Uniform
+
+import infcomp as ic
+from infcomp.examples.csis_gaussian import Guide, SingleTraceGuide, compile_gaussian
+from infcomp.examples.gaussian import DATA, exact_posterior, gaussian
+from infcomp.inference.simulation import JointSimulator
+
+# The exact posterior of the Gaussian model is N(1/6 + 5/12 (x1 + x2), √(5/6)): a guide
+# that is linear in x1 + x2 contains it.
+EXACT_INTERCEPT = 1 / 6
+EXACT_SLOPE = 5 / 12
+EXACT_STD = math.sqrt(5 / 6)
+# E_p(x,y)[-log p(x | y)]: the entropy of N(·, √(5/6)), the least possible loss.
+MINIMUM_LOSS = 0.5 * math.log(2 * math.pi * math.e * 5 / 6)
+
+
+class LinearGuide(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.intercept = nn.Parameter(torch.tensor(0.0))
+        self.slope = nn.Parameter(torch.tensor(0.0))
+        self.log_std = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, prior_mean=1.0, observations=None):
+        loc = self.intercept + self.slope * (observations["x1"] + observations["x2"])
+        ic.sample("z", Normal(loc, self.log_std.exp()))
+
+
+@pytest.fixture(scope="module")
+def trained_linear():
+    torch.manual_seed(0)
+    csis = ic.CSIS(gaussian, LinearGuide(), learning_rate=0.02, validation_size=4096)
+    csis.train(1500, batch_size=256, progress=False, validate_every=500)
+    return csis
+
+
+def test_compilation_finds_the_exact_posterior_in_the_guide_family(trained_linear):
+    guide = trained_linear.guide.requires_grad_(False)
+    # The slope is pinned by many simulations; tolerances are a few times the spread of
+    # the Adam iterates at this learning rate (checked over seeds).
+    assert abs(float(guide.slope) - EXACT_SLOPE) < 0.02
+    assert abs(float(guide.intercept) - EXACT_INTERCEPT) < 0.15
+    assert abs(float(guide.log_std.exp()) - EXACT_STD) < 0.03
+    # -log q on 4096 simulations: at the optimum -log q = const + ε²/2 with ε ~ N(0, 1),
+    # variance 1/2, so the standard error is √(0.5 / 4096) ≈ 0.011.
+    steps, validation = trained_linear.validation_history[-1]
+    assert steps == 1500
+    assert abs(validation - MINIMUM_LOSS) < 4 * math.sqrt(0.5 / 4096) + 0.01
+
+
+def test_the_compiled_guide_makes_importance_sampling_nearly_exact(trained_linear):
+    post = trained_linear.run(DATA, num_samples=2000)
+    assert float(post.ess) > 0.95 * 2000
+    exact = exact_posterior()
+    error = float(post.std("z")) / math.sqrt(float(post.ess))
+    assert abs(float(post.mean("z")) - float(exact.mean)) < 4 * error
+    assert abs(float(post.log_evidence) + 8.2394) < 4 * float(post.log_evidence_stderr) + 1e-3
+
+
+def test_the_loss_is_the_mean_negative_log_proposal_density():
+    guide = LinearGuide()
+    csis = ic.CSIS(gaussian, guide, validation_size=0)
+    batch = JointSimulator(gaussian)(64)
+    trace = batch.traces[0]
+    loc = guide.intercept + guide.slope * (trace["x1"].value + trace["x2"].value)
+    expected = -Normal(loc, guide.log_std.exp()).log_prob(trace["z"].value).double().mean()
+    assert torch.allclose(csis.loss(batch), expected)
+
+
+def test_batched_and_single_trace_guides_give_the_same_loss_and_gradients():
+    batched, single = Guide(), SingleTraceGuide()
+    single.load_state_dict(batched.state_dict())
+    batch = JointSimulator(gaussian)(32)
+    losses = []
+    for guide in (batched, single):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ic.VectorizationNotice)
+            loss = ic.CSIS(gaussian, guide, validation_size=0).loss(batch)
+        loss.backward()
+        losses.append(loss)
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    for a, b in zip(batched.parameters(), single.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_a_single_trace_guide_is_detected_once_and_trained_trace_by_trace():
+    csis = ic.CSIS(gaussian, SingleTraceGuide(), validation_size=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        csis.train(3, batch_size=8, progress=False)
+    notices = [w for w in caught if issubclass(w.category, ic.VectorizationNotice)]
+    assert len(notices) == 1 and "SingleTraceGuide" in str(notices[0].message)
+    assert csis.guide_vectorize is False
+    assert len(csis.loss_history) == 3
+
+
+def test_training_reduces_the_loss_of_the_seed_guide():
+    csis = compile_gaussian(num_steps=300, batch_size=64, seed=1)
+    first, last = csis.validation_history[0][1], csis.validation_history[-1][1]
+    assert last < first
+    assert csis.num_steps == 300 and len(csis.loss_history) == 300
+
+
+def test_train_records_history_and_steps_the_scheduler():
+    csis = ic.CSIS(
+        gaussian,
+        LinearGuide(),
+        learning_rate=0.1,
+        scheduler=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 10, gamma=0.5),
+        validation_size=32,
+    )
+    losses = csis.train(25, batch_size=16, validate_every=10, progress=False)
+    assert len(losses) == 25 and losses == csis.loss_history
+    assert [step for step, _ in csis.validation_history] == [10, 20, 25]
+    assert csis.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 4)
+    csis.train(5, batch_size=16, validate_every=10, progress=False)
+    assert csis.num_steps == 30 and len(csis.loss_history) == 30
+
+
+def test_the_model_is_never_differentiated():
+    prior_scale = torch.tensor(2.0, requires_grad=True)
+
+    def model():
+        z = ic.sample("z", Normal(0.0, prior_scale))
+        ic.observe("x1", Normal(z, 1.0))
+        ic.observe("x2", Normal(z, 1.0))
+
+    csis = ic.CSIS(model, LinearGuide(), validation_size=0)
+    csis.step(8)
+    assert prior_scale.grad is None
+    assert all(p.grad is not None for p in csis.guide.parameters())
+
+
+def test_a_guide_with_a_random_structure_is_trained_per_structure():
+    def switch():
+        k = ic.sample("k", Bernoulli(0.5))
+        name = "a" if k else "b"
+        value = ic.sample(name, Normal(3.0 if k else -3.0, 1.0))
+        ic.observe("y", Normal(value, 0.5))
+
+    class SwitchGuide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.tensor(0.0))
+            self.scale = nn.Parameter(torch.tensor(0.0))
+
+        def forward(self, observations=None):
+            y = observations["y"]
+            k = ic.sample("k", Bernoulli(logits=self.weight * y))
+            name = "a" if k else "b"
+            ic.sample(name, Normal(y, self.scale.exp()))
+
+    csis = ic.CSIS(switch, SwitchGuide(), learning_rate=0.05, validation_size=256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.VectorizationNotice)
+        csis.train(150, batch_size=32, validate_every=150, progress=False)
+    assert csis.simulator.vectorize is False
+    # The guide learns that the sign of y tells k: its weight grows positive.
+    assert float(csis.guide.weight) > 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.VectorizationNotice)
+        post = csis.run({"y": 2.5}, num_samples=500)
+    # p(k = 0 | y = 2.5) ∝ N(2.5; -3, √1.25) is below 1e-5: all the weight is on k = 1.
+    assert float(post.mean("k")) > 0.999
+
+
+# -- checks and errors ------------------------------------------------------------------
+
+
+def test_guides_that_miss_invent_or_observe_sites_are_named():
+    def missing(prior_mean=1.0, observations=None):
+        pass
+
+    def inventive(prior_mean=1.0, observations=None):
+        ic.sample("z", Normal(0.0, 1.0))
+        ic.sample("extra", Normal(0.0, 1.0))
+
+    def greedy(prior_mean=1.0, observations=None):
+        ic.sample("z", Normal(0.0, 1.0))
+        ic.sample("x1", Normal(0.0, 1.0))
+
+    parameter = torch.zeros((), requires_grad=True)
+    for guide, message in (
+        (missing, "did not sample latent site 'z'"),
+        (inventive, "samples 'extra', which is not a latent site"),
+        (greedy, "samples 'x1', which the model observes"),
+    ):
+        csis = ic.CSIS(gaussian, guide, torch.optim.SGD([parameter], lr=0.1), validation_size=0)
+        with pytest.raises(ic.GuideError, match=message):
+            csis.step(4)
+
+
+def test_a_guide_that_does_not_cover_the_prior_is_an_error():
+    def coin():
+        r = ic.sample("r", Uniform(0.0, 1.0))
+        ic.observe("flip", Bernoulli(r))
+
+    class NarrowGuide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.upper = nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, observations=None):
+            ic.sample("r", Uniform(0.0, self.upper))
+
+    with pytest.raises(ic.GuideError, match=r"not finite at sites 'r' \(\d+ of 64\).*cover"):
+        ic.CSIS(coin, NarrowGuide(), validation_size=0).step(64)
+
+
+def test_constructor_and_argument_errors():
+    def plain_guide(prior_mean=1.0, observations=None):
+        ic.sample("z", Normal(0.0, 1.0))
+
+    with pytest.raises(TypeError, match="not an nn.Module: pass an optimizer"):
+        ic.CSIS(gaussian, plain_guide)
+    with pytest.raises(ValueError, match="no parameters"):
+        ic.CSIS(gaussian, nn.Identity())
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        ic.CSIS(gaussian, LinearGuide(), optimizer="adam")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="validation_size"):
+        ic.CSIS(gaussian, LinearGuide(), validation_size=-1)
+    csis = ic.CSIS(gaussian, LinearGuide(), validation_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        csis.step(0)
+    with pytest.raises(ValueError, match="num_steps"):
+        csis.train(0)
+    with pytest.raises(ValueError, match="validation_size=0"):
+        csis.validation_loss()
+
+
+# -- artifacts ----------------------------------------------------------------------------
+
+
+def proposal_parameters(guide: nn.Module) -> torch.Tensor:
+    with ic.trace() as tracer:
+        guide(observations={"x1": torch.tensor(8.0), "x2": torch.tensor(9.0)})
+    fn = tracer.trace["z"].fn
+    return torch.stack([fn.loc, fn.scale]).detach()
+
+
+def test_save_and_load_restore_the_guide_optimizer_and_history(tmp_path):
+    path = tmp_path / "gaussian.pt"
+    csis = ic.CSIS(gaussian, Guide(), validation_size=16)
+    csis.train(20, batch_size=16, validate_every=10, progress=False)
+    csis.save(path)
+    loaded = ic.CSIS.load(path, gaussian, Guide(), validation_size=16)
+    assert torch.equal(proposal_parameters(loaded.guide), proposal_parameters(csis.guide))
+    assert loaded.num_steps == 20 and loaded.loss_history == csis.loss_history
+    assert loaded.validation_history == csis.validation_history
+    state, loaded_state = csis.optimizer.state_dict(), loaded.optimizer.state_dict()
+    assert all(
+        torch.equal(state["state"][i]["exp_avg"], loaded_state["state"][i]["exp_avg"])
+        for i in state["state"]
+    )
+    # Training resumes from the loaded state: the same steps as the original would take.
+    losses = []
+    for run in (csis, loaded):
+        torch.manual_seed(7)
+        losses.append([run.step(16) for _ in range(3)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert torch.allclose(proposal_parameters(loaded.guide), proposal_parameters(csis.guide))
+    assert loaded.num_steps == 23
+
+
+def test_a_loaded_artifact_gives_the_same_proposal_in_a_fresh_process(tmp_path):
+    path = tmp_path / "gaussian.pt"
+    csis = compile_gaussian(num_steps=50, batch_size=32, seed=3)
+    csis.save(path)
+    script = (
+        "import sys, torch, infcomp as ic\n"
+        "from infcomp.examples.csis_gaussian import Guide\n"
+        "from infcomp.examples.gaussian import gaussian\n"
+        "csis = ic.CSIS.load(sys.argv[1], gaussian, Guide())\n"
+        "with ic.trace() as t:\n"
+        "    csis.guide(observations={'x1': torch.tensor(8.0), 'x2': torch.tensor(9.0)})\n"
+        "fn = t.trace['z'].fn\n"
+        "print(repr(float(fn.loc)), repr(float(fn.scale)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    loc, scale = (float(v) for v in out.stdout.split())
+    expected = proposal_parameters(csis.guide)
+    assert (loc, scale) == (float(expected[0]), float(expected[1]))
+
+
+def test_loading_rejects_foreign_files_versions_and_architectures(tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ValueError, match="not an infcomp CSIS artifact"):
+        ic.CSIS.load(foreign, gaussian, Guide())
+    path = tmp_path / "gaussian.pt"
+    csis = ic.CSIS(gaussian, Guide(), validation_size=0)
+    csis.save(path)
+    saved = torch.load(path, weights_only=True)
+    saved["format_version"] = 99
+    future = tmp_path / "future.pt"
+    torch.save(saved, future)
+    with pytest.raises(ValueError, match="format version 99"):
+        ic.CSIS.load(future, gaussian, Guide())
+    with pytest.raises(ValueError, match="do not fit guide 'LinearGuide'"):
+        ic.CSIS.load(path, gaussian, LinearGuide())
+
+
+@pytest.mark.slow
+def test_seed_notebook_settings_give_a_high_ess():
+    """The seed notebook's settings (2,000 steps, batch 10, Adam 1e-3): for each of three
+    training seeds the median ESS of 20 runs of 50 samples at (8, 9) is at least 35."""
+    for seed in range(3):
+        csis = compile_gaussian(seed=seed)
+        ess = torch.tensor([float(csis.run(DATA, num_samples=50).ess) for _ in range(20)])
+        assert float(ess.median()) >= 35, (seed, ess.median())

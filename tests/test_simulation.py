@@ -1,0 +1,80 @@
+import math
+import warnings
+
+import pytest
+import torch
+from scipy import stats
+from torch.distributions import Normal
+
+import infcomp as ic
+from infcomp.examples.gaussian import gaussian
+from infcomp.examples.marsaglia import marsaglia
+from infcomp.inference.simulation import observations_of
+
+
+def test_joint_simulation_of_a_broadcasting_model_is_one_batch_from_the_joint():
+    simulator = ic.JointSimulator(gaussian)
+    batch = simulator(20_000)
+    assert batch.vectorized and batch.sizes == [20_000] and batch.size == 20_000
+    trace = batch.traces[0]
+    z, x1, x2 = (trace[name].value for name in ("z", "x1", "x2"))
+    assert z.shape == x1.shape == x2.shape == (20_000,)
+    # z ~ N(1, √5) and x - z ~ N(0, √2), independently: Kolmogorov-Smirnov at 0.1%.
+    assert stats.kstest(z.numpy(), stats.norm(1, math.sqrt(5)).cdf).pvalue > 1e-3
+    assert stats.kstest((x1 - z).numpy(), stats.norm(0, math.sqrt(2)).cdf).pvalue > 1e-3
+    # Cov(x1, x2) = 5: the sample covariance has standard error about √((7·7 + 5²)/n).
+    covariance = float(torch.cov(torch.stack([x1, x2]))[0, 1])
+    assert abs(covariance - 5) < 4 * math.sqrt((49 + 25) / 20_000)
+    assert set(observations_of(trace)) == {"x1", "x2"}
+
+
+def test_joint_simulation_ignores_data_and_fixed_values():
+    def model():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        ic.observe("y", Normal(z, 1.0), value=100.0)
+
+    y = ic.JointSimulator(model)(1000).traces[0]["y"].value
+    assert (y.abs() < 100).all()
+
+
+def test_a_model_with_random_structure_is_simulated_trace_by_trace_and_grouped():
+    simulator = ic.JointSimulator(marsaglia)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch = simulator(3000)
+        simulator(10)
+    notices = [w for w in caught if issubclass(w.category, ic.VectorizationNotice)]
+    assert len(notices) == 1, "the simulator remembers that the model does not vectorize"
+    assert not batch.vectorized and simulator.vectorize is False
+    assert batch.size == 3000 and len(batch.traces) > 1
+    for trace, size in zip(batch.traces, batch.sizes):
+        assert all(site.value.shape[0] == size for site in trace.sites.values())
+    returned = torch.cat([trace.return_value for trace in batch.traces])
+    assert stats.kstest(returned.numpy(), stats.norm(1, math.sqrt(5)).cdf).pvalue > 1e-3
+
+
+def test_forcing_vectorized_simulation_of_such_a_model_raises():
+    with pytest.raises(ic.VectorizationError):
+        ic.JointSimulator(marsaglia, vectorize=True)(10)
+
+
+def test_models_with_factors_cannot_be_simulated_jointly():
+    def tilted():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        ic.factor("tilt", z)
+
+    with pytest.raises(ic.ModelError, match="factor site 'tilt'"):
+        ic.JointSimulator(tilted)(5)
+
+
+def test_model_arguments_reach_the_model():
+    batch = ic.JointSimulator(gaussian, args=(100.0,))(2000)
+    z = batch.traces[0]["z"].value
+    assert abs(float(z.mean()) - 100) < 4 * math.sqrt(5 / 2000)
+
+
+def test_bad_batch_sizes():
+    with pytest.raises(ValueError, match="batch_size"):
+        ic.JointSimulator(gaussian)(0)
+    with pytest.raises(ValueError, match="vectorize"):
+        ic.JointSimulator(gaussian, vectorize="no")  # type: ignore[arg-type]
