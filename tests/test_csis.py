@@ -164,7 +164,7 @@ def test_a_guide_with_a_random_structure_is_trained_per_structure():
         csis.train(150, batch_size=32, validate_every=150, progress=False)
     assert csis.simulator.vectorize is False
     # The guide learns that the sign of y tells k: its weight grows positive.
-    assert float(csis.guide.weight) > 1.0
+    assert float(csis.guide.weight.detach()) > 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ic.VectorizationNotice)
         post = csis.run({"y": 2.5}, num_samples=500)
