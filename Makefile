@@ -13,7 +13,7 @@ $(BIN)/python:
 .PHONY: install-run install-dev install-bench demo test test-all bench
 
 install-run: $(BIN)/python
-	$(PIP) -e .
+	$(PIP) -e '.[plot]'
 
 install-dev: $(BIN)/python
 	$(PIP) -e '.[dev,plot,bench]'

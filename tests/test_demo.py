@@ -3,15 +3,24 @@ import pytest
 from infcomp import demo
 
 
-def test_the_demo_prints_estimates_next_to_the_exact_answer(capsys):
-    demo.main(["--num-samples", "50", "20000"])
+def test_the_demo_prints_estimates_next_to_the_exact_answer_and_writes_the_figure(capsys, tmp_path):
+    figure = tmp_path / "figure.png"
+    demo.main(["--num-samples", "50", "20000", "--compile-steps", "100", "--figure", str(figure)])
     out = capsys.readouterr().out
     assert "prior IS, N = 50" in out and "prior IS, N = 20,000" in out
-    assert "7.2500" in out and "-8.2394" in out
+    assert "CSIS, N = 50" in out and "2. Compiled inference: 100 steps, batch 10" in out
+    assert out.count("7.2500") == 2 and out.count("-8.2394") == 2
     for row in ("mean z", "std z", "ESS", "log evidence", "Pareto k-hat"):
         assert row in out
     # With 50 prior particles the weights are heavy-tailed: the library says so.
-    assert "N = 50: Pareto k-hat" in out
+    assert "prior IS, N = 50: Pareto k-hat" in out
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_demo_without_compilation(capsys):
+    demo.main(["--num-samples", "100", "--compile-steps", "0"])
+    out = capsys.readouterr().out
+    assert "prior IS, N = 100" in out and "CSIS" not in out
 
 
 def test_the_demo_rejects_bad_arguments():
