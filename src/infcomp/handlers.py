@@ -15,11 +15,11 @@ Handlers nest: the innermost processes a site first.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
-from torch.distributions import constraints
+from torch.distributions import Distribution, constraints
 
 from infcomp.errors import GuideError, ModelError, VectorizationError
 from infcomp.runtime import Messenger, Site, Trace, support_depends_on_parameters
@@ -319,3 +319,95 @@ class particles(Messenger):  # noqa: N801
                     f"shape {tuple(site.fn.batch_shape)} does not broadcast to the particle "
                     f"shape {tuple(target)} (particle dimensions must lead)"
                 ) from error
+
+
+class inflate(Messenger):  # noqa: N801
+    """Widen the prior of every latent site by ``factor`` (≥ 1), for simulation.
+
+    Location-scale families (Normal, Laplace, Cauchy, StudentT, Gumbel, LogNormal and the
+    half families) get ``scale × factor``; Bernoulli, Categorical and OneHotCategorical
+    get ``logits / factor`` (tempered towards uniform); other distributions are left as
+    they are. Training a proposal on inflated simulations makes it cover more than the
+    prior's typical set (pyprob's "prior inflation").
+    """
+
+    def __init__(self, fn: Callable[..., Any] | None = None, factor: float = 1.0) -> None:
+        super().__init__(fn)
+        if not factor >= 1:
+            raise ValueError(f"the inflation factor must be at least 1, got {factor}")
+        self.factor = factor
+
+    def process(self, site: Site) -> None:
+        if site.kind == "sample" and site.fn is not None and self.factor != 1:
+            site.fn = inflated(site.fn, self.factor)
+
+
+def inflated(fn: Distribution, factor: float) -> Distribution:
+    """``fn`` widened by ``factor`` (see :class:`inflate`); unchanged when not supported."""
+    D = torch.distributions  # noqa: N806
+    if isinstance(fn, D.Independent):
+        return D.Independent(inflated(fn.base_dist, factor), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, (D.Normal, D.Laplace, D.Cauchy, D.Gumbel, D.LogNormal)):
+        return type(fn)(fn.loc, fn.scale * factor)
+    if isinstance(fn, D.StudentT):
+        return D.StudentT(fn.df, fn.loc, fn.scale * factor)
+    if isinstance(fn, (D.HalfNormal, D.HalfCauchy)):
+        return type(fn)(fn.scale * factor)
+    if isinstance(fn, (D.Bernoulli, D.Categorical, D.OneHotCategorical)):
+        return type(fn)(logits=fn.logits / factor)
+    return fn
+
+
+class Proposer(Protocol):
+    """Proposes the latent sites of one run, one at a time, as the program reaches them."""
+
+    def propose(self, site: Site) -> Distribution | None:
+        """The proposal for ``site`` (whose ``fn`` is the prior); None: use the prior."""
+
+    def accept(self, site: Site) -> None:
+        """Learn the value chosen at ``site`` before the next one is proposed."""
+
+
+@runtime_checkable
+class ProposalFactory(Protocol):
+    """Something that makes a :class:`Proposer` per run, e.g. an inference network."""
+
+    def proposer(
+        self,
+        observations: Mapping[str, Tensor],
+        batch_shape: tuple[int, ...],
+        data_batch_ndim: int = 0,
+        defensive: float = 0.0,
+    ) -> Proposer: ...
+
+
+class propose(Messenger):  # noqa: N801
+    """Sample each latent site from a proposer's distribution instead of its prior.
+
+    The proposals are recorded in :attr:`trace` (sites of kind ``"sample"`` whose
+    ``fn`` is the proposal q), so that ``log w = log p(x, y) - log q(x)`` can be formed.
+    A site that already has a value (replayed, conditioned) is left alone.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any] | None = None,
+        proposer: Proposer | None = None,
+        batch_ndim: int = 0,
+    ) -> None:
+        super().__init__(fn)
+        if proposer is None:
+            raise TypeError("propose needs a proposer")
+        self.proposer = proposer
+        self.trace = Trace(batch_ndim)
+
+    def process(self, site: Site) -> None:
+        if site.kind != "sample" or site.value is not None:
+            return
+        assert site.fn is not None
+        proposal = self.proposer.propose(site)
+        if proposal is None:
+            proposal = site.fn
+        site.value = proposal.sample()
+        self.trace.add(Site(site.name, "sample", proposal, site.value))
+        self.proposer.accept(site)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, constraints
 
+from infcomp.distributions import stack_distributions
 from infcomp.errors import ModelError
 
 SiteKind = Literal["sample", "observe", "factor"]
@@ -169,15 +170,31 @@ def stack_traces(traces: Sequence[Trace]) -> Trace:
     """Stack unbatched traces of one structure into one trace with a particle dimension.
 
     Values (and tensor return values of equal shape) are stacked along a new leading
-    dimension; the stacked sites keep names and kinds but no distribution.
+    dimension. Each site keeps its distribution, stacked too, when the traces'
+    distributions can be (same type, parameters of equal shapes; see
+    :func:`~infcomp.distributions.stack_distributions`); otherwise its ``fn`` is None.
     """
     first = traces[0]
     stacked = Trace(batch_ndim=1)
     for name, site in first.sites.items():
-        values = [trace.sites[name].value for trace in traces]
-        stacked.add(Site(name, site.kind, None, torch.stack(values)))  # type: ignore[arg-type]
+        sites = [trace.sites[name] for trace in traces]
+        value = torch.stack([s.value for s in sites])  # type: ignore[misc]
+        fns = [s.fn for s in sites]
+        fn = None if any(f is None for f in fns) else _stack_fns(fns)  # type: ignore[arg-type]
+        stacked.add(Site(name, site.kind, fn, value, site.scale))
     stacked.return_value = _stack_returns([trace.return_value for trace in traces])
     return stacked
+
+
+def _stack_fns(fns: list[Distribution]) -> Distribution | None:
+    if len(fns) == 1:
+        # One trace: a leading dimension of size one, which every torch distribution can add.
+        try:
+            expanded: Distribution = fns[0].expand(torch.Size([1]) + fns[0].batch_shape)
+            return expanded
+        except (NotImplementedError, RuntimeError, ValueError):
+            return None
+    return stack_distributions(fns)
 
 
 def _stack_returns(returns: list[Any]) -> Any:
@@ -202,16 +219,34 @@ def structure_key(trace: Trace) -> tuple[tuple[str, tuple[int, ...]], ...]:
 def group_traces(traces: Sequence[Trace]) -> tuple[list[Trace], list[int], Tensor]:
     """Group unbatched traces by structure and stack each group.
 
-    Returns the stacked groups, their sizes, and the order: the index of the original
-    trace behind each particle of the concatenated groups (to reorder, e.g., weights).
+    A group whose distributions cannot be stacked (see :func:`stack_traces`) is split
+    into groups of one, so that every stacked site keeps its distribution. Returns the
+    stacked groups, their sizes, and the order: the index of the original trace behind
+    each particle of the concatenated groups (to reorder, e.g., weights).
     """
-    groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
+    members_by_key: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
     for index, trace in enumerate(traces):
-        groups.setdefault(structure_key(trace), []).append(index)
-    order = [index for members in groups.values() for index in members]
-    stacked = [stack_traces([traces[i] for i in members]) for members in groups.values()]
-    sizes = [len(members) for members in groups.values()]
+        members_by_key.setdefault(structure_key(trace), []).append(index)
+    stacked, sizes, order = [], [], []
+    for members in members_by_key.values():
+        group = stack_traces([traces[i] for i in members])
+        if len(members) > 1 and _lost_distributions(group, traces[members[0]]):
+            parts = [[i] for i in members]
+            groups = [stack_traces([traces[i]]) for i in members]
+        else:
+            parts, groups = [members], [group]
+        for part, part_group in zip(parts, groups):
+            stacked.append(part_group)
+            sizes.append(len(part))
+            order.extend(part)
     return stacked, sizes, torch.tensor(order, dtype=torch.long)
+
+
+def _lost_distributions(stacked: Trace, example: Trace) -> bool:
+    return any(
+        site.fn is None and example.sites[name].fn is not None
+        for name, site in stacked.sites.items()
+    )
 
 
 def index_trace(trace: Trace, index: Tensor) -> Trace:

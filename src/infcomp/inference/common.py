@@ -39,7 +39,7 @@ def untouched_random_state() -> contextlib.AbstractContextManager[None]:
     return torch.random.fork_rng(devices=[])
 
 
-def program_name(program: Program) -> str:
+def program_name(program: Any) -> str:
     """A readable name of a model or guide for messages."""
     return repr(getattr(program, "__qualname__", type(program).__name__))
 

@@ -33,11 +33,14 @@ from infcomp.inference.common import (
 )
 from infcomp.inference.importance import check_guide, importance
 from infcomp.inference.simulation import JointBatch, JointSimulator, observations_of
+from infcomp.nn.network import InferenceNetwork, NetworkConfig
 from infcomp.posterior import Posterior
 from infcomp.runtime import Trace, particle_trace, structure_key, sum_rightmost
 
 FORMAT = "infcomp.csis"
 FORMAT_VERSION = 1
+#: Joint simulations run to build an automatic network's modules.
+NETWORK_PROBE_SIZE = 64
 
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -76,7 +79,7 @@ class CSIS:
     def __init__(
         self,
         model: Program,
-        guide: Program,
+        guide: Program | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         *,
         args: tuple[Any, ...] = (),
@@ -85,9 +88,27 @@ class CSIS:
         scheduler: SchedulerFactory | None = None,
         validation_size: int = 256,
         vectorize: bool | None = None,
+        network: NetworkConfig | None = None,
+        observation_embeddings: Mapping[str, nn.Module] | None = None,
+        prior_inflation: float = 1.0,
     ) -> None:
-        if not callable(model) or not callable(guide):
-            raise TypeError("CSIS needs a callable model and a callable guide")
+        if not callable(model):
+            raise TypeError("CSIS needs a callable model")
+        if guide is not None and not callable(guide):
+            raise TypeError("the guide must be callable (a function or an nn.Module)")
+        if guide is not None and (network is not None or observation_embeddings is not None):
+            raise ValueError("network options apply to the automatic network, not to a guide")
+        self.model = model
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.simulator = JointSimulator(
+            model, self.args, self.kwargs, vectorize, prior_inflation=prior_inflation
+        )
+        if guide is None:
+            # Simulate the model once to find its observe sites and latent families.
+            with untouched_random_state():
+                traces = self.simulator(NETWORK_PROBE_SIZE).traces
+            guide = InferenceNetwork.from_traces(traces, network, observation_embeddings)
         if optimizer is None:
             if not isinstance(guide, nn.Module):
                 raise TypeError(
@@ -97,48 +118,45 @@ class CSIS:
             parameters = list(guide.parameters())
             if not parameters:
                 raise ValueError(f"guide {program_name(guide)} has no parameters to train")
-            optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+            optimizer = default_optimizer(parameters, learning_rate)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
-        if (
-            isinstance(validation_size, bool)
-            or not isinstance(validation_size, int)
-            or validation_size < 0
-        ):
-            raise ValueError(
-                f"validation_size must be a non-negative integer, got {validation_size!r}"
-            )
-        self.model = model
         self.guide = guide
         self.optimizer = optimizer
         self.scheduler = scheduler(optimizer) if scheduler is not None else None
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-        self.validation_size = validation_size
+        self.validation_size = check_positive_int("validation_size", validation_size, minimum=0)
         self.guide_vectorize = check_vectorize(vectorize)
-        self.simulator = JointSimulator(model, self.args, self.kwargs, vectorize)
         self.num_steps = 0
         self.loss_history: list[float] = []
         self.validation_history: list[tuple[int, float]] = []
         self._validation_batch: JointBatch | None = None
         self._guide_natural_shapes: dict[Any, dict[str, torch.Size]] = {}
 
+    @property
+    def network(self) -> InferenceNetwork | None:
+        """The automatic inference network, when CSIS was built without a guide."""
+        return self.guide if isinstance(self.guide, InferenceNetwork) else None
+
     # -- the objective -----------------------------------------------------------------
 
     def loss(self, batch: JointBatch) -> Tensor:
         """``-1/B Σ_i log q(x_i; y_i)`` over a batch of joint simulations."""
         total = torch.zeros((), dtype=torch.float64)
+        network = self.network
         for group, size in zip(batch.traces, batch.sizes):
-            log_q, vectorized = batched_or_sequential(
-                f"guide {program_name(self.guide)}",
-                self.guide_vectorize,
-                functools.partial(self._batched_log_q, group, size),
-                functools.partial(self._per_trace_log_q, group, size),
-                stacklevel=4,
-            )
-            self.guide_vectorize = vectorized
+            if network is not None:
+                log_q = network.log_prob_trace(group)
+            else:
+                log_q, vectorized = batched_or_sequential(
+                    f"guide {program_name(self.guide)}",
+                    self.guide_vectorize,
+                    functools.partial(self._batched_log_q, group, size),
+                    functools.partial(self._per_trace_log_q, group, size),
+                    stacklevel=4,
+                )
+                self.guide_vectorize = vectorized
             total = total + log_q.sum()
         return -total / batch.size
 
@@ -193,6 +211,13 @@ class CSIS:
         self.optimizer.zero_grad()
         loss = self.loss(batch)
         loss.backward()
+        network = self.network
+        if network is not None:
+            # Sites first seen in this batch got new modules: train them too, without
+            # resetting the optimizer's state for the rest.
+            new = network.pop_new_parameters()
+            if new:
+                self.optimizer.add_param_group({"params": new})
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -242,7 +267,7 @@ class CSIS:
         return self.loss_history[-num_steps:]
 
     def _train_mode(self, training: bool) -> None:
-        if isinstance(self.guide, nn.Module):
+        if isinstance(self.guide, nn.Module) and self.guide.training != training:
             self.guide.train(training)
 
     # -- inference ---------------------------------------------------------------------
@@ -253,18 +278,27 @@ class CSIS:
         num_samples: int = 1000,
         *,
         vectorize: bool | None = None,
+        defensive: float = 0.0,
     ) -> Posterior:
         """Importance sampling on ``data`` with the trained guide as proposal.
 
         ``log w_i = log p(x_i, y) - log q(x_i; y)`` with ``x_i ~ q(x; y)``; see
-        :func:`~infcomp.inference.importance.importance`.
+        :func:`~infcomp.inference.importance.importance`. With the automatic network,
+        ``defensive = ε > 0`` proposes each site from ``(1 - ε) q + ε p`` (p its prior),
+        which bounds each site's weight factor by 1/ε.
         """
         self._train_mode(False)
+        guide: Any = self.guide
+        if defensive:
+            network = self.network
+            if network is None:
+                raise ValueError("defensive proposals need the automatic network")
+            guide = network.defensive(defensive)
         return importance(
             self.model,
             data,
             num_samples,
-            guide=self.guide,
+            guide=guide,
             args=self.args,
             kwargs=self.kwargs,
             vectorize=vectorize,
@@ -336,6 +370,14 @@ class CSIS:
         csis.loss_history = [float(v) for v in config["loss_history"]]
         csis.validation_history = [(int(s), float(v)) for s, v in config["validation_history"]]
         return csis
+
+
+def default_optimizer(parameters: list[nn.Parameter], learning_rate: float) -> torch.optim.Adam:
+    """Adam, in its fused form (one kernel for all parameters) where torch has one."""
+    try:
+        return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(parameters, lr=learning_rate)
 
 
 def _check_guide_shapes(joint: Trace, guide_trace: Trace) -> None:

@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 
 from infcomp.errors import GuideError, InferenceWarning, ModelError
-from infcomp.handlers import as_data, condition, particles, replay, trace
+from infcomp.handlers import (
+    ProposalFactory,
+    as_data,
+    condition,
+    particles,
+    propose,
+    replay,
+    trace,
+)
 from infcomp.inference.common import (
     Program,
     batched_or_sequential,
@@ -64,7 +72,7 @@ def importance(
     data: Mapping[str, Any] | None = None,
     num_samples: int = 1000,
     *,
-    guide: Program | None = None,
+    guide: Program | ProposalFactory | None = None,
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
@@ -109,7 +117,7 @@ def run_particles(
     data: Mapping[str, Any] | None,
     num_samples: int,
     *,
-    guide: Program | None = None,
+    guide: Program | ProposalFactory | None = None,
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
@@ -140,19 +148,24 @@ def run_particles(
 
 def _run_single(
     model: Program,
-    guide: Program | None,
+    guide: Program | ProposalFactory | None,
     data: dict[str, Tensor],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     batch_shape: tuple[int, ...] = (),
     probe: _SingleRun | None = None,
 ) -> _SingleRun:
-    """One run of guide then model; batched over ``batch_shape`` when it is not empty."""
+    """One run of guide then model; batched over ``batch_shape`` when it is not empty.
+
+    A :class:`~infcomp.handlers.ProposalFactory` guide (an inference network) proposes
+    the latent sites during the model's run instead.
+    """
     batched = bool(batch_shape)
+    batch_ndim = len(batch_shape)
     guide_trace = None
-    if guide is not None:
+    if guide is not None and not isinstance(guide, ProposalFactory):
         with ExitStack() as stack:
-            guide_tracer = stack.enter_context(trace(batch_ndim=len(batch_shape)))
+            guide_tracer = stack.enter_context(trace(batch_ndim=batch_ndim))
             if batched:
                 assert probe is not None and probe.guide_trace is not None
                 stack.enter_context(
@@ -164,10 +177,14 @@ def _run_single(
             guide(*args, observations=data, **kwargs)
         guide_trace = guide_tracer.trace
     with ExitStack() as stack:
-        model_tracer = stack.enter_context(trace(batch_ndim=len(batch_shape)))
+        model_tracer = stack.enter_context(trace(batch_ndim=batch_ndim))
         if guide_trace is not None:
             stack.enter_context(replay(trace=guide_trace, validate=not batched))
         conditioner = stack.enter_context(condition(data=data, validate=not batched))
+        proposal = None
+        if isinstance(guide, ProposalFactory):
+            proposer = guide.proposer(data, batch_shape)
+            proposal = stack.enter_context(propose(proposer=proposer, batch_ndim=batch_ndim))
         if batched:
             assert probe is not None
             stack.enter_context(
@@ -180,6 +197,8 @@ def _run_single(
     model_trace = model_tracer.trace
     if guide_trace is not None:
         check_guide(model_trace, guide_trace)
+    if proposal is not None:
+        guide_trace = proposal.trace
     return _SingleRun(model_trace, guide_trace, conditioner.used)
 
 
@@ -192,7 +211,7 @@ def _log_weight(run: _SingleRun) -> Tensor:
 
 def _run_vectorized(
     model: Program,
-    guide: Program | None,
+    guide: Program | ProposalFactory | None,
     data: dict[str, Tensor],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -216,7 +235,7 @@ def _run_vectorized(
 
 def _run_sequential(
     model: Program,
-    guide: Program | None,
+    guide: Program | ProposalFactory | None,
     data: dict[str, Tensor],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],

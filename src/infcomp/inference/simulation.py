@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from infcomp.errors import ModelError
-from infcomp.handlers import particles, simulate, trace
+from infcomp.handlers import inflate, particles, simulate, trace
 from infcomp.inference.common import (
     Program,
     batched_or_sequential,
@@ -60,17 +60,22 @@ class JointSimulator:
         args, kwargs: its arguments.
         vectorize: ``True``/``False`` forces the batched / trace-by-trace path; ``None``
             chooses.
+        prior_inflation: widen the latent sites' priors by this factor (see
+            :class:`~infcomp.handlers.inflate`); 1 simulates the model as it is.
     """
 
     model: Program
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     vectorize: bool | None = None
+    prior_inflation: float = 1.0
     natural_shapes: dict[str, torch.Size] | None = None
 
     def __post_init__(self) -> None:
         self.vectorize = check_vectorize(self.vectorize)
         self.kwargs = dict(self.kwargs)
+        if not self.prior_inflation >= 1:
+            raise ValueError(f"prior_inflation must be at least 1, got {self.prior_inflation}")
 
     def __call__(self, batch_size: int) -> JointBatch:
         """``batch_size`` joint simulations (no gradients: the model is never differentiated)."""
@@ -90,7 +95,11 @@ class JointSimulator:
         return batch
 
     def _single(self, batch_shape: tuple[int, ...] = ()) -> Trace:
-        with trace(batch_ndim=len(batch_shape)) as tracer, simulate():
+        with (
+            trace(batch_ndim=len(batch_shape)) as tracer,
+            simulate(),
+            inflate(factor=self.prior_inflation),
+        ):
             if batch_shape:
                 assert self.natural_shapes is not None
                 with particles(batch_shape=batch_shape, natural_shapes=self.natural_shapes):

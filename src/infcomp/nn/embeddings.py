@@ -1,0 +1,88 @@
+"""Observation embeddings: modules that map one observe site's values to features.
+
+Each takes a batch of values of shape ``(M, *shape)`` and returns ``(M, F)``. The
+network adds a linear layer to its own width, so any ``F`` will do: a user's module
+(a CNN for images, a 1-D convolution for time series) plugs in per site.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class MLPEmbedding(nn.Module):
+    """Flatten, then a two-layer MLP: the default embedding of any observation.
+
+    Values are squashed by ``sign(y)·log1p(|y|)`` first, so that observations of any
+    scale give well-conditioned inputs.
+    """
+
+    def __init__(self, shape: tuple[int, ...], features: int = 64) -> None:
+        super().__init__()
+        size = max(math.prod(shape), 1)
+        self.network = nn.Sequential(
+            nn.Flatten(), nn.Linear(size, features), nn.ReLU(), nn.Linear(features, features)
+        )
+
+    def forward(self, values: Tensor) -> Tensor:
+        values = values.reshape(values.shape[0], -1).to(torch.get_default_dtype())
+        return self.network(values.sign() * values.abs().log1p())
+
+
+class ConvEmbedding(nn.Module):
+    """A small CNN for image-shaped observations ``(H, W)`` or ``(C, H, W)``.
+
+    Two 3×3 convolutions (16 and 32 channels) with ReLU and 2×2 max pooling, an adaptive
+    average pool to 4×4, and a linear layer to ``features``.
+    """
+
+    def __init__(self, shape: tuple[int, ...], features: int = 64) -> None:
+        super().__init__()
+        if len(shape) not in (2, 3):
+            raise ValueError(f"ConvEmbedding needs an (H, W) or (C, H, W) shape, got {shape}")
+        self.shape = shape
+        channels = 1 if len(shape) == 2 else shape[0]
+        self.network = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(32 * 16, features),
+        )
+
+    def forward(self, values: Tensor) -> Tensor:
+        if len(self.shape) == 2:
+            values = values.unsqueeze(1)
+        return self.network(values.to(torch.get_default_dtype()))
+
+
+class Conv1dEmbedding(nn.Module):
+    """A small 1-D CNN for time series ``(T,)`` or ``(C, T)``: two convolutions of width 5
+    (16 and 32 channels) with ReLU, an adaptive average pool to 8 steps, then linear."""
+
+    def __init__(self, shape: tuple[int, ...], features: int = 64) -> None:
+        super().__init__()
+        if len(shape) not in (1, 2):
+            raise ValueError(f"Conv1dEmbedding needs a (T,) or (C, T) shape, got {shape}")
+        self.shape = shape
+        channels = 1 if len(shape) == 1 else shape[0]
+        self.network = nn.Sequential(
+            nn.Conv1d(channels, 16, 5, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(16, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool1d(8),
+            nn.Flatten(),
+            nn.Linear(32 * 8, features),
+        )
+
+    def forward(self, values: Tensor) -> Tensor:
+        if len(self.shape) == 1:
+            values = values.unsqueeze(1)
+        return self.network(values.to(torch.get_default_dtype()))

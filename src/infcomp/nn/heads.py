@@ -1,0 +1,424 @@
+"""Proposal heads: modules that turn the network's hidden state into a distribution.
+
+A head is chosen by the prior's support (``torch.distributions.constraints``):
+
+- real, scalar or vector: a mixture of K Normals, located and scaled relative to the
+  prior's mean and standard deviation, ``loc = m + s·a``, ``scale = s·softplus(b)``;
+- constrained continuous (positive, interval, simplex, ...): that real head in the
+  unconstrained space, pushed through ``biject_to(support)``;
+- boolean: Bernoulli with ``logits = prior logits + a``;
+- a small finite set (a Categorical, a Binomial): Categorical over the support with
+  ``logits = prior log-probabilities + a``;
+- unbounded counts (Poisson, Geometric, NegativeBinomial) and large integer ranges: a
+  mixture of discretized logistics on the integers, relative to the prior's mean and sd.
+
+Every head returns a distribution whose samples lie in the prior's support. A head is
+built from a :class:`HeadSpec`, a small serializable description made from an example
+prior by :func:`head_spec`, so that a saved network is rebuilt without the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+    OneHotCategorical,
+    TransformedDistribution,
+    biject_to,
+    constraints,
+)
+from torch.distributions.transforms import IndependentTransform, Transform
+
+from infcomp.distributions import DiscretizedLogisticMixture
+from infcomp.errors import ModelError
+
+# softplus(SOFTPLUS_ONE) = 1: raw outputs near zero give a scale equal to the prior's.
+SOFTPLUS_ONE = math.log(math.e - 1)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What a head needs to know of a site, independent of any batch.
+
+    Attributes:
+        kind: ``"real"``, ``"constrained"``, ``"bernoulli"``, ``"categorical"``,
+            ``"one_hot"`` or ``"count"``.
+        natural_shape: the prior's batch shape in an unbatched run.
+        event_shape: the prior's event shape.
+        base_event_shape: for ``"constrained"``, the unconstrained event shape.
+        num_categories: for ``"categorical"`` and ``"one_hot"``.
+        lower, upper: for ``"categorical"`` and ``"count"``, the integer range
+            (``upper`` is ``math.inf`` for unbounded counts).
+        value_dtype: the dtype of the prior's samples (e.g. ``"float32"``, ``"int64"``).
+        distribution: the prior's class name (for messages and keys).
+    """
+
+    kind: str
+    natural_shape: tuple[int, ...]
+    event_shape: tuple[int, ...]
+    base_event_shape: tuple[int, ...] = ()
+    num_categories: int = 0
+    lower: float = 0.0
+    upper: float = math.inf
+    value_dtype: str = "float32"
+    distribution: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (for saving); ``from_dict`` inverts it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
+        fields = dict(data)
+        for name in ("natural_shape", "event_shape", "base_event_shape"):
+            fields[name] = tuple(fields[name])
+        return cls(**fields)
+
+
+class UnsupportedSiteError(ModelError):
+    """No proposal head fits a site's distribution."""
+
+
+def head_spec(name: str, prior: Distribution, max_categories: int = 256, lead: int = 0) -> HeadSpec:
+    """The head for a site's prior, chosen by its support.
+
+    ``prior`` may carry ``lead`` leading batch dimensions (particles, simulations); the
+    spec describes one of its rows. Raises :class:`UnsupportedSiteError` (naming the
+    site) for supports no head covers.
+    """
+    support = prior.support
+    common: dict[str, Any] = {
+        "natural_shape": tuple(prior.batch_shape[lead:]),
+        "event_shape": tuple(prior.event_shape),
+        "value_dtype": str(prior.sample().dtype).removeprefix("torch."),
+        "distribution": type(prior).__name__,
+    }
+    base = _base_constraint(support)
+    if isinstance(base, constraints._Boolean):
+        return HeadSpec("bernoulli", **common)
+    if isinstance(base, constraints._OneHot):
+        return HeadSpec("one_hot", num_categories=prior.event_shape[-1], **common)
+    if isinstance(base, constraints._IntegerInterval):
+        lower, upper = _constant(base.lower_bound), _constant(base.upper_bound)
+        if lower is not None and upper is not None:
+            size = int(upper - lower) + 1
+            kind = "categorical" if size <= max_categories else "count"
+            return HeadSpec(kind, num_categories=size, lower=lower, upper=upper, **common)
+    if isinstance(base, constraints._IntegerGreaterThan):
+        lower = _constant(base.lower_bound)
+        if lower is not None:
+            return HeadSpec("count", lower=lower, upper=math.inf, **common)
+    if support is not None and not support.is_discrete and not constraints.is_dependent(support):
+        if isinstance(base, constraints._Real):
+            return HeadSpec("real", **common)
+        try:
+            transform = biject_to(support)
+        except NotImplementedError:
+            transform = None
+        if transform is not None:
+            shape = transform.inverse_shape(prior.event_shape)
+            return HeadSpec("constrained", base_event_shape=tuple(shape), **common)
+    raise UnsupportedSiteError(
+        f"sample site {name!r}: no proposal head for {type(prior).__name__} with support "
+        f"{support}; propose it from the prior instead (prior_sites={{{name!r}}} or "
+        f"prior_sites='unsupported')"
+    )
+
+
+def _base_constraint(support: constraints.Constraint | None) -> constraints.Constraint | None:
+    while isinstance(support, constraints._IndependentConstraint):
+        support = support.base_constraint
+    return support
+
+
+def _constant(bound: Any) -> float | None:
+    if isinstance(bound, (int, float)):
+        return float(bound)
+    if (
+        isinstance(bound, Tensor)
+        and bound.numel() >= 1
+        and bool((bound == bound.flatten()[0]).all())
+    ):
+        return float(bound.flatten()[0])
+    return None
+
+
+def location_and_spread(prior: Distribution) -> tuple[Tensor, Tensor]:
+    """A location and a positive spread of ``prior``, elementwise over its value shape.
+
+    The mean and standard deviation where they are finite; else the ``loc`` and
+    ``scale`` attributes (Cauchy); else 0 and 1.
+    """
+    shape = prior.batch_shape + prior.event_shape
+    try:
+        loc = prior.mean.expand(shape)
+    except (NotImplementedError, RuntimeError):
+        loc = torch.full(shape, math.nan)
+    try:
+        spread = prior.stddev.expand(shape)
+    except (NotImplementedError, RuntimeError):
+        spread = torch.full(shape, math.nan)
+    fallback_loc = getattr(prior, "loc", None)
+    fallback_scale = getattr(prior, "scale", None)
+    if isinstance(fallback_loc, Tensor):
+        loc = torch.where(torch.isfinite(loc), loc, fallback_loc.expand(shape))
+    if isinstance(fallback_scale, Tensor):
+        spread = torch.where(torch.isfinite(spread), spread, fallback_scale.expand(shape))
+    loc = torch.where(torch.isfinite(loc), loc, torch.zeros_like(loc))
+    spread = torch.where(torch.isfinite(spread) & (spread > 0), spread, torch.ones_like(spread))
+    return loc.detach(), spread.detach()
+
+
+class ProposalHead(nn.Module):
+    """Base of the heads: a linear layer from the hidden state to raw parameters.
+
+    ``forward(hidden, prior)`` takes the hidden state of shape ``(M, H)``, where M is the
+    number of rows of the batch shape ``lead`` (``prior.batch_shape = lead + natural``),
+    and returns a distribution with the prior's batch and event shapes.
+    """
+
+    def __init__(self, spec: HeadSpec, hidden_size: int, params_per_element: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.elements = math.prod(spec.natural_shape)
+        self.params_per_element = params_per_element
+        self.linear = nn.Linear(hidden_size, self.elements * params_per_element)
+        # Start close to the prior: small raw outputs mean "the prior's location and scale".
+        nn.init.normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def raw(self, hidden: Tensor, prior: Distribution) -> Tensor:
+        """Raw parameters, shape ``prior.batch_shape + (params_per_element,)``."""
+        return self.linear(hidden).reshape(prior.batch_shape + (self.params_per_element,))
+
+    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+        raise NotImplementedError
+
+
+class RealHead(ProposalHead):
+    """A mixture of K Normals per batch element, relative to the prior (real support).
+
+    For each element: logits π, locations ``m + s·a_k`` and scales ``s·softplus(b_k)``
+    with (m, s) the prior's location and spread, independent across the event.
+    """
+
+    def __init__(
+        self, spec: HeadSpec, hidden_size: int, components: int, event_shape: tuple[int, ...]
+    ):
+        self.event = torch.Size(event_shape)
+        self.components = components
+        size = math.prod(event_shape)
+        super().__init__(spec, hidden_size, components * (1 + 2 * size))
+        # Spread the components' initial locations so that they do not stay identical.
+        with torch.no_grad():
+            bias = self.linear.bias.view(self.elements, components, 1 + 2 * size)
+            offsets = torch.linspace(-1.0, 1.0, components) if components > 1 else torch.zeros(1)
+            bias[:, :, 1 : 1 + size] = offsets.view(1, components, 1)
+
+    def mixture(
+        self, hidden: Tensor, batch_shape: torch.Size, loc: Tensor, spread: Tensor
+    ) -> Distribution:
+        """The mixture for base location ``loc`` and spread (shape batch + event)."""
+        size = self.event.numel()
+        raw = self.linear(hidden).reshape(batch_shape + (self.components, 1 + 2 * size))
+        logits = raw[..., 0]
+        shape = batch_shape + (self.components,) + self.event
+        offsets = raw[..., 1 : 1 + size].reshape(shape)
+        widths = raw[..., 1 + size :].reshape(shape)
+        event_dims = len(self.event)
+        loc = loc.unsqueeze(-1 - event_dims)
+        spread = spread.unsqueeze(-1 - event_dims)
+        normal = Normal(
+            loc + spread * offsets,
+            spread * nn.functional.softplus(widths + SOFTPLUS_ONE) + 1e-6,
+            validate_args=False,
+        )
+        component = Independent(normal, event_dims) if event_dims else normal
+        if self.components == 1:
+            single = Normal(
+                normal.loc.squeeze(-1 - event_dims), normal.scale.squeeze(-1 - event_dims)
+            )
+            return Independent(single, event_dims) if event_dims else single
+        return MixtureSameFamily(Categorical(logits=logits), component, validate_args=False)
+
+    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+        loc, spread = location_and_spread(prior)
+        return self.mixture(hidden, prior.batch_shape, loc, spread)
+
+
+class ConstrainedHead(RealHead):
+    """A :class:`RealHead` in the unconstrained space, pushed through ``biject_to(support)``:
+    ``q = T_# (Normal mixture)`` with ``T = biject_to(prior.support)``, the mixture
+    located relative to the prior's mean and spread mapped by ``T⁻¹``.
+    """
+
+    def __init__(self, spec: HeadSpec, hidden_size: int, components: int) -> None:
+        super().__init__(spec, hidden_size, components, spec.base_event_shape)
+
+    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+        assert prior.support is not None
+        transform = biject_to(prior.support)
+        center, spread = _unconstrained_location(prior, transform, prior.batch_shape + self.event)
+        base = self.mixture(hidden, prior.batch_shape, center, spread)
+        return TransformedDistribution(base, [transform], validate_args=False)
+
+
+def _unconstrained_location(
+    prior: Distribution, transform: Transform, shape: torch.Size
+) -> tuple[Tensor, Tensor]:
+    """The prior's mean mapped to the unconstrained space, ``u = T⁻¹(mean)``, and its
+    standard deviation there by the delta method, ``sd / |T'(u)|`` (elementwise
+    transforms; 1 otherwise); 0 and 1 where these are not finite."""
+    center, spread = torch.zeros(shape), torch.ones(shape)
+    try:
+        mean = prior.mean.detach()
+        center = transform.inv(mean).expand(shape)
+        elementwise = transform
+        while isinstance(elementwise, IndependentTransform):
+            elementwise = elementwise.base_transform
+        if elementwise.domain.event_dim == 0 and elementwise.codomain.event_dim == 0:
+            slope = elementwise.log_abs_det_jacobian(center, mean.expand(shape)).exp()
+            spread = (prior.stddev.detach().expand(shape) / slope).expand(shape)
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass
+    center = torch.where(torch.isfinite(center), center, torch.zeros_like(center))
+    spread = torch.where(torch.isfinite(spread) & (spread > 0), spread, torch.ones_like(spread))
+    return center, spread
+
+
+class BernoulliHead(ProposalHead):
+    """Bernoulli with ``logits = prior logits + a`` (boolean support)."""
+
+    def __init__(self, spec: HeadSpec, hidden_size: int) -> None:
+        super().__init__(spec, hidden_size, math.prod(spec.event_shape))
+
+    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+        raw = self.raw(hidden, prior).reshape(prior.batch_shape + prior.event_shape)
+        prior_logits = getattr(prior, "logits", None)
+        logits = raw if prior_logits is None else raw + prior_logits.detach()
+        proposal = Bernoulli(logits=logits, validate_args=False)
+        events = len(prior.event_shape)
+        return Independent(proposal, events) if events else proposal
+
+
+class IntegerCategorical(Categorical):
+    """A Categorical over the integers ``lower, ..., lower + K - 1`` with samples in a
+    given dtype (a Binomial's samples are floats, a Categorical's integers).
+
+    torch's Categorical covers only ``0..K-1`` with integer samples, hence this small
+    subclass; values outside the range have log-probability ``-inf``.
+    """
+
+    def __init__(self, logits: Tensor, lower: float, value_dtype: torch.dtype) -> None:
+        super().__init__(logits=logits, validate_args=False)
+        self.lower = lower
+        self.value_dtype = value_dtype
+
+    @constraints.dependent_property
+    def support(self) -> constraints.Constraint:
+        return constraints.integer_interval(self.lower, self.lower + self._num_events - 1)
+
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
+        drawn: Tensor = super().sample(sample_shape)  # type: ignore[no-untyped-call]
+        return (drawn + int(self.lower)).to(self.value_dtype)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        index = value - self.lower
+        inside = (index >= 0) & (index < self._num_events) & (index == index.floor())
+        safe = torch.where(inside, index, torch.zeros_like(index))
+        log_prob: Tensor = super().log_prob(safe)  # type: ignore[no-untyped-call]
+        return torch.where(inside, log_prob, -torch.inf)
+
+
+class CategoricalHead(ProposalHead):
+    """Categorical over a small integer range, ``logits = prior log-probabilities + a``."""
+
+    def __init__(self, spec: HeadSpec, hidden_size: int) -> None:
+        super().__init__(spec, hidden_size, spec.num_categories)
+        self.values = torch.arange(spec.num_categories, dtype=torch.float64) + spec.lower
+
+    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+        raw = self.raw(hidden, prior)
+        prior_logits = getattr(prior, "logits", None)
+        if isinstance(prior, Categorical) and prior_logits is not None:
+            if prior_logits.shape[-1] != self.spec.num_categories:
+                raise ModelError(
+                    f"a Categorical with {prior_logits.shape[-1]} categories where the network "
+                    f"was built for {self.spec.num_categories}"
+                )
+            logits = raw + prior_logits.detach()
+        else:
+            grid = self.values.to(raw.dtype).view((-1,) + (1,) * len(prior.batch_shape))
+            logits = raw + prior.log_prob(grid).detach().movedim(0, -1)
+        dtype = getattr(torch, self.spec.value_dtype)
+        return IntegerCategorical(logits, self.spec.lower, dtype)
+
+
+class OneHotHead(ProposalHead):
+    """OneHotCategorical with ``logits = prior logits + a``."""
+
+    def __init__(self, spec: HeadSpec, hidden_size: int) -> None:
+        super().__init__(spec, hidden_size, spec.num_categories)
+
+    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+        raw = self.raw(hidden, prior)
+        prior_logits = getattr(prior, "logits", None)
+        logits = raw if prior_logits is None else raw + prior_logits.detach()
+        return OneHotCategorical(logits=logits, validate_args=False)
+
+
+class CountHead(ProposalHead):
+    """A mixture of K discretized logistics on ``[lower, upper]``, relative to the prior:
+    locations ``m + s·a_k``, scales ``s·softplus(b_k)·√3/π`` (so that b = 0 matches the
+    prior's standard deviation)."""
+
+    def __init__(self, spec: HeadSpec, hidden_size: int, components: int) -> None:
+        self.components = components
+        super().__init__(spec, hidden_size, 3 * components)
+        with torch.no_grad():
+            bias = self.linear.bias.view(self.elements, components, 3)
+            offsets = torch.linspace(-1.0, 1.0, components) if components > 1 else torch.zeros(1)
+            bias[:, :, 1] = offsets.view(1, components)
+
+    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+        raw = self.raw(hidden, prior).reshape(prior.batch_shape + (self.components, 3))
+        loc, spread = location_and_spread(prior)
+        loc, spread = loc.unsqueeze(-1), spread.unsqueeze(-1)
+        scale = (
+            spread * nn.functional.softplus(raw[..., 2] + SOFTPLUS_ONE) * (math.sqrt(3) / math.pi)
+        )
+        return DiscretizedLogisticMixture(
+            raw[..., 0],
+            loc + spread * raw[..., 1],
+            scale + 1e-3,
+            lower=self.spec.lower,
+            upper=self.spec.upper,
+            validate_args=False,
+        )
+
+
+def make_head(spec: HeadSpec, hidden_size: int, components: int) -> ProposalHead:
+    """The head module for a spec."""
+    if spec.kind == "real":
+        return RealHead(spec, hidden_size, components, spec.event_shape)
+    if spec.kind == "constrained":
+        return ConstrainedHead(spec, hidden_size, components)
+    if spec.kind == "bernoulli":
+        return BernoulliHead(spec, hidden_size)
+    if spec.kind == "categorical":
+        return CategoricalHead(spec, hidden_size)
+    if spec.kind == "one_hot":
+        return OneHotHead(spec, hidden_size)
+    if spec.kind == "count":
+        return CountHead(spec, hidden_size, components)
+    raise ValueError(f"unknown head kind {spec.kind!r}")

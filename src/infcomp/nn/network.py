@@ -1,0 +1,455 @@
+"""The automatic inference network: a proposal for every latent site, built from the model.
+
+Le, Baydin & Wood (AISTATS 2017). Observations are embedded once (one embedding per
+observe site, summed into a context vector). A recurrent core (an LSTM cell) then walks
+the latent sites in program order; at site t its input is
+
+    [context, address embedding of the site's family, features of the loop index,
+     embedding of the previous site's value],
+
+and a head chosen by the site's prior support maps the hidden state to the proposal
+q(x_t | x_<t, y). Sites named with a loop index (``x_3``, ``x[3]``) share one family:
+its address embedding, value embedding and head, with the index as an input.
+
+The network is a :class:`~infcomp.handlers.ProposalFactory`: importance sampling asks it
+for a proposer per run, which proposes each latent site as the model reaches it (a site
+of a family never seen in training is proposed from its prior, and the network carries
+on after it). Training scores joint simulations site by site with the same code
+(:meth:`InferenceNetwork.log_prob_trace`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from infcomp.distributions import DefensiveMixture
+from infcomp.errors import ModelError
+from infcomp.nn.embeddings import MLPEmbedding
+from infcomp.nn.heads import HeadSpec, UnsupportedSiteError, head_spec, make_head
+from infcomp.runtime import Site, Trace, sum_rightmost
+
+INDEX_FEATURES = 8
+_INDEXED = re.compile(r"^(?P<base>.*?)(?:_|\[)?(?P<index>\d+)\]?$")
+
+
+def split_index(name: str) -> tuple[str, int | None]:
+    """A site name's family and loop index: ``"x_12"``, ``"x12"``, ``"x[12]"`` → ``("x", 12)``."""
+    match = _INDEXED.match(name)
+    if match is None or not match.group("base"):
+        return name, None
+    return match.group("base"), int(match.group("index"))
+
+
+def index_features(index: int | None) -> Tensor:
+    """Features of a loop index: ``log1p(i)`` and sines and cosines of ``i / 4^k``, k < 3,
+    plus a flag for "has an index" (all zero without one)."""
+    if index is None:
+        return torch.zeros(INDEX_FEATURES)
+    scales = torch.tensor([1.0, 4.0, 16.0])
+    angles = index / scales
+    return torch.cat([torch.tensor([1.0, math.log1p(index)]), torch.sin(angles), torch.cos(angles)])
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Sizes and options of an :class:`InferenceNetwork`.
+
+    Attributes:
+        hidden_size: the LSTM core's hidden size.
+        observation_size: the width of the observation context.
+        address_size: the width of a site family's address embedding.
+        value_size: the width of the previous value's embedding.
+        components: mixture components of the real and count heads.
+        max_categories: integer ranges up to this size get a Categorical head, larger
+            ones a discretized-logistic head.
+        prior_sites: site names or families to propose from their prior instead of a
+            head; ``("*unsupported*",)`` does so for every site no head covers.
+    """
+
+    hidden_size: int = 64
+    observation_size: int = 64
+    address_size: int = 16
+    value_size: int = 16
+    components: int = 5
+    max_categories: int = 256
+    prior_sites: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetworkConfig:
+        values = dict(data)
+        values["prior_sites"] = tuple(values.get("prior_sites", ()))
+        return cls(**values)
+
+
+UNSUPPORTED = "*unsupported*"
+
+
+@dataclass
+class Family:
+    """A group of latent sites sharing a head: same name stem, prior type and shapes."""
+
+    key: str
+    base: str
+    lookup: tuple[Any, ...]
+    spec: HeadSpec | None  # None: proposed from the prior
+
+
+@dataclass
+class _ObservationSlot:
+    key: str
+    shape: tuple[int, ...]
+
+
+class InferenceNetwork(nn.Module):
+    """The proposal network q(x; y) of inference compilation (see the module docstring).
+
+    Build it with :meth:`from_model`, which simulates the model to find its observe
+    sites and latent site families; modules for sites first seen later are added by
+    :meth:`register` during training (their parameters come out of
+    :meth:`pop_new_parameters`, for the optimizer).
+
+    Args:
+        config: sizes and options.
+        embeddings: a module per observe-site name to embed that observation (values
+            ``(M, *shape)`` to features ``(M, F)``); others get :class:`MLPEmbedding`.
+    """
+
+    def __init__(
+        self, config: NetworkConfig | None = None, embeddings: Mapping[str, nn.Module] | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config or NetworkConfig()
+        self.user_embeddings = dict(embeddings or {})
+        c = self.config
+        input_size = c.observation_size + c.address_size + INDEX_FEATURES + c.value_size
+        self.core = nn.LSTMCell(input_size, c.hidden_size)
+        self.context_bias = nn.Parameter(torch.zeros(c.observation_size))
+        self.observation_embeddings = nn.ModuleDict()
+        self.observation_projections = nn.ModuleDict()
+        self.addresses = nn.ParameterDict()
+        self.value_embeddings = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.observations: dict[str, _ObservationSlot] = {}
+        self.families: dict[str, Family] = {}
+        self._by_lookup: dict[tuple[Any, ...], Family] = {}
+        self._names: dict[str, tuple[str, int | None, Tensor]] = {}
+        self._new_parameters: list[nn.Parameter] = []
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def from_traces(
+        cls,
+        traces: Iterable[Trace],
+        config: NetworkConfig | None = None,
+        embeddings: Mapping[str, nn.Module] | None = None,
+    ) -> InferenceNetwork:
+        """A network with modules for every site of some joint traces of the model."""
+        network = cls(config, embeddings)
+        for trace in traces:
+            network.register(trace)
+        network.pop_new_parameters()
+        return network
+
+    def defensive(self, epsilon: float) -> DefensiveNetwork:
+        """This network with every proposal mixed with the prior: ``(1 - ε) q + ε p``."""
+        return DefensiveNetwork(self, epsilon)
+
+    def register(self, trace: Trace) -> None:
+        """Create the modules for the observe sites and latent site families of a trace
+        (values with ``trace.batch_ndim`` leading dimensions) that have none yet."""
+        lead = trace.batch_ndim
+        for name, site in trace.sites.items():
+            if site.kind == "observe" and name not in self.observations:
+                assert site.value is not None
+                self._add_observation(name, tuple(site.value.shape[lead:]))
+            elif site.kind == "sample" and site.fn is not None:
+                self._family(name, site.fn, lead, create=True)
+
+    def _add_observation(self, name: str, shape: tuple[int, ...]) -> None:
+        key = f"o{len(self.observations)}"
+        embedding = self.user_embeddings.get(name) or MLPEmbedding(
+            shape, self.config.observation_size
+        )
+        with torch.no_grad():
+            features = embedding(torch.zeros((2, *shape))).shape[-1]
+        projection = nn.Linear(features, self.config.observation_size)
+        self._adopt(key, embedding, self.observation_embeddings)
+        self._adopt(key, projection, self.observation_projections)
+        self.observations[name] = _ObservationSlot(key, shape)
+
+    def _family(self, name: str, prior: Distribution, lead: int, create: bool) -> Family | None:
+        base, _, _ = self._parse(name)
+        natural = tuple(prior.batch_shape[lead:])
+        lookup = (base, type(prior).__name__, natural, tuple(prior.event_shape))
+        family = self._by_lookup.get(lookup)
+        if family is not None or not create:
+            return family
+        key = f"f{len(self.families)}"
+        spec: HeadSpec | None = None
+        if not ({name, base} & set(self.config.prior_sites)):
+            try:
+                spec = head_spec(name, prior, self.config.max_categories, lead)
+            except UnsupportedSiteError:
+                if UNSUPPORTED not in self.config.prior_sites:
+                    raise
+        self._build_family(Family(key, base, lookup, spec))
+        return self.families[key]
+
+    def _build_family(self, family: Family) -> None:
+        c = self.config
+        self.families[family.key] = family
+        self._by_lookup[family.lookup] = family
+        address = nn.Parameter(torch.randn(c.address_size) * 0.1)
+        self.addresses[family.key] = address
+        self._new_parameters.append(address)
+        if family.spec is not None:
+            self._adopt(family.key, make_head(family.spec, c.hidden_size, c.components), self.heads)
+            features = _value_feature_size(family.spec)
+            self._adopt(family.key, nn.Linear(features, c.value_size), self.value_embeddings)
+
+    def _adopt(self, key: str, module: nn.Module, into: nn.ModuleDict) -> None:
+        module.to(self.context_bias.device)
+        into[key] = module
+        self._new_parameters.extend(module.parameters())
+
+    def pop_new_parameters(self) -> list[nn.Parameter]:
+        """Parameters of modules created since the last call (to add to an optimizer)."""
+        new, self._new_parameters = self._new_parameters, []
+        return new
+
+    def _parse(self, name: str) -> tuple[str, int | None, Tensor]:
+        parsed = self._names.get(name)
+        if parsed is None:
+            base, index = split_index(name)
+            parsed = (base, index, index_features(index))
+            self._names[name] = parsed
+        return parsed
+
+    # -- the forward pass --------------------------------------------------------------
+
+    def context(self, observations: Mapping[str, Tensor], batch_ndim: int) -> Tensor:
+        """The observation context, shape ``lead + (observation_size,)`` where ``lead`` is
+        the leading ``batch_ndim`` dimensions of the values. Observe sites the network
+        has no embedding for are ignored."""
+        device = self.context_bias.device
+        total: Tensor | None = None
+        lead: torch.Size | None = None
+        for name, slot in self.observations.items():
+            if name not in observations:
+                continue
+            value = observations[name].to(device)
+            lead = value.shape[:batch_ndim]
+            flat = value.reshape((-1, *slot.shape))
+            embedded = self.observation_projections[slot.key](
+                self.observation_embeddings[slot.key](flat)
+            )
+            total = embedded if total is None else total + embedded
+        if total is None or lead is None:
+            raise ModelError(
+                f"none of the observations {sorted(observations)} is known to the network "
+                f"(it knows {sorted(self.observations)})"
+            )
+        return torch.relu(total + self.context_bias).reshape(lead + (self.config.observation_size,))
+
+    def proposer(
+        self,
+        observations: Mapping[str, Tensor],
+        batch_shape: tuple[int, ...],
+        data_batch_ndim: int = 0,
+        defensive: float = 0.0,
+    ) -> NetworkProposer:
+        """A proposer for one run with particle shape ``batch_shape``; the observations
+        carry ``data_batch_ndim`` leading dimensions (which broadcast against it)."""
+        context = self.context(observations, data_batch_ndim)
+        return NetworkProposer(self, context, torch.Size(batch_shape), defensive, learn=False)
+
+    def log_prob_trace(self, trace: Trace) -> Tensor:
+        """``log q(x_i; y_i)`` for the joint traces of a group, shape ``(n,)``.
+
+        Walks the latent sites of ``trace`` (values with one leading dimension n) in
+        program order, scoring each value under its proposal (teacher forcing). Sites
+        proposed from the prior contribute nothing (their log q does not depend on the
+        network). Unknown sites are registered first.
+        """
+        if trace.batch_ndim != 1:
+            raise ValueError("log_prob_trace needs a trace with one leading batch dimension")
+        self.register(trace)
+        observations = {n: s.value for n, s in trace.sites.items() if s.kind == "observe"}
+        first = next(iter(trace.sites.values()))
+        assert first.value is not None
+        size = first.value.shape[0]
+        context = self.context(observations, 1)  # type: ignore[arg-type]
+        proposer = NetworkProposer(self, context, torch.Size([size]), 0.0, learn=True)
+        total = torch.zeros(size, device=context.device)
+        for site in trace.sites.values():
+            if site.kind != "sample":
+                continue
+            proposal = proposer.propose(site)
+            if proposal is not None:
+                assert site.value is not None
+                total = total + sum_rightmost(proposal.log_prob(site.value), 1)
+            proposer.accept(site)
+        return total
+
+    def config_dict(self) -> dict[str, Any]:
+        """What rebuilds this network's modules (with :meth:`from_config_dict`)."""
+        return {
+            "config": self.config.to_dict(),
+            "observations": {name: list(slot.shape) for name, slot in self.observations.items()},
+            "families": [
+                {
+                    "base": family.base,
+                    "lookup": [
+                        family.lookup[0],
+                        family.lookup[1],
+                        list(family.lookup[2]),
+                        list(family.lookup[3]),
+                    ],
+                    "spec": family.spec.to_dict() if family.spec is not None else None,
+                }
+                for family in self.families.values()
+            ],
+        }
+
+    @classmethod
+    def from_config_dict(
+        cls, data: Mapping[str, Any], embeddings: Mapping[str, nn.Module] | None = None
+    ) -> InferenceNetwork:
+        """Rebuild a network (untrained) from :meth:`config_dict`; then load its state."""
+        network = cls(NetworkConfig.from_dict(data["config"]), embeddings)
+        for name, shape in data["observations"].items():
+            network._add_observation(name, tuple(shape))
+        for index, item in enumerate(data["families"]):
+            base, distribution, natural, event = item["lookup"]
+            lookup = (base, distribution, tuple(natural), tuple(event))
+            spec = HeadSpec.from_dict(item["spec"]) if item["spec"] is not None else None
+            network._build_family(Family(f"f{index}", item["base"], lookup, spec))
+        network.pop_new_parameters()
+        return network
+
+
+@dataclass(frozen=True)
+class DefensiveNetwork:
+    """An :class:`InferenceNetwork` whose proposals are mixed with the prior,
+    ``q' = (1 - ε) q + ε p``: each site's weight factor p/q' is at most 1/ε."""
+
+    network: InferenceNetwork
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.epsilon < 1:
+            raise ValueError(f"the defensive weight must lie in (0, 1), got {self.epsilon}")
+
+    def proposer(
+        self,
+        observations: Mapping[str, Tensor],
+        batch_shape: tuple[int, ...],
+        data_batch_ndim: int = 0,
+        defensive: float = 0.0,
+    ) -> NetworkProposer:
+        return self.network.proposer(observations, batch_shape, data_batch_ndim, self.epsilon)
+
+
+class NetworkProposer:
+    """The state of one run of an :class:`InferenceNetwork`: the LSTM's hidden and cell
+    states and the previous value's embedding, for ``M`` rows (the batch, flattened).
+
+    Implements :class:`~infcomp.handlers.Proposer`.
+    """
+
+    def __init__(
+        self,
+        network: InferenceNetwork,
+        context: Tensor,
+        batch_shape: torch.Size,
+        defensive: float,
+        learn: bool,
+    ) -> None:
+        c = network.config
+        self.network = network
+        self.batch_shape = batch_shape
+        rows = max(batch_shape.numel(), 1)
+        self.context = context.expand(batch_shape + context.shape[-1:]).reshape(rows, -1)
+        device = context.device
+        self.hidden = torch.zeros(rows, c.hidden_size, device=device)
+        self.cell = torch.zeros(rows, c.hidden_size, device=device)
+        self.previous = torch.zeros(rows, c.value_size, device=device)
+        self.defensive = defensive
+        self.learn = learn
+        self.rows = rows
+        self._family: Family | None = None
+
+    def propose(self, site: Site) -> Distribution | None:
+        """Advance the core to ``site`` and return its proposal (None: the prior)."""
+        network = self.network
+        prior = site.fn
+        assert prior is not None
+        lead = len(self.batch_shape)
+        if prior.batch_shape[:lead] != self.batch_shape:
+            prior = prior.expand(self.batch_shape + prior.batch_shape)
+        family = network._family(site.name, prior, lead, create=self.learn)
+        self._family = family
+        _, _, features = network._parse(site.name)
+        device = self.context.device
+        if family is None:
+            address = torch.zeros(network.config.address_size, device=device)
+        else:
+            address = network.addresses[family.key]
+        step_input = torch.cat(
+            [
+                self.context,
+                address.expand(self.rows, -1),
+                features.to(device).expand(self.rows, -1),
+                self.previous,
+            ],
+            dim=-1,
+        )
+        self.hidden, self.cell = network.core(step_input, (self.hidden, self.cell))
+        if family is None or family.spec is None:
+            return None
+        proposal = network.heads[family.key](self.hidden, prior)
+        if self.defensive > 0:
+            proposal = DefensiveMixture(proposal, prior, self.defensive)
+        return proposal
+
+    def accept(self, site: Site) -> None:
+        """Remember the value chosen at ``site`` for the next step."""
+        family = self._family
+        if family is None or family.spec is None:
+            self.previous = torch.zeros_like(self.previous)
+            return
+        assert site.value is not None
+        features = _value_features(family.spec, site.value, self.rows)
+        self.previous = self.network.value_embeddings[family.key](features)
+
+
+def _value_feature_size(spec: HeadSpec) -> int:
+    elements = math.prod(spec.natural_shape)
+    if spec.kind == "categorical":
+        return elements * spec.num_categories
+    return elements * max(math.prod(spec.event_shape), 1)
+
+
+def _value_features(spec: HeadSpec, value: Tensor, rows: int) -> Tensor:
+    """Features of a site's value for the value embedding, shape ``(rows, F)``."""
+    if spec.kind == "categorical":
+        index = (value.reshape(rows, -1) - spec.lower).long().clamp(0, spec.num_categories - 1)
+        return (
+            nn.functional.one_hot(index, spec.num_categories)
+            .reshape(rows, -1)
+            .to(torch.get_default_dtype())
+        )
+    flat = value.reshape(rows, -1).to(torch.get_default_dtype())
+    return flat.sign() * flat.abs().log1p()

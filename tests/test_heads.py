@@ -1,0 +1,118 @@
+"""Contract tests over every proposal head: shapes, support, finite log-probs, gradients."""
+
+import math
+
+import pytest
+import torch
+import torch.distributions as D
+
+from infcomp.nn.heads import UnsupportedSiteError, head_spec, location_and_spread, make_head
+
+PRIORS = {
+    "normal": (D.Normal(0.5, 2.0), "real"),
+    "normal-batch": (D.Normal(torch.zeros(3), 1.0), "real"),
+    "mvn": (D.MultivariateNormal(torch.zeros(2), torch.eye(2)), "real"),
+    "independent-normal": (D.Independent(D.Normal(torch.zeros(2), 1.0), 1), "real"),
+    "cauchy": (D.Cauchy(1.0, 2.0), "real"),
+    "gamma": (D.Gamma(2.0, 1.0), "constrained"),
+    "exponential": (D.Exponential(1.5), "constrained"),
+    "lognormal": (D.LogNormal(0.0, 1.0), "constrained"),
+    "halfnormal": (D.HalfNormal(1.0), "constrained"),
+    "beta": (D.Beta(2.0, 2.0), "constrained"),
+    "uniform": (D.Uniform(-1.0, 3.0), "constrained"),
+    "dirichlet": (D.Dirichlet(torch.ones(3)), "constrained"),
+    "independent-gamma": (D.Independent(D.Gamma(torch.ones(3), 1.0), 1), "constrained"),
+    "bernoulli": (D.Bernoulli(0.3), "bernoulli"),
+    "categorical": (D.Categorical(torch.tensor([0.1, 0.2, 0.3, 0.4])), "categorical"),
+    "binomial": (D.Binomial(10, 0.3), "categorical"),
+    "one-hot": (D.OneHotCategorical(torch.ones(3)), "one_hot"),
+    "poisson": (D.Poisson(3.0), "count"),
+    "geometric": (D.Geometric(0.3), "count"),
+    "negative-binomial": (D.NegativeBinomial(5.0, 0.5), "count"),
+    "large-binomial": (D.Binomial(1000, 0.5), "count"),
+}
+
+LEAD = (5,)
+HIDDEN = 8
+
+
+@pytest.mark.parametrize("name", list(PRIORS))
+def test_head_contract(name):
+    prior, kind = PRIORS[name]
+    spec = head_spec(name, prior)
+    assert spec.kind == kind
+    head = make_head(spec, HIDDEN, components=3)
+    batched = prior.expand(torch.Size(LEAD) + prior.batch_shape)
+    hidden = torch.randn(math.prod(LEAD), HIDDEN, requires_grad=True)
+    proposal = head(hidden, batched)
+    assert proposal.batch_shape == batched.batch_shape
+    assert proposal.event_shape == prior.event_shape
+    samples = proposal.sample((7,))
+    assert samples.shape == (7,) + batched.batch_shape + prior.event_shape
+    # Samples lie in the prior's support, and the prior can score them.
+    assert bool(prior.support.check(samples).all())
+    assert torch.isfinite(batched.log_prob(samples)).all()
+    log_q = proposal.log_prob(samples)
+    assert log_q.shape == (7,) + batched.batch_shape
+    assert torch.isfinite(log_q).all()
+    # Gradients of -log q reach the hidden state and every parameter of the head.
+    (-log_q.sum()).backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+    for parameter_name, parameter in head.named_parameters():
+        assert parameter.grad is not None, parameter_name
+        assert torch.isfinite(parameter.grad).all(), parameter_name
+        assert parameter.grad.abs().sum() > 0, parameter_name
+
+
+@pytest.mark.parametrize(
+    ("name", "tolerance"),
+    [
+        ("normal", 0.15),
+        ("poisson", 0.15),
+        ("categorical", 0.15),
+        ("bernoulli", 0.15),
+        ("gamma", 0.5),
+        ("beta", 0.5),
+    ],
+)
+def test_an_untrained_head_starts_near_the_prior(name, tolerance):
+    # The last layer starts near zero, so q's first two moments are near the prior's. For
+    # constrained heads the mean and sd are matched in the unconstrained space (delta
+    # method), so in the constrained space they agree only roughly: a wider tolerance.
+    prior, _ = PRIORS[name]
+    torch.manual_seed(0)
+    head = make_head(head_spec(name, prior), HIDDEN, components=1)
+    proposal = head(torch.randn(1, HIDDEN), prior.expand((1,)))
+    samples = proposal.sample((20000,)).double()
+    if isinstance(prior, D.Categorical):  # torch gives no moments of a Categorical
+        values = prior.enumerate_support().double()
+        mean = float((prior.probs * values).sum())
+        sd = float((prior.probs * (values - mean) ** 2).sum().sqrt())
+    else:
+        mean, sd = float(prior.mean), float(prior.stddev)
+    # 20,000 draws: the mean has standard error sd/141, on top of the tolerance.
+    assert abs(float(samples.mean()) - mean) < tolerance * sd + 4 * sd / math.sqrt(20000)
+    assert abs(float(samples.std()) - sd) < 2 * tolerance * sd
+
+
+def test_categorical_head_samples_carry_the_prior_dtype():
+    for prior, dtype in (
+        (D.Categorical(torch.ones(3)), torch.int64),
+        (D.Binomial(4, 0.5), torch.float32),
+    ):
+        head = make_head(head_spec("k", prior), HIDDEN, 3)
+        assert head(torch.randn(2, HIDDEN), prior.expand((2,))).sample().dtype == dtype
+
+
+def test_unsupported_supports_name_the_site():
+    with pytest.raises(UnsupportedSiteError, match="site 'counts'.*Multinomial"):
+        head_spec("counts", D.Multinomial(5, torch.ones(3)))
+
+
+def test_location_and_spread_fall_back_sensibly():
+    loc, spread = location_and_spread(D.Cauchy(torch.tensor(2.0), torch.tensor(3.0)))
+    assert float(loc) == 2.0 and float(spread) == 3.0
+    loc, spread = location_and_spread(D.Normal(torch.tensor([1.0, -1.0]), torch.tensor([2.0, 0.5])))
+    assert torch.equal(loc, torch.tensor([1.0, -1.0])) and torch.equal(
+        spread, torch.tensor([2.0, 0.5])
+    )
