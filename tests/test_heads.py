@@ -116,3 +116,28 @@ def test_location_and_spread_fall_back_sensibly():
     assert torch.equal(loc, torch.tensor([1.0, -1.0])) and torch.equal(
         spread, torch.tensor([2.0, 0.5])
     )
+
+
+def test_specs_from_batched_priors_describe_one_row():
+    # Parameters with a leading batch (stacked simulations) must not leak into the spec.
+    for prior in (
+        D.Uniform(-torch.ones(51), torch.ones(51)),
+        D.Dirichlet(torch.ones(51, 3)),
+        D.Gamma(torch.ones(51), 1.0),
+    ):
+        spec = head_spec("site", prior, lead=1)
+        unbatched = head_spec("site", _first(prior))
+        assert spec == unbatched
+        head = make_head(spec, HIDDEN, 2)
+        for rows in (51, 7):
+            batched = _first(prior).expand((rows,))
+            assert head(torch.randn(rows, HIDDEN), batched).batch_shape == (rows,)
+
+
+def _first(prior):
+    params = {
+        name: getattr(prior, name)[0]
+        for name in ("low", "high", "concentration", "rate")
+        if name in vars(prior)
+    }
+    return type(prior)(**params)

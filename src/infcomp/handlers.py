@@ -322,7 +322,7 @@ class particles(Messenger):  # noqa: N801
 
 
 class inflate(Messenger):  # noqa: N801
-    """Widen the prior of every latent site by ``factor`` (≥ 1), for simulation.
+    """Draw every latent site from its prior widened by ``factor`` (≥ 1), for simulation.
 
     Location-scale families (Normal, Laplace, Cauchy, StudentT, Gumbel, LogNormal and the
     half families) get ``scale × factor``; Bernoulli, Categorical and OneHotCategorical
@@ -338,8 +338,15 @@ class inflate(Messenger):  # noqa: N801
         self.factor = factor
 
     def process(self, site: Site) -> None:
-        if site.kind == "sample" and site.fn is not None and self.factor != 1:
-            site.fn = inflated(site.fn, self.factor)
+        # Only the draw is widened: the site keeps its true prior, which is what a
+        # proposal is later scored and parametrized against.
+        if (
+            site.kind == "sample"
+            and site.value is None
+            and site.fn is not None
+            and self.factor != 1
+        ):
+            site.value = inflated(site.fn, self.factor).sample()
 
 
 def inflated(fn: Distribution, factor: float) -> Distribution:

@@ -156,7 +156,8 @@ class CSIS:
                     functools.partial(self._per_trace_log_q, group, size),
                     stacklevel=4,
                 )
-                self.guide_vectorize = vectorized
+                if not vectorized:
+                    self.guide_vectorize = False
             total = total + log_q.sum()
         return -total / batch.size
 
@@ -210,7 +211,10 @@ class CSIS:
         self._train_mode(True)
         self.optimizer.zero_grad()
         loss = self.loss(batch)
-        loss.backward()
+        # With every latent site proposed from its prior, log q does not depend on the
+        # parameters: there is nothing to learn from this batch.
+        if loss.requires_grad:
+            loss.backward()
         network = self.network
         if network is not None:
             # Sites first seen in this batch got new modules: train them too, without
@@ -308,19 +312,28 @@ class CSIS:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save the compiled guide: its ``state_dict``, the optimizer's and scheduler's
-        state, and a small config with a format version (never a pickled module)."""
+        state, and a small config with a format version (never a pickled module). An
+        automatic network's config describes its modules, so that :meth:`load` rebuilds
+        it without the model."""
         if not isinstance(self.guide, nn.Module):
             raise TypeError("only an nn.Module guide can be saved; save your parameters yourself")
+        names = {id(p): n for n, p in self.guide.named_parameters()}
+        network = self.network
         torch.save(
             {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "guide": self.guide.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "optimizer_parameters": [
+                    [names.get(id(p), "") for p in group["params"]]
+                    for group in self.optimizer.param_groups
+                ],
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "config": {
                     "guide_class": type(self.guide).__qualname__,
                     "model": getattr(self.model, "__qualname__", type(self.model).__name__),
+                    "network": network.config_dict() if network is not None else None,
                     "num_steps": self.num_steps,
                     "loss_history": list(self.loss_history),
                     "validation_history": [list(item) for item in self.validation_history],
@@ -334,14 +347,16 @@ class CSIS:
         cls,
         path: str | os.PathLike[str],
         model: Program,
-        guide: nn.Module,
+        guide: nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         **options: Any,
     ) -> CSIS:
         """Rebuild a :class:`CSIS` from :meth:`save`'s file.
 
-        ``guide`` is a freshly built module of the saved architecture; its parameters,
-        the optimizer's and scheduler's state, the step count and the loss histories are
+        ``guide`` is a freshly built module of the saved architecture; leave it out for
+        an automatic network, which is rebuilt from the saved config (pass the same
+        ``observation_embeddings`` modules if it used any). The parameters, the
+        optimizer's and scheduler's state, the step count and the loss histories are
         restored, so training resumes where it stopped. ``options`` are those of the
         constructor (give the same ``scheduler`` to resume its schedule).
         """
@@ -355,6 +370,14 @@ class CSIS:
                 f"version {FORMAT_VERSION}"
             )
         config = saved["config"]
+        if guide is None:
+            if config.get("network") is None:
+                raise ValueError(
+                    f"{os.fspath(path)!r} holds a user-written {config['guide_class']}: pass a "
+                    f"freshly built guide of that class"
+                )
+            embeddings = options.pop("observation_embeddings", None)
+            guide = InferenceNetwork.from_config_dict(config["network"], embeddings)
         try:
             guide.load_state_dict(saved["guide"])
         except RuntimeError as error:
@@ -362,6 +385,14 @@ class CSIS:
                 f"the saved parameters (of a {config['guide_class']}) do not fit "
                 f"guide {program_name(guide)}: {error}"
             ) from error
+        if optimizer is None:
+            # The same parameter groups in the same order, so that the state loads.
+            named = dict(guide.named_parameters())
+            groups = [[named[n] for n in names] for names in saved["optimizer_parameters"]]
+            learning_rate = options.pop("learning_rate", 1e-3)
+            optimizer = default_optimizer(groups[0], learning_rate)
+            for group in groups[1:]:
+                optimizer.add_param_group({"params": group})
         csis = cls(model, guide, optimizer, **options)
         csis.optimizer.load_state_dict(saved["optimizer"])
         if csis.scheduler is not None and saved["scheduler"] is not None:

@@ -90,8 +90,9 @@ class JointSimulator:
                 lambda: self._batched(batch_size),
                 lambda: self._sequential(batch_size),
             )
-        # Once a model has fallen back, keep to the path that works.
-        self.vectorize = vectorized
+        if not vectorized:
+            # Once a model has fallen back, keep to the path that works (and say so once).
+            self.vectorize = False
         return batch
 
     def _single(self, batch_shape: tuple[int, ...] = ()) -> Trace:

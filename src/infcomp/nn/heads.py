@@ -126,8 +126,11 @@ def head_spec(name: str, prior: Distribution, max_categories: int = 256, lead: i
         except NotImplementedError:
             transform = None
         if transform is not None:
-            shape = transform.inverse_shape(prior.event_shape)
-            return HeadSpec("constrained", base_event_shape=tuple(shape), **common)
+            # The transform's parameters may carry the batch: map the whole shape, then
+            # keep the event part.
+            full = transform.inverse_shape(prior.batch_shape + prior.event_shape)
+            shape = tuple(full[len(prior.batch_shape) :])
+            return HeadSpec("constrained", base_event_shape=shape, **common)
     raise UnsupportedSiteError(
         f"sample site {name!r}: no proposal head for {type(prior).__name__} with support "
         f"{support}; propose it from the prior instead (prior_sites={{{name!r}}} or "
