@@ -98,7 +98,7 @@ def test_a_single_trace_guide_is_detected_once_and_trained_trace_by_trace():
         csis.train(3, batch_size=8, progress=False)
     notices = [w for w in caught if issubclass(w.category, ic.VectorizationNotice)]
     assert len(notices) == 1 and "SingleTraceGuide" in str(notices[0].message)
-    assert csis.guide_vectorize is False
+    assert csis.scorer.vectorize is False
     assert len(csis.loss_history) == 3
 
 

@@ -15,8 +15,8 @@ from infcomp.errors import (
     VectorizationNotice,
 )
 from infcomp.handlers import block, condition, particles, replay, scale, simulate, trace
-from infcomp.inference import CSIS, JointSimulator, importance, run_particles
-from infcomp.posterior import Posterior
+from infcomp.inference import CSIS, JointSimulator, importance, importance_batch, run_particles
+from infcomp.posterior import BatchPosterior, Posterior
 from infcomp.primitives import factor, observe, sample
 from infcomp.runtime import Site, Trace
 
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CSIS",
+    "BatchPosterior",
     "Empirical",
     "GuideError",
     "InferenceWarning",
@@ -39,6 +40,7 @@ __all__ = [
     "condition",
     "factor",
     "importance",
+    "importance_batch",
     "observe",
     "particles",
     "replay",

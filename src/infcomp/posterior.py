@@ -26,7 +26,7 @@ from infcomp import diagnostics
 from infcomp.empirical import Empirical
 from infcomp.errors import ModelError
 from infcomp.resampling import multinomial_indices, systematic_indices
-from infcomp.runtime import Trace, index_trace
+from infcomp.runtime import Site, Trace, index_trace
 
 Quantity = str | Callable[[Trace], Tensor]
 """A site name, or a function of a trace whose result has a leading particle dimension."""
@@ -321,3 +321,150 @@ def _describe(quantity: Quantity) -> str:
     if isinstance(quantity, str):
         return f"site {quantity!r}"
     return f"function {getattr(quantity, '__name__', repr(quantity))}"
+
+
+class BatchPosterior:
+    """Posteriors for B data sets from one batched run of N particles each.
+
+    Weights, diagnostics and moments are computed for all data sets at once, over the
+    particle dimension: ``log_evidence``, ``ess``, ``log_evidence_stderr`` and ``khat``
+    have shape ``(B,)``; ``mean(site)`` has shape ``(B, ...)``. ``batch[b]`` (or
+    :meth:`posterior`) is data set b's :class:`Posterior`.
+
+    Args:
+        log_weights: shape ``(N, B)``.
+        trace: the batched trace (values ``(N, B, ...)``) of a vectorized run, or
+        posteriors: one :class:`Posterior` per data set (a run trace by trace).
+    """
+
+    def __init__(
+        self,
+        log_weights: Tensor,
+        trace: Trace | None = None,
+        posteriors: Sequence[Posterior] | None = None,
+    ) -> None:
+        if log_weights.dim() != 2:
+            raise ValueError(f"log weights must have shape (N, B), got {tuple(log_weights.shape)}")
+        if (trace is None) == (posteriors is None):
+            raise ValueError("give either the batched trace or the per-data-set posteriors")
+        self.log_weights = log_weights.to(torch.float64)
+        self.trace = trace
+        self._posteriors = list(posteriors) if posteriors is not None else None
+
+    @property
+    def num_samples(self) -> int:
+        """Particles per data set, N."""
+        return self.log_weights.shape[0]
+
+    @property
+    def num_datasets(self) -> int:
+        """The number of data sets, B."""
+        return self.log_weights.shape[1]
+
+    def __len__(self) -> int:
+        return self.num_datasets
+
+    @functools.cached_property
+    def weights(self) -> Tensor:
+        """Normalized weights per data set, shape ``(N, B)``."""
+        return diagnostics.normalized_weights(self.log_weights)
+
+    @functools.cached_property
+    def ess(self) -> Tensor:
+        """Effective sample size per data set, ``(B,)``."""
+        return diagnostics.effective_sample_size(self.log_weights)
+
+    @functools.cached_property
+    def log_evidence(self) -> Tensor:
+        """``log Ẑ_b = logsumexp_i(log w_ib) - log N`` per data set, ``(B,)``."""
+        return diagnostics.log_evidence(self.log_weights)
+
+    @functools.cached_property
+    def log_evidence_stderr(self) -> Tensor:
+        """Standard error of each ``log Ẑ_b``: ``sqrt(1/ESS_b - 1/N)``, ``(B,)``."""
+        return diagnostics.log_evidence_stderr(self.log_weights)
+
+    @functools.cached_property
+    def khat(self) -> Tensor:
+        """Pareto k-hat per data set, ``(B,)``."""
+        return diagnostics.pareto_khat(self.log_weights)
+
+    def posterior(self, index: int) -> Posterior:
+        """Data set ``index``'s weighted posterior."""
+        if not -self.num_datasets <= index < self.num_datasets:
+            raise IndexError(f"data set {index} of {self.num_datasets}")
+        if self._posteriors is not None:
+            return self._posteriors[index]
+        assert self.trace is not None
+        single = Trace(batch_ndim=1)
+        for name, site in self.trace.sites.items():
+            assert site.value is not None
+            single.add(Site(name, site.kind, None, site.value[:, index]))
+        returned = self.trace.return_value
+        if isinstance(returned, Tensor) and returned.dim() >= 2:
+            single.return_value = returned[:, index]
+        return Posterior([single], [self.num_samples], self.log_weights[:, index])
+
+    __getitem__ = posterior
+
+    def values(self, quantity: Quantity) -> Tensor:
+        """Values of a site or function for every particle and data set, ``(N, B, ...)``
+        (a vectorized run only; otherwise ask each :meth:`posterior`)."""
+        if self.trace is None:
+            raise ModelError(
+                "this batch ran trace by trace: ask each data set's posterior (batch[b])"
+            )
+        value = self.trace[quantity].value if isinstance(quantity, str) else quantity(self.trace)
+        if not isinstance(value, Tensor) or tuple(value.shape[:2]) != tuple(self.log_weights.shape):
+            raise ModelError(
+                f"{_describe(quantity)} gave no tensor with leading dimensions "
+                f"{tuple(self.log_weights.shape)} (particles, data sets)"
+            )
+        return value
+
+    def mean(self, quantity: Quantity) -> Tensor:
+        """``E_b[f] ≈ sum_i w̄_ib f(x_ib)`` for every data set, shape ``(B, ...)``."""
+        if self.trace is None:
+            assert self._posteriors is not None
+            return torch.stack([p.mean(quantity) for p in self._posteriors])
+        values = self.values(quantity).to(torch.float64)
+        weights = self.weights.reshape(self.weights.shape + (1,) * (values.dim() - 2))
+        return (weights * values).sum(0)
+
+    def variance(self, quantity: Quantity) -> Tensor:
+        """``Var_b[f]`` for every data set, shape ``(B, ...)``."""
+        if self.trace is None:
+            assert self._posteriors is not None
+            return torch.stack([p.variance(quantity) for p in self._posteriors])
+        values = self.values(quantity).to(torch.float64)
+        weights = self.weights.reshape(self.weights.shape + (1,) * (values.dim() - 2))
+        mean = (weights * values).sum(0)
+        return (weights * (values - mean) ** 2).sum(0)
+
+    def std(self, quantity: Quantity) -> Tensor:
+        """Square root of :meth:`variance`."""
+        return self.variance(quantity).sqrt()
+
+    def problems(self) -> str:
+        """One line summarizing the data sets whose results look unreliable, or ``""``."""
+        n = self.num_samples
+        bad = torch.isnan(self.log_weights) | torch.isposinf(self.log_weights)
+        counts = []
+        nonfinite = int(bad.any(0).sum())
+        if nonfinite:
+            counts.append(f"{nonfinite} with NaN or +inf weights")
+        zero = int(torch.isneginf(self.log_weights).all(0).sum())
+        if zero:
+            counts.append(f"{zero} with all weights zero")
+        low = int((self.ess < MIN_ESS_FRACTION * n).sum())
+        if low:
+            counts.append(f"{low} with ESS/N below {MIN_ESS_FRACTION}")
+        high = int((self.khat > diagnostics.khat_threshold(n)).sum())
+        if high:
+            counts.append(f"{high} with Pareto k-hat above {diagnostics.khat_threshold(n):.2f}")
+        if not counts:
+            return ""
+        return f"of {self.num_datasets} data sets: " + ", ".join(counts)
+
+    def __repr__(self) -> str:
+        return f"BatchPosterior(num_datasets={self.num_datasets}, num_samples={self.num_samples})"

@@ -1,7 +1,13 @@
 """Inference algorithms; each states its weight formula and returns a Posterior."""
 
 from infcomp.inference.csis import CSIS
-from infcomp.inference.importance import ParticleRun, check_guide, importance, run_particles
+from infcomp.inference.importance import (
+    ParticleRun,
+    check_guide,
+    importance,
+    importance_batch,
+    run_particles,
+)
 from infcomp.inference.simulation import JointBatch, JointSimulator
 
 __all__ = [
@@ -11,5 +17,6 @@ __all__ = [
     "ParticleRun",
     "check_guide",
     "importance",
+    "importance_batch",
     "run_particles",
 ]

@@ -12,7 +12,6 @@ gets importance sampling with the guide as proposal (Le, Baydin & Wood, AISTATS 
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,21 +20,17 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from infcomp.errors import GuideError
-from infcomp.handlers import particles, replay, trace
 from infcomp.inference.common import (
     Program,
-    batched_or_sequential,
     check_positive_int,
-    check_vectorize,
     program_name,
     untouched_random_state,
 )
-from infcomp.inference.importance import check_guide, importance
-from infcomp.inference.simulation import JointBatch, JointSimulator, observations_of
+from infcomp.inference.importance import importance
+from infcomp.inference.scoring import ProposalScorer
+from infcomp.inference.simulation import JointBatch, JointSimulator
 from infcomp.nn.network import InferenceNetwork, NetworkConfig
 from infcomp.posterior import Posterior
-from infcomp.runtime import Trace, particle_trace, structure_key, sum_rightmost
 
 FORMAT = "infcomp.csis"
 FORMAT_VERSION = 1
@@ -127,12 +122,11 @@ class CSIS:
         self.optimizer = optimizer
         self.scheduler = scheduler(optimizer) if scheduler is not None else None
         self.validation_size = check_positive_int("validation_size", validation_size, minimum=0)
-        self.guide_vectorize = check_vectorize(vectorize)
+        self.scorer = ProposalScorer(guide, self.args, self.kwargs, vectorize)
         self.num_steps = 0
         self.loss_history: list[float] = []
         self.validation_history: list[tuple[int, float]] = []
         self._validation_batch: JointBatch | None = None
-        self._guide_natural_shapes: dict[Any, dict[str, torch.Size]] = {}
 
     @property
     def network(self) -> InferenceNetwork | None:
@@ -143,65 +137,7 @@ class CSIS:
 
     def loss(self, batch: JointBatch) -> Tensor:
         """``-1/B Σ_i log q(x_i; y_i)`` over a batch of joint simulations."""
-        total = torch.zeros((), dtype=torch.float64)
-        network = self.network
-        for group, size in zip(batch.traces, batch.sizes):
-            if network is not None:
-                log_q = network.log_prob_trace(group)
-            else:
-                log_q, vectorized = batched_or_sequential(
-                    f"guide {program_name(self.guide)}",
-                    self.guide_vectorize,
-                    functools.partial(self._batched_log_q, group, size),
-                    functools.partial(self._per_trace_log_q, group, size),
-                    stacklevel=4,
-                )
-                if not vectorized:
-                    self.guide_vectorize = False
-            total = total + log_q.sum()
-        return -total / batch.size
-
-    def _batched_log_q(self, group: Trace, size: int) -> Tensor:
-        """log q(x_i; y_i) for a group in one guide call with batched observations."""
-        natural = self._natural_shapes(group)
-        with (
-            trace(batch_ndim=1) as tracer,
-            replay(trace=group),
-            particles(batch_shape=(size,), natural_shapes=natural),
-        ):
-            self.guide(*self.args, observations=observations_of(group), **self.kwargs)
-        return self._score(group, tracer.trace, 1)
-
-    def _per_trace_log_q(self, group: Trace, size: int) -> Tensor:
-        """log q(x_i; y_i) for a group, one guide call per simulation."""
-        log_qs = []
-        for index in range(size):
-            single = particle_trace(group, index)
-            with trace() as tracer, replay(trace=single):
-                self.guide(*self.args, observations=observations_of(single), **self.kwargs)
-            log_qs.append(self._score(single, tracer.trace, 0))
-        return torch.stack(log_qs)
-
-    def _natural_shapes(self, group: Trace) -> dict[str, torch.Size]:
-        """The guide's sites' unbatched shapes for this structure, from one probe call."""
-        key = structure_key(group)
-        if key not in self._guide_natural_shapes:
-            single = particle_trace(group, 0)
-            with torch.no_grad(), untouched_random_state(), trace() as tracer, replay(trace=single):
-                self.guide(*self.args, observations=observations_of(single), **self.kwargs)
-            self._score(single, tracer.trace, 0)
-            self._guide_natural_shapes[key] = particles.natural_shapes_of(tracer.trace)
-        return self._guide_natural_shapes[key]
-
-    def _score(self, joint: Trace, guide_trace: Trace, batch_ndim: int) -> Tensor:
-        """Check the guide's sites against the model's and return log q per simulation."""
-        check_guide(joint, guide_trace)
-        if batch_ndim == 0:
-            _check_guide_shapes(joint, guide_trace)
-        log_q = guide_trace.log_prob_sum()
-        if not bool(torch.isfinite(log_q).all()):
-            raise GuideError(_nonfinite_message(guide_trace, batch_ndim))
-        return log_q
+        return -self.scorer.log_prob(batch) / batch.size
 
     # -- training ----------------------------------------------------------------------
 
@@ -215,13 +151,7 @@ class CSIS:
         # parameters: there is nothing to learn from this batch.
         if loss.requires_grad:
             loss.backward()
-        network = self.network
-        if network is not None:
-            # Sites first seen in this batch got new modules: train them too, without
-            # resetting the optimizer's state for the rest.
-            new = network.pop_new_parameters()
-            if new:
-                self.optimizer.add_param_group({"params": new})
+        self.scorer.adopt_new_parameters(self.optimizer)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -409,28 +339,3 @@ def default_optimizer(parameters: list[nn.Parameter], learning_rate: float) -> t
         return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.Adam(parameters, lr=learning_rate)
-
-
-def _check_guide_shapes(joint: Trace, guide_trace: Trace) -> None:
-    for name, site in guide_trace.sites.items():
-        value, fn = joint[name].value, site.fn
-        assert value is not None and fn is not None
-        expected = fn.batch_shape + fn.event_shape
-        if value.shape != expected:
-            raise GuideError(
-                f"guide site {name!r}: the model's value has shape {tuple(value.shape)} but the "
-                f"guide's {type(fn).__name__} has shape {tuple(expected)}"
-            )
-
-
-def _nonfinite_message(guide_trace: Trace, batch_ndim: int) -> str:
-    bad = []
-    for name, site in guide_trace.sites.items():
-        log_q = sum_rightmost(site.log_prob(), batch_ndim)
-        count = int((~torch.isfinite(log_q)).sum())
-        if count:
-            bad.append(f"{name!r} ({count} of {log_q.numel()})")
-    return (
-        f"the guide's log density is not finite at sites {', '.join(bad)} for simulated "
-        f"values: its distributions must cover the prior's support"
-    )

@@ -9,7 +9,7 @@ guide broadcast; otherwise one by one.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +35,7 @@ from infcomp.inference.common import (
     program_name,
     untouched_random_state,
 )
-from infcomp.posterior import Posterior
+from infcomp.posterior import BatchPosterior, Posterior
 from infcomp.runtime import Trace, group_traces, sum_rightmost
 
 
@@ -43,21 +43,31 @@ from infcomp.runtime import Trace, group_traces, sum_rightmost
 class ParticleRun:
     """The particles of one importance-sampling run, before any summary.
 
+    With one data set, particles have shape ``(N,)``; with a batch of B data sets
+    (``batched_data``), ``(N, B)``: N particles for each data set.
+
     Attributes:
-        traces: model traces with one leading particle dimension, one per group of
-            particles that share a structure (one group when vectorized).
+        traces: model traces whose values carry the particle dimensions, one per group
+            of particles that share a structure (one group when vectorized).
         sizes: the number of particles in each group.
-        log_weights: ``log w``, shape ``(N,)``, float64, in group order.
+        log_weights: ``log w = log p(x, y) - log q(x)``, float64, shape ``(N,)`` in
+            group order, or ``(N, B)``.
+        log_proposal: ``log q(x)`` of a guide or network (None with the prior as
+            proposal, whose weights are computed without it), shaped as ``log_weights``.
         vectorized: whether the particles ran as one batch.
         nonfinite_sites: per site, how many particles got a NaN or +inf log density
             (filled only when some log weight is NaN or +inf).
+        per_dataset: with batched data run trace by trace, one run per data set (then
+            ``traces`` is empty and ``log_weights`` stacks theirs).
     """
 
     traces: list[Trace]
     sizes: list[int]
     log_weights: Tensor
+    log_proposal: Tensor | None
     vectorized: bool
     nonfinite_sites: dict[str, int]
+    per_dataset: list[ParticleRun] | None = None
 
 
 @dataclass
@@ -112,6 +122,86 @@ def importance(
     return posterior
 
 
+def importance_batch(
+    model: Program,
+    datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    num_samples: int = 1000,
+    *,
+    guide: Program | ProposalFactory | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    vectorize: bool | None = None,
+) -> BatchPosterior:
+    """Importance sampling for many data sets at once: B × N particles in one call.
+
+    The same weights as :func:`importance` (``log w = log p(x, y_b) - log q(x; y_b)``),
+    for each data set b, with particles of shape ``(N, B)``: a model and guide that
+    broadcast run once for all. Returns a :class:`BatchPosterior` with per-data-set ESS,
+    ``log Ẑ`` and its error, k-hat and moments, and each data set's :class:`Posterior`
+    on request. Warns once, summarizing data sets whose results look unreliable.
+
+    Args:
+        datasets: a list of observation dicts, or one dict whose values stack the data
+            sets along a leading dimension of size B.
+        Others: as in :func:`importance`.
+
+    Example:
+        >>> data = {"x1": torch.randn(1000), "x2": torch.randn(1000)}  # 1000 data sets
+        >>> batch = importance_batch(gaussian, data, num_samples=1000)
+        >>> batch.log_evidence.shape, batch.mean("z").shape   # (1000,), (1000,)
+    """
+    with torch.no_grad():
+        run = run_particles(
+            model,
+            stack_datasets(datasets),
+            num_samples,
+            guide=guide,
+            args=args,
+            kwargs=kwargs,
+            vectorize=vectorize,
+            batched_data=True,
+        )
+    if run.per_dataset is not None:
+        posteriors = [
+            Posterior(r.traces, r.sizes, r.log_weights, r.nonfinite_sites) for r in run.per_dataset
+        ]
+        batch = BatchPosterior(run.log_weights, posteriors=posteriors)
+    else:
+        batch = BatchPosterior(run.log_weights, trace=run.traces[0])
+    problems = batch.problems()
+    if problems:
+        warnings.warn(problems, InferenceWarning, stacklevel=2)
+    return batch
+
+
+def stack_datasets(datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+    """Data sets as one dict whose values share a leading dimension B (checked)."""
+    if isinstance(datasets, Mapping):
+        stacked = as_data(datasets)
+    else:
+        if not datasets:
+            raise ModelError("no data sets given")
+        sets = [as_data(d) for d in datasets]
+        names = set(sets[0])
+        for index, d in enumerate(sets):
+            if set(d) != names:
+                raise ModelError(
+                    f"data set {index} names {sorted(d)}, data set 0 names {sorted(names)}"
+                )
+        try:
+            stacked = {name: torch.stack([d[name] for d in sets]) for name in sets[0]}
+        except RuntimeError as error:
+            raise ModelError(f"data sets of different shapes cannot be batched: {error}") from error
+    sizes = {name: (value.shape[0] if value.dim() else None) for name, value in stacked.items()}
+    if not sizes or None in sizes.values() or len(set(sizes.values())) != 1:
+        raise ModelError(
+            f"batched data need one leading dimension (the data set) of the same size "
+            f"for every observation; got shapes "
+            f"{ {name: tuple(v.shape) for name, v in stacked.items()} }"
+        )
+    return stacked
+
+
 def run_particles(
     model: Program,
     data: Mapping[str, Any] | None,
@@ -121,27 +211,39 @@ def run_particles(
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
+    batched_data: bool = False,
 ) -> ParticleRun:
     """Run model and proposal for ``num_samples`` particles and weigh them.
 
-    The building block of :func:`importance` (which adds ``no_grad`` and the
-    posterior); gradients flow through the log weights when the caller allows them.
+    The building block of :func:`importance` and :func:`importance_batch` (which add
+    ``no_grad`` and the posterior); gradients flow through the log weights when the
+    caller allows them (reweighted wake-sleep). With ``batched_data`` every observation
+    has a leading data-set dimension B and the particles have shape ``(N, B)``.
     """
     check_positive_int("num_samples", num_samples)
     vectorize = check_vectorize(vectorize)
-    observations = as_data(data)
+    observations = stack_datasets(data or {}) if batched_data else as_data(data)
     kwargs = dict(kwargs or {})
 
-    # An unbatched probe run: it validates the data against the model (names, shapes,
-    # supports) and the guide against the model, with errors that name the site, and
-    # gives each site's natural shape, which the batched run extends by particles.
+    # An unbatched probe run (on the first data set): it validates the data against the
+    # model (names, shapes, supports) and the guide against the model, with errors that
+    # name the site, and gives each site's natural shape, which the batched run extends
+    # by particles (and data sets).
+    first = (
+        {name: value[0] for name, value in observations.items()} if batched_data else observations
+    )
     with untouched_random_state():
-        probe = _run_single(model, guide, observations, args, kwargs)
+        probe = _run_single(model, guide, first, args, kwargs)
+    if batched_data:
+        datasets = next(iter(observations.values())).shape[0]
+        batch_shape: tuple[int, ...] = (num_samples, datasets)
+    else:
+        batch_shape = (num_samples,)
     run, _ = batched_or_sequential(
         f"model {program_name(model)}" + (f" with guide {program_name(guide)}" if guide else ""),
         vectorize,
-        lambda: _run_vectorized(model, guide, observations, args, kwargs, num_samples, probe),
-        lambda: _run_sequential(model, guide, observations, args, kwargs, num_samples, probe),
+        lambda: _run_vectorized(model, guide, observations, args, kwargs, batch_shape, probe),
+        lambda: _run_each_dataset(model, guide, observations, args, kwargs, batch_shape, probe),
     )
     return run
 
@@ -183,7 +285,8 @@ def _run_single(
         conditioner = stack.enter_context(condition(data=data, validate=not batched))
         proposal = None
         if isinstance(guide, ProposalFactory):
-            proposer = guide.proposer(data, batch_shape)
+            data_batch_ndim = max(batch_ndim - 1, 0)
+            proposer = guide.proposer(data, batch_shape, data_batch_ndim)
             proposal = stack.enter_context(propose(proposer=proposer, batch_ndim=batch_ndim))
         if batched:
             assert probe is not None
@@ -202,11 +305,13 @@ def _run_single(
     return _SingleRun(model_trace, guide_trace, conditioner.used)
 
 
-def _log_weight(run: _SingleRun) -> Tensor:
+def _log_weight(run: _SingleRun) -> tuple[Tensor, Tensor | None]:
+    """``(log w, log q)``; with the prior as proposal ``(log p(y | x) + factors, None)``."""
     if run.guide_trace is None:
         # Prior as proposal: log p(x) - log q(x) = 0 for every latent site.
-        return run.model_trace.log_prob_sum(("observe", "factor"))
-    return run.model_trace.log_prob_sum() - run.guide_trace.log_prob_sum()
+        return run.model_trace.log_prob_sum(("observe", "factor")), None
+    log_proposal = run.guide_trace.log_prob_sum()
+    return run.model_trace.log_prob_sum() - log_proposal, log_proposal
 
 
 def _run_vectorized(
@@ -215,13 +320,15 @@ def _run_vectorized(
     data: dict[str, Tensor],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    num_samples: int,
+    batch_shape: tuple[int, ...],
     probe: _SingleRun,
 ) -> ParticleRun:
-    batch_shape = (num_samples,)
     run = _run_single(model, guide, data, args, kwargs, batch_shape, probe)
     _check_data_used(data, [probe.used_data, run.used_data], probe.model_trace)
-    log_weights = torch.broadcast_to(_log_weight(run), batch_shape)
+    log_weights, log_proposal = _log_weight(run)
+    log_weights = torch.broadcast_to(log_weights, batch_shape)
+    if log_proposal is not None:
+        log_proposal = torch.broadcast_to(log_proposal, batch_shape)
     model_trace = run.model_trace
     for site in model_trace.sites.values():
         # Observed values carry no particle dimension; give them one (a view) so that
@@ -229,8 +336,44 @@ def _run_vectorized(
         if site.kind == "observe" and site.value is not None and site.fn is not None:
             shape = site.fn.batch_shape + site.fn.event_shape
             site.value = site.value.expand(shape)
-    nonfinite = _nonfinite_sites([run], 1) if not _all_finite_or_zero(log_weights) else {}
-    return ParticleRun([model_trace], [num_samples], log_weights, True, nonfinite)
+    bad = not _all_finite_or_zero(log_weights)
+    nonfinite = _nonfinite_sites([run], len(batch_shape)) if bad else {}
+    return ParticleRun([model_trace], [batch_shape[0]], log_weights, log_proposal, True, nonfinite)
+
+
+def _run_each_dataset(
+    model: Program,
+    guide: Program | ProposalFactory | None,
+    data: dict[str, Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    batch_shape: tuple[int, ...],
+    probe: _SingleRun,
+) -> ParticleRun:
+    """Particle by particle; with batched data, one data set after another."""
+    num_samples = batch_shape[0]
+    if len(batch_shape) == 1:
+        return _run_sequential(model, guide, data, args, kwargs, num_samples, probe)
+    runs = [
+        _run_sequential(
+            model, guide, {n: v[b] for n, v in data.items()}, args, kwargs, num_samples, probe
+        )
+        for b in range(batch_shape[1])
+    ]
+    log_proposals = [r.log_proposal for r in runs]
+    nonfinite: dict[str, int] = {}
+    for r in runs:
+        for name, count in r.nonfinite_sites.items():
+            nonfinite[name] = nonfinite.get(name, 0) + count
+    return ParticleRun(
+        [],
+        [],
+        torch.stack([r.log_weights for r in runs], dim=1),
+        None if log_proposals[0] is None else torch.stack(log_proposals, dim=1),  # type: ignore[arg-type]
+        False,
+        nonfinite,
+        per_dataset=runs,
+    )
 
 
 def _run_sequential(
@@ -244,11 +387,14 @@ def _run_sequential(
 ) -> ParticleRun:
     runs = [_run_single(model, guide, data, args, kwargs) for _ in range(num_samples)]
     _check_data_used(data, [probe.used_data] + [run.used_data for run in runs], probe.model_trace)
-    log_weights = torch.stack([_log_weight(run) for run in runs])
+    weights = [_log_weight(run) for run in runs]
+    log_weights = torch.stack([w for w, _ in weights])
     traces, sizes, order = group_traces([run.model_trace for run in runs])
-    ordered = log_weights[order]
+    log_proposal = None
+    if weights[0][1] is not None:
+        log_proposal = torch.stack([q for _, q in weights])[order]  # type: ignore[misc]
     nonfinite = _nonfinite_sites(runs, 0) if not _all_finite_or_zero(log_weights) else {}
-    return ParticleRun(traces, sizes, ordered, False, nonfinite)
+    return ParticleRun(traces, sizes, log_weights[order], log_proposal, False, nonfinite)
 
 
 def check_guide(model_trace: Trace, guide_trace: Trace) -> None:
