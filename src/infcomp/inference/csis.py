@@ -13,7 +13,7 @@ gets importance sampling with the guide as proposal (Le, Baydin & Wood, AISTATS 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,11 +26,11 @@ from infcomp.inference.common import (
     program_name,
     untouched_random_state,
 )
-from infcomp.inference.importance import importance
+from infcomp.inference.importance import importance, importance_batch
 from infcomp.inference.scoring import ProposalScorer
 from infcomp.inference.simulation import JointBatch, JointSimulator
 from infcomp.nn.network import InferenceNetwork, NetworkConfig
-from infcomp.posterior import Posterior
+from infcomp.posterior import BatchPosterior, Posterior
 
 FORMAT = "infcomp.csis"
 FORMAT_VERSION = 1
@@ -221,22 +221,45 @@ class CSIS:
         ``defensive = ε > 0`` proposes each site from ``(1 - ε) q + ε p`` (p its prior),
         which bounds each site's weight factor by 1/ε.
         """
-        self._train_mode(False)
-        guide: Any = self.guide
-        if defensive:
-            network = self.network
-            if network is None:
-                raise ValueError("defensive proposals need the automatic network")
-            guide = network.defensive(defensive)
         return importance(
             self.model,
             data,
             num_samples,
-            guide=guide,
+            guide=self._proposal(defensive),
             args=self.args,
             kwargs=self.kwargs,
             vectorize=vectorize,
         )
+
+    def run_batch(
+        self,
+        datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        num_samples: int = 1000,
+        *,
+        vectorize: bool | None = None,
+        defensive: float = 0.0,
+    ) -> BatchPosterior:
+        """:meth:`run` for many data sets at once (see
+        :func:`~infcomp.inference.importance.importance_batch`): B × N particles in one
+        vectorized call when the model broadcasts."""
+        return importance_batch(
+            self.model,
+            datasets,
+            num_samples,
+            guide=self._proposal(defensive),
+            args=self.args,
+            kwargs=self.kwargs,
+            vectorize=vectorize,
+        )
+
+    def _proposal(self, defensive: float) -> Any:
+        self._train_mode(False)
+        if not defensive:
+            return self.guide
+        network = self.network
+        if network is None:
+            raise ValueError("defensive proposals need the automatic network")
+        return network.defensive(defensive)
 
     # -- artifacts ---------------------------------------------------------------------
 

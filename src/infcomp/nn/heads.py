@@ -185,9 +185,11 @@ def location_and_spread(prior: Distribution) -> tuple[Tensor, Tensor]:
 class ProposalHead(nn.Module):
     """Base of the heads: a linear layer from the hidden state to raw parameters.
 
-    ``forward(hidden, prior)`` takes the hidden state of shape ``(M, H)``, where M is the
-    number of rows of the batch shape ``lead`` (``prior.batch_shape = lead + natural``),
-    and returns a distribution with the prior's batch and event shapes.
+    ``forward(hidden, prior)`` takes the hidden state of shape ``lead + (H,)``, where
+    ``lead`` broadcasts to the prior's leading batch dimensions
+    (``prior.batch_shape = lead' + natural``), and returns a distribution with the
+    prior's batch and event shapes. Rows that share a hidden state (particles before
+    their values differ) are computed once and broadcast.
     """
 
     def __init__(self, spec: HeadSpec, hidden_size: int, params_per_element: int) -> None:
@@ -202,10 +204,19 @@ class ProposalHead(nn.Module):
 
     def raw(self, hidden: Tensor, prior: Distribution) -> Tensor:
         """Raw parameters, shape ``prior.batch_shape + (params_per_element,)``."""
-        return self.linear(hidden).reshape(prior.batch_shape + (self.params_per_element,))
+        return expand_raw(self.linear(hidden), prior.batch_shape, self.spec.natural_shape)
 
     def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
         raise NotImplementedError
+
+
+def expand_raw(raw: Tensor, batch_shape: torch.Size, natural: tuple[int, ...]) -> Tensor:
+    """Raw head outputs ``lead + (E·P,)`` as ``batch_shape + (P,)``, broadcasting the rows
+    of ``lead`` over the batch's leading dimensions (E elements of the natural shape)."""
+    lead = raw.shape[:-1]
+    per_element = raw.shape[-1] // max(math.prod(natural), 1)
+    shaped = raw.reshape(lead + torch.Size(natural) + (per_element,))
+    return shaped.expand(batch_shape + (per_element,))
 
 
 class RealHead(ProposalHead):
@@ -233,7 +244,8 @@ class RealHead(ProposalHead):
     ) -> Distribution:
         """The mixture for base location ``loc`` and spread (shape batch + event)."""
         size = self.event.numel()
-        raw = self.linear(hidden).reshape(batch_shape + (self.components, 1 + 2 * size))
+        raw = expand_raw(self.linear(hidden), batch_shape, self.spec.natural_shape)
+        raw = raw.reshape(batch_shape + (self.components, 1 + 2 * size))
         logits = raw[..., 0]
         shape = batch_shape + (self.components,) + self.event
         offsets = raw[..., 1 : 1 + size].reshape(shape)

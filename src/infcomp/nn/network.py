@@ -364,7 +364,11 @@ class DefensiveNetwork:
 
 class NetworkProposer:
     """The state of one run of an :class:`InferenceNetwork`: the LSTM's hidden and cell
-    states and the previous value's embedding, for ``M`` rows (the batch, flattened).
+    states and the previous value's embedding.
+
+    Rows of the batch share their state until their values differ: at first there is
+    one row per data set (the context's), broadcast over the particles, so the core runs
+    on B rows rather than N × B until the first value proposed by the network is drawn.
 
     Implements :class:`~infcomp.handlers.Proposer`.
     """
@@ -380,15 +384,18 @@ class NetworkProposer:
         c = network.config
         self.network = network
         self.batch_shape = batch_shape
-        rows = max(batch_shape.numel(), 1)
-        self.context = context.expand(batch_shape + context.shape[-1:]).reshape(rows, -1)
+        # The state's leading shape: the context's, aligned to (and broadcastable to) the
+        # batch shape; it grows to the full batch shape at the first accepted value.
+        lead = context.shape[:-1]
+        self.lead = torch.Size((1,) * (len(batch_shape) - len(lead)) + tuple(lead))
+        rows = max(self.lead.numel(), 1)
+        self.context = context.reshape(rows, -1)
         device = context.device
         self.hidden = torch.zeros(rows, c.hidden_size, device=device)
         self.cell = torch.zeros(rows, c.hidden_size, device=device)
         self.previous = torch.zeros(rows, c.value_size, device=device)
         self.defensive = defensive
         self.learn = learn
-        self.rows = rows
         self._family: Family | None = None
 
     def propose(self, site: Site) -> Distribution | None:
@@ -402,6 +409,7 @@ class NetworkProposer:
         family = network._family(site.name, prior, lead, create=self.learn)
         self._family = family
         _, _, features = network._parse(site.name)
+        rows = self.context.shape[0]
         device = self.context.device
         if family is None:
             address = torch.zeros(network.config.address_size, device=device)
@@ -410,8 +418,8 @@ class NetworkProposer:
         step_input = torch.cat(
             [
                 self.context,
-                address.expand(self.rows, -1),
-                features.to(device).expand(self.rows, -1),
+                address.expand(rows, -1),
+                features.to(device).expand(rows, -1),
                 self.previous,
             ],
             dim=-1,
@@ -419,7 +427,8 @@ class NetworkProposer:
         self.hidden, self.cell = network.core(step_input, (self.hidden, self.cell))
         if family is None or family.spec is None:
             return None
-        proposal = network.heads[family.key](self.hidden, prior)
+        hidden = self.hidden.reshape(self.lead + self.hidden.shape[-1:])
+        proposal = network.heads[family.key](hidden, prior)
         if self.defensive > 0:
             proposal = DefensiveMixture(proposal, prior, self.defensive)
         return proposal
@@ -431,7 +440,18 @@ class NetworkProposer:
             self.previous = torch.zeros_like(self.previous)
             return
         assert site.value is not None
-        features = _value_features(family.spec, site.value, self.rows)
+        if self.lead != self.batch_shape:
+            # The rows' values now differ: give every row its own state from here on.
+            rows = max(self.batch_shape.numel(), 1)
+            self.context, self.hidden, self.cell = (
+                t.reshape(self.lead + t.shape[-1:])
+                .expand(self.batch_shape + t.shape[-1:])
+                .reshape(rows, -1)
+                for t in (self.context, self.hidden, self.cell)
+            )
+            self.lead = self.batch_shape
+        rows = self.context.shape[0]
+        features = _value_features(family.spec, site.value, rows)
         self.previous = self.network.value_embeddings[family.key](features)
 
 
