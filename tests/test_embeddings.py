@@ -46,7 +46,9 @@ def brightness():
 
 def test_a_user_supplied_cnn_embeds_image_observations():
     torch.manual_seed(0)
-    csis = ic.CSIS(brightness, observation_embeddings={"image": ConvEmbedding((8, 8), 32)}, learning_rate=3e-3)
+    csis = ic.CSIS(
+        brightness, observation_embeddings={"image": ConvEmbedding((8, 8), 32)}, learning_rate=3e-3
+    )
     assert isinstance(csis.network.observation_embeddings["o0"], ConvEmbedding)
     csis.train(300, batch_size=64, progress=False)
     truth = torch.tensor(1.3)

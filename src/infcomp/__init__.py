@@ -15,7 +15,15 @@ from infcomp.errors import (
     VectorizationNotice,
 )
 from infcomp.handlers import block, condition, particles, replay, scale, simulate, trace
-from infcomp.inference import CSIS, JointSimulator, importance, importance_batch, run_particles
+from infcomp.inference import (
+    CSIS,
+    RWS,
+    JointSimulator,
+    importance,
+    importance_batch,
+    iwae_bound,
+    run_particles,
+)
 from infcomp.posterior import BatchPosterior, Posterior
 from infcomp.primitives import factor, observe, sample
 from infcomp.runtime import Site, Trace
@@ -24,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CSIS",
+    "RWS",
     "BatchPosterior",
     "Empirical",
     "GuideError",
@@ -41,6 +50,7 @@ __all__ = [
     "factor",
     "importance",
     "importance_batch",
+    "iwae_bound",
     "observe",
     "particles",
     "replay",

@@ -8,15 +8,21 @@ from infcomp.inference.importance import (
     importance_batch,
     run_particles,
 )
+from infcomp.inference.objectives import iwae_bound, model_log_weights, wake_phi_loss
+from infcomp.inference.rws import RWS
 from infcomp.inference.simulation import JointBatch, JointSimulator
 
 __all__ = [
     "CSIS",
+    "RWS",
     "JointBatch",
     "JointSimulator",
     "ParticleRun",
     "check_guide",
     "importance",
     "importance_batch",
+    "iwae_bound",
+    "model_log_weights",
     "run_particles",
+    "wake_phi_loss",
 ]
