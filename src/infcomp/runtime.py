@@ -12,6 +12,7 @@ the site a value, a value is sampled from its distribution; then
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ SiteKind = Literal["sample", "observe", "factor"]
 _M = TypeVar("_M", bound="Messenger")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Site:
     """One named random choice, observation or weight of a program run.
 
@@ -84,9 +85,12 @@ def support_depends_on_parameters(fn: Distribution) -> bool:
     """
     if isinstance(fn, Independent):
         return support_depends_on_parameters(fn.base_dist)
-    return isinstance(
-        inspect.getattr_static(type(fn), "support", None), constraints.dependent_property
-    )
+    return _class_has_dependent_support(type(fn))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_has_dependent_support(cls: type) -> bool:
+    return isinstance(inspect.getattr_static(cls, "support", None), constraints.dependent_property)
 
 
 def _log_prob_with_zero_outside_support(fn: Distribution, value: Tensor) -> Tensor:
@@ -152,10 +156,19 @@ class Trace:
         ``batch_ndim`` leading particle dimensions:
         ``sum_sites sum_{dims >= batch_ndim} scale * log fn(value)``.
         """
-        total: Tensor = torch.zeros((), dtype=torch.float64)
-        for site in self.sites.values():
-            if site.kind in kinds:
-                total = total + sum_rightmost(site.log_prob(), self.batch_ndim).double()
+        parts = [
+            sum_rightmost(site.log_prob(), self.batch_ndim)
+            for site in self.sites.values()
+            if site.kind in kinds
+        ]
+        if not parts:
+            return torch.zeros((), dtype=torch.float64)
+        if all(part.shape == parts[0].shape for part in parts):
+            # One stacked sum instead of a conversion and an addition per site.
+            return torch.stack(parts).double().sum(0)
+        total = parts[0].double()
+        for part in parts[1:]:
+            total = total + part.double()
         return total
 
 
@@ -166,12 +179,12 @@ def sum_rightmost(value: Tensor, keep_ndim: int) -> Tensor:
     return value.sum(dim=tuple(range(keep_ndim, value.dim())))
 
 
-def stack_traces(traces: Sequence[Trace]) -> Trace:
+def stack_traces(traces: Sequence[Trace], distributions: bool = True) -> Trace:
     """Stack unbatched traces of one structure into one trace with a particle dimension.
 
     Values (and tensor return values of equal shape) are stacked along a new leading
-    dimension. Each site keeps its distribution, stacked too, when the traces'
-    distributions can be (same type, parameters of equal shapes; see
+    dimension. With ``distributions``, each site keeps its distribution, stacked too,
+    when the traces' distributions can be (same type, parameters of equal shapes; see
     :func:`~infcomp.distributions.stack_distributions`); otherwise its ``fn`` is None.
     """
     first = traces[0]
@@ -179,8 +192,10 @@ def stack_traces(traces: Sequence[Trace]) -> Trace:
     for name, site in first.sites.items():
         sites = [trace.sites[name] for trace in traces]
         value = torch.stack([s.value for s in sites])  # type: ignore[misc]
+        fn = None
         fns = [s.fn for s in sites]
-        fn = None if any(f is None for f in fns) else _stack_fns(fns)  # type: ignore[arg-type]
+        if distributions and all(f is not None for f in fns):
+            fn = _stack_fns(fns)  # type: ignore[arg-type]
         stacked.add(Site(name, site.kind, fn, value, site.scale))
     stacked.return_value = _stack_returns([trace.return_value for trace in traces])
     return stacked
@@ -216,11 +231,15 @@ def structure_key(trace: Trace) -> tuple[tuple[str, tuple[int, ...]], ...]:
     )
 
 
-def group_traces(traces: Sequence[Trace]) -> tuple[list[Trace], list[int], Tensor]:
+def group_traces(
+    traces: Sequence[Trace], distributions: bool = True
+) -> tuple[list[Trace], list[int], Tensor]:
     """Group unbatched traces by structure and stack each group.
 
-    A group whose distributions cannot be stacked (see :func:`stack_traces`) is split
-    into groups of one, so that every stacked site keeps its distribution. Returns the
+    With ``distributions``, a group whose distributions cannot be stacked (see
+    :func:`stack_traces`) is split into groups of one, so that every stacked site keeps
+    its distribution (what training a network needs); without, sites keep values
+    only (what a posterior needs, and faster). Returns the
     stacked groups, their sizes, and the order: the index of the original trace behind
     each particle of the concatenated groups (to reorder, e.g., weights).
     """
@@ -229,8 +248,8 @@ def group_traces(traces: Sequence[Trace]) -> tuple[list[Trace], list[int], Tenso
         members_by_key.setdefault(structure_key(trace), []).append(index)
     stacked, sizes, order = [], [], []
     for members in members_by_key.values():
-        group = stack_traces([traces[i] for i in members])
-        if len(members) > 1 and _lost_distributions(group, traces[members[0]]):
+        group = stack_traces([traces[i] for i in members], distributions)
+        if distributions and len(members) > 1 and _lost_distributions(group, traces[members[0]]):
             parts = [[i] for i in members]
             groups = [stack_traces([traces[i]]) for i in members]
         else:
@@ -325,16 +344,18 @@ def apply_stack(site: Site) -> Site:
     gave it a value, it is sampled from ``site.fn``; then the handlers that processed
     it postprocess it, innermost first.
     """
-    seen = 0
-    for handler in reversed(_STACK):
-        seen += 1
-        handler.process(site)
+    stack = _STACK
+    depth = len(stack)
+    seen = depth
+    for position in range(depth - 1, -1, -1):
+        stack[position].process(site)
         if site.stop:
+            seen = depth - position
             break
     if site.value is None:
         if site.fn is None:
             raise ModelError(f"{site.kind} site {site.name!r} has no value")
         site.value = site.fn.sample()
-    for handler in _STACK[len(_STACK) - seen :][::-1]:
-        handler.postprocess(site)
+    for position in range(depth - 1, depth - seen - 1, -1):
+        stack[position].postprocess(site)
     return site
