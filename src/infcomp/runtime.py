@@ -85,10 +85,10 @@ def support_depends_on_parameters(fn: Distribution) -> bool:
     """
     if isinstance(fn, Independent):
         return support_depends_on_parameters(fn.base_dist)
-    return _class_has_dependent_support(type(fn))
+    return _class_has_dependent_support(type(fn))  # type: ignore[arg-type]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _class_has_dependent_support(cls: type) -> bool:
     return isinstance(inspect.getattr_static(cls, "support", None), constraints.dependent_property)
 

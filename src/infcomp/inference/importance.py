@@ -278,7 +278,7 @@ def _run_single(
                         natural_shapes=particles.natural_shapes_of(probe.guide_trace),
                     )
                 )
-            guide(*args, observations=data, **kwargs)
+            guide(*args, observations=data, **kwargs)  # type: ignore[operator]
         guide_trace = guide_tracer.trace
     with ExitStack() as stack:
         model_tracer = stack.enter_context(trace(batch_ndim=batch_ndim))
