@@ -21,10 +21,11 @@ from infcomp.inference import (
     JointSimulator,
     importance,
     importance_batch,
+    importance_stream,
     iwae_bound,
     run_particles,
 )
-from infcomp.posterior import BatchPosterior, Posterior
+from infcomp.posterior import BatchPosterior, Posterior, StreamedPosterior
 from infcomp.primitives import factor, observe, sample
 from infcomp.runtime import Site, Trace
 
@@ -41,6 +42,7 @@ __all__ = [
     "ModelError",
     "Posterior",
     "Site",
+    "StreamedPosterior",
     "Trace",
     "VectorizationError",
     "VectorizationNotice",
@@ -50,6 +52,7 @@ __all__ = [
     "factor",
     "importance",
     "importance_batch",
+    "importance_stream",
     "iwae_bound",
     "observe",
     "particles",

@@ -241,7 +241,7 @@ def _gpd_fit_zhang_stephens(x: Tensor) -> tuple[Tensor, Tensor]:
     return k, sigma
 
 
-def pareto_khat(log_weights: Tensor) -> Tensor:
+def pareto_khat(log_weights: Tensor, num_samples: int | None = None) -> Tensor:
     """Pareto k-hat diagnostic of Vehtari, Simpson, Gelman, Yao & Gabry (JMLR, 2024).
 
     Estimates the shape ``k`` of the generalized Pareto distribution (GPD) fitted to the upper
@@ -280,17 +280,25 @@ def pareto_khat(log_weights: Tensor) -> Tensor:
 
     Args:
         log_weights: Log importance weights, shape ``(N, *batch)``.
+        num_samples: When given, ``log_weights`` holds only the largest log weights of
+            ``num_samples`` particles (at least the ``M + 1`` largest, M computed from
+            ``num_samples``), as a stream keeps them.
 
     Returns:
         Float64 tensor of shape ``batch``.
 
     Raises:
-        ValueError: If ``log_weights`` is 0-dimensional or has no particles.
+        ValueError: If ``log_weights`` is 0-dimensional or has no particles, or holds
+            fewer than ``M + 1`` of ``num_samples`` weights.
     """
     lw = _as_float64(log_weights)
-    n = lw.shape[0]
+    n = lw.shape[0] if num_samples is None else num_samples
+    if num_samples is not None and lw.shape[0] < min(_pareto_tail_length(n) + 1, n):
+        raise ValueError(
+            f"{lw.shape[0]} log weights cannot hold the {_pareto_tail_length(n) + 1} largest of {n}"
+        )
     batch_shape = lw.shape[1:]
-    flat = lw.reshape(n, -1)  # (N, B)
+    flat = lw.reshape(lw.shape[0], -1)  # (N, B), or the largest of N
     num_cols = flat.shape[1]
     out = torch.full((num_cols,), torch.nan, dtype=torch.float64, device=lw.device)
     tail_len = _pareto_tail_length(n)
@@ -325,3 +333,8 @@ def pareto_khat(log_weights: Tensor) -> Tensor:
         khat[fittable] = k_post
     out[valid] = khat
     return out.reshape(batch_shape)
+
+
+def pareto_tail_length(num_samples: int) -> int:
+    """How many of the largest weights the k-hat fit uses: ``ceil(min(0.2 N, 3 sqrt(N)))``."""
+    return _pareto_tail_length(num_samples)

@@ -16,7 +16,9 @@ leading dimension; a program with varying structure gives several such groups.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -468,3 +470,90 @@ class BatchPosterior:
 
     def __repr__(self) -> str:
         return f"BatchPosterior(num_datasets={self.num_datasets}, num_samples={self.num_samples})"
+
+
+@dataclass
+class StreamedPosterior:
+    """What streaming importance sampling keeps of N particles (see
+    :func:`~infcomp.inference.streaming.importance_stream`): sums of the weights,
+    weighted moments per site, k-hat, and an equally weighted resample.
+
+    Attributes:
+        num_samples: N.
+        log_sum_weights, log_sum_squared_weights: ``log Σ w`` and ``log Σ w²``.
+        khat: Pareto k-hat of all N weights (from the largest ones).
+        means, variances: weighted moments per kept site.
+        samples: K particles resampled from the whole stream (equal weights), or None
+            if every weight was zero.
+        num_nan_weights, num_infinite_weights, num_zero_weights: as for
+            :class:`Posterior`; nonfinite_sites names where NaN or +inf arose.
+    """
+
+    num_samples: int
+    log_sum_weights: Tensor
+    log_sum_squared_weights: Tensor
+    khat: Tensor
+    means: dict[str, Tensor]
+    variances: dict[str, Tensor]
+    samples: Posterior | None
+    num_nan_weights: int = 0
+    num_infinite_weights: int = 0
+    num_zero_weights: int = 0
+    nonfinite_sites: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def log_evidence(self) -> Tensor:
+        """``log Ẑ = log Σ w - log N``."""
+        return self.log_sum_weights - math.log(self.num_samples)
+
+    @property
+    def ess(self) -> Tensor:
+        """``(Σ w)² / Σ w²``."""
+        return (2 * self.log_sum_weights - self.log_sum_squared_weights).exp()
+
+    @property
+    def log_evidence_stderr(self) -> Tensor:
+        """``sqrt(1/ESS - 1/N)``, as for :class:`Posterior`."""
+        return (1 / self.ess - 1 / self.num_samples).clamp(min=0).sqrt()
+
+    @property
+    def khat_threshold(self) -> float:
+        return diagnostics.khat_threshold(self.num_samples)
+
+    def _moment(self, table: dict[str, Tensor], name: str) -> Tensor:
+        if name not in table:
+            raise ModelError(f"site {name!r} was not kept; the kept sites are {sorted(table)}")
+        return table[name]
+
+    def mean(self, name: str) -> Tensor:
+        """The weighted mean of a kept site over all N particles."""
+        return self._moment(self.means, name)
+
+    def variance(self, name: str) -> Tensor:
+        """The weighted variance of a kept site over all N particles."""
+        return self._moment(self.variances, name)
+
+    def std(self, name: str) -> Tensor:
+        """Square root of :meth:`variance`."""
+        return self.variance(name).sqrt()
+
+    def problems(self) -> list[str]:
+        """As :meth:`Posterior.problems`."""
+        n = self.num_samples
+        if self.num_nan_weights or self.num_infinite_weights:
+            sites = ", ".join(f"{k!r} ({v})" for k, v in self.nonfinite_sites.items())
+            where = f"; sites with non-finite log densities: {sites}" if sites else ""
+            return [
+                f"{self.num_nan_weights} NaN and {self.num_infinite_weights} +inf log weights "
+                f"out of {n}; estimates are NaN{where}"
+            ]
+        if self.num_zero_weights == n:
+            return [f"all {n} weights are zero: no particle is consistent with the data"]
+        found = []
+        ess = float(self.ess)
+        if ess < MIN_ESS_FRACTION * n:
+            found.append(f"ESS is {ess:.1f} of {n} particles ({ess / n:.2%})")
+        khat = float(self.khat)
+        if khat > self.khat_threshold:
+            found.append(f"Pareto k-hat is {khat:.2f} > {self.khat_threshold:.2f}")
+        return found

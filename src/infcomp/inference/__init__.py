@@ -11,6 +11,7 @@ from infcomp.inference.importance import (
 from infcomp.inference.objectives import iwae_bound, model_log_weights, wake_phi_loss
 from infcomp.inference.rws import RWS
 from infcomp.inference.simulation import JointBatch, JointSimulator
+from infcomp.inference.streaming import importance_stream
 
 __all__ = [
     "CSIS",
@@ -21,6 +22,7 @@ __all__ = [
     "check_guide",
     "importance",
     "importance_batch",
+    "importance_stream",
     "iwae_bound",
     "model_log_weights",
     "run_particles",
