@@ -122,7 +122,12 @@ class _Accumulator:
         if self.sites is None:
             self.sites = _latent_sites(chunk)
         if self.nan or self.posinf:
-            return  # counted above; every estimate of the stream is NaN now
+            # Counted above; every estimate of the stream is NaN now.
+            for name in self.sites:
+                shape = chunk.values(name).shape[1:]
+                self.means.setdefault(name, torch.full(shape, math.nan, dtype=torch.float64))
+                self.squares.setdefault(name, torch.full(shape, math.nan, dtype=torch.float64))
+            return
         finite = log_weights[torch.isfinite(log_weights)]
         if finite.numel() == 0:
             return  # zero weights change no summary
