@@ -302,3 +302,31 @@ def test_data_outside_a_parameter_dependent_support_give_zero_weights():
     with pytest.warns(ic.InferenceWarning, match="all 100 weights are zero"):
         post = ic.importance(window, {"y": 5.0}, num_samples=100)
     assert post.num_zero_weights == 100
+
+
+# -- worker processes ----------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
+def test_worker_processes_agree_with_one_process_and_are_reproducible():
+    torch.manual_seed(7)
+    parallel = ic.importance(marsaglia, DATA, num_samples=3000, vectorize=False, workers=2)
+    torch.manual_seed(7)
+    again = ic.importance(marsaglia, DATA, num_samples=3000, vectorize=False, workers=2)
+    assert torch.equal(parallel.log_weights, again.log_weights)
+    returned = parallel.values(lambda trace: trace.return_value)
+    # The draws are the prior N(1, √5), whichever process made them.
+    assert stats.kstest(returned.numpy(), stats.norm(1, math.sqrt(5)).cdf).pvalue > 1e-3
+    torch.manual_seed(8)
+    single = ic.importance(marsaglia, DATA, num_samples=3000, vectorize=False)
+    assert stats.ks_2samp(parallel.log_weights.numpy(), single.log_weights.numpy()).pvalue > 1e-3
+
+
+def test_workers_need_a_picklable_model():
+    def local_model():
+        ic.sample("z", Normal(0.0, 1.0))
+
+    with pytest.raises(ic.ModelError, match="picklable"):
+        ic.importance(local_model, num_samples=10, vectorize=False, workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        ic.importance(g.gaussian, DATA, num_samples=10, workers=0)

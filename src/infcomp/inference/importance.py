@@ -8,8 +8,11 @@ guide broadcast; otherwise one by one.
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +89,7 @@ def importance(
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
+    workers: int = 1,
 ) -> Posterior:
     """Importance sampling of ``model`` given ``data``.
 
@@ -107,6 +111,9 @@ def importance(
             over leading particle dimensions), ``False`` runs them one by one, ``None``
             tries the batch and falls back, with a one-time notice, when the model's
             control flow depends on sampled values.
+        workers: processes for the particle-by-particle path (each with its own random
+            stream seeded from this process's generator); model and guide must then be
+            picklable. The batched path ignores it.
 
     Example:
         >>> post = importance(gaussian, {"x1": 8.0, "x2": 9.0}, num_samples=100_000)
@@ -114,7 +121,14 @@ def importance(
     """
     with torch.no_grad():
         run = run_particles(
-            model, data, num_samples, guide=guide, args=args, kwargs=kwargs, vectorize=vectorize
+            model,
+            data,
+            num_samples,
+            guide=guide,
+            args=args,
+            kwargs=kwargs,
+            vectorize=vectorize,
+            workers=workers,
         )
     posterior = Posterior(run.traces, run.sizes, run.log_weights, run.nonfinite_sites)
     for problem in posterior.problems():
@@ -131,6 +145,7 @@ def importance_batch(
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
+    workers: int = 1,
 ) -> BatchPosterior:
     """Importance sampling for many data sets at once: B × N particles in one call.
 
@@ -160,6 +175,7 @@ def importance_batch(
             kwargs=kwargs,
             vectorize=vectorize,
             batched_data=True,
+            workers=workers,
         )
     if run.per_dataset is not None:
         posteriors = [
@@ -212,6 +228,7 @@ def run_particles(
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
     batched_data: bool = False,
+    workers: int = 1,
 ) -> ParticleRun:
     """Run model and proposal for ``num_samples`` particles and weigh them.
 
@@ -221,6 +238,7 @@ def run_particles(
     has a leading data-set dimension B and the particles have shape ``(N, B)``.
     """
     check_positive_int("num_samples", num_samples)
+    check_positive_int("workers", workers)
     vectorize = check_vectorize(vectorize)
     observations = stack_datasets(data or {}) if batched_data else as_data(data)
     kwargs = dict(kwargs or {})
@@ -243,7 +261,9 @@ def run_particles(
         f"model {program_name(model)}" + (f" with guide {program_name(guide)}" if guide else ""),
         vectorize,
         lambda: _run_vectorized(model, guide, observations, args, kwargs, batch_shape, probe),
-        lambda: _run_each_dataset(model, guide, observations, args, kwargs, batch_shape, probe),
+        lambda: _run_each_dataset(
+            model, guide, observations, args, kwargs, batch_shape, probe, workers
+        ),
     )
     return run
 
@@ -355,14 +375,22 @@ def _run_each_dataset(
     kwargs: dict[str, Any],
     batch_shape: tuple[int, ...],
     probe: _SingleRun,
+    workers: int,
 ) -> ParticleRun:
     """Particle by particle; with batched data, one data set after another."""
     num_samples = batch_shape[0]
     if len(batch_shape) == 1:
-        return _run_sequential(model, guide, data, args, kwargs, num_samples, probe)
+        return _run_sequential(model, guide, data, args, kwargs, num_samples, probe, workers)
     runs = [
         _run_sequential(
-            model, guide, {n: v[b] for n, v in data.items()}, args, kwargs, num_samples, probe
+            model,
+            guide,
+            {n: v[b] for n, v in data.items()},
+            args,
+            kwargs,
+            num_samples,
+            probe,
+            workers,
         )
         for b in range(batch_shape[1])
     ]
@@ -390,7 +418,10 @@ def _run_sequential(
     kwargs: dict[str, Any],
     num_samples: int,
     probe: _SingleRun,
+    workers: int = 1,
 ) -> ParticleRun:
+    if workers > 1 and num_samples > 1:
+        return _run_in_workers(model, guide, data, args, kwargs, num_samples, workers)
     runs = [_run_single(model, guide, data, args, kwargs) for _ in range(num_samples)]
     _check_data_used(data, [probe.used_data] + [run.used_data for run in runs], probe.model_trace)
     weights = [_log_weight(run) for run in runs]
@@ -401,6 +432,71 @@ def _run_sequential(
         log_proposal = torch.stack([q for _, q in weights])[order]  # type: ignore[misc]
     nonfinite = _nonfinite_sites(runs, 0) if not _all_finite_or_zero(log_weights) else {}
     return ParticleRun(traces, sizes, log_weights[order], log_proposal, False, nonfinite)
+
+
+def _run_in_workers(
+    model: Program,
+    guide: Program | ProposalFactory | None,
+    data: dict[str, Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    num_samples: int,
+    workers: int,
+) -> ParticleRun:
+    """The particle-by-particle path split over worker processes.
+
+    Each worker gets its own random stream, seeded from the parent's generator (so a
+    seeded parent gives reproducible results) and runs its share of particles; the runs
+    are concatenated. Processes are spawned, so model and guide must be picklable
+    (defined at module level).
+    """
+    shares = [num_samples // workers + (i < num_samples % workers) for i in range(workers)]
+    shares = [share for share in shares if share > 0]
+    seeds = torch.randint(0, 2**62, (len(shares),)).tolist()
+    try:
+        pickle.dumps((model, guide, args, kwargs))
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        raise ModelError(
+            f"workers > 1 runs the model in other processes, so model, guide and arguments "
+            f"must be picklable (defined at module level): {error}"
+        ) from error
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:
+        futures = [
+            pool.submit(_worker, model, guide, data, args, kwargs, share, seed)
+            for share, seed in zip(shares, seeds)
+        ]
+        runs = [future.result() for future in futures]
+    nonfinite: dict[str, int] = {}
+    for run in runs:
+        for name, count in run.nonfinite_sites.items():
+            nonfinite[name] = nonfinite.get(name, 0) + count
+    log_proposals = [run.log_proposal for run in runs]
+    return ParticleRun(
+        [trace for run in runs for trace in run.traces],
+        [size for run in runs for size in run.sizes],
+        torch.cat([run.log_weights for run in runs]),
+        None if log_proposals[0] is None else torch.cat(log_proposals),  # type: ignore[arg-type]
+        False,
+        nonfinite,
+    )
+
+
+def _worker(
+    model: Program,
+    guide: Program | ProposalFactory | None,
+    data: dict[str, Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    num_samples: int,
+    seed: int,
+) -> ParticleRun:
+    """One worker's share of the particle-by-particle path (in a spawned process)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        probe = _run_single(model, guide, data, args, kwargs)
+        return _run_sequential(model, guide, data, args, kwargs, num_samples, probe)
 
 
 def check_guide(model_trace: Trace, guide_trace: Trace) -> None:
