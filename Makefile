@@ -34,4 +34,4 @@ test-all: install-dev
 	$(BIN)/python -m pytest -q -m ''
 
 bench: install-bench
-	$(BIN)/python bench/importance.py
+	$(BIN)/python bench/all.py

@@ -25,8 +25,11 @@ from infcomp.errors import GuideError, ModelError, VectorizationError
 from infcomp.runtime import Messenger, Site, Trace, support_depends_on_parameters
 
 
-def as_data(data: Mapping[str, Any] | None) -> dict[str, Tensor]:
-    """Observations by site name as tensors; numbers, lists and booleans become floats."""
+def as_data(
+    data: Mapping[str, Any] | None, device: torch.device | str | None = None
+) -> dict[str, Tensor]:
+    """Observations by site name as tensors; numbers, lists and booleans become floats
+    (of the default dtype). With ``device``, every value is moved there."""
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -39,7 +42,7 @@ def as_data(data: Mapping[str, Any] | None) -> dict[str, Tensor]:
             raise ModelError(f"data keys must be site names (str), got {name!r}")
         if not isinstance(value, Tensor) or value.dtype == torch.bool:
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
-        result[name] = value
+        result[name] = value if device is None else value.to(device)
     return result
 
 

@@ -41,9 +41,10 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 class CSIS:
-    """Inference compilation of ``model`` with a user-written ``guide``.
+    """Inference compilation of ``model``: with the automatic inference network built
+    from the model (no guide), or with a user-written ``guide``.
 
-    The guide is a function or ``nn.Module`` called as
+    A guide is a function or ``nn.Module`` called as
     ``guide(*args, observations=y, **kwargs)`` that samples every latent site of the
     model from distributions that depend on ``y``. A guide that broadcasts over a
     leading batch dimension of the observations gets a whole batch of simulations in
@@ -52,7 +53,8 @@ class CSIS:
 
     Args:
         model: the program to compile.
-        guide: the proposal to train.
+        guide: the proposal to train; None builds an
+            :class:`~infcomp.nn.InferenceNetwork` by simulating the model.
         optimizer: a ``torch.optim`` optimizer over the guide's parameters; by default
             ``Adam(guide.parameters(), lr=learning_rate)`` (the guide must then be an
             ``nn.Module``).
@@ -64,9 +66,18 @@ class CSIS:
             reported during training (0: none).
         vectorize: ``True``/``False`` forces batched / trace-by-trace simulation and
             guide calls; ``None`` chooses, with a one-time notice when it falls back.
+        network: sizes and options of the automatic network
+            (:class:`~infcomp.nn.NetworkConfig`).
+        observation_embeddings: a module per observe site for the automatic network
+            (e.g. :class:`~infcomp.nn.ConvEmbedding` for images).
+        prior_inflation: train on simulations whose latent draws are widened by this
+            factor (see :class:`~infcomp.handlers.inflate`).
+        device, dtype: where the automatic network lives and its precision (the model's
+            tensors must be on that device too); inference moves the data there.
 
     Example:
-        >>> csis = CSIS(gaussian, Guide())
+        >>> csis = CSIS(gaussian)                 # automatic network
+        >>> csis = CSIS(gaussian, Guide())        # or a guide of your own
         >>> csis.train(num_steps=2000, batch_size=256)
         >>> post = csis.run({"x1": 8.0, "x2": 9.0}, num_samples=100)
     """
@@ -86,6 +97,8 @@ class CSIS:
         network: NetworkConfig | None = None,
         observation_embeddings: Mapping[str, nn.Module] | None = None,
         prior_inflation: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         if not callable(model):
             raise TypeError("CSIS needs a callable model")
@@ -96,6 +109,7 @@ class CSIS:
         self.model = model
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
+        self.device = device
         self.simulator = JointSimulator(
             model, self.args, self.kwargs, vectorize, prior_inflation=prior_inflation
         )
@@ -104,6 +118,7 @@ class CSIS:
             with untouched_random_state():
                 traces = self.simulator(NETWORK_PROBE_SIZE).traces
             guide = InferenceNetwork.from_traces(traces, network, observation_embeddings)
+            guide.to(device=device, dtype=dtype)
         if optimizer is None:
             if not isinstance(guide, nn.Module):
                 raise TypeError(
@@ -229,6 +244,7 @@ class CSIS:
             args=self.args,
             kwargs=self.kwargs,
             vectorize=vectorize,
+            device=self.device,
         )
 
     def run_batch(
@@ -250,6 +266,7 @@ class CSIS:
             args=self.args,
             kwargs=self.kwargs,
             vectorize=vectorize,
+            device=self.device,
         )
 
     def _proposal(self, defensive: float) -> Any:

@@ -90,6 +90,7 @@ def importance(
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
     workers: int = 1,
+    device: torch.device | str | None = None,
 ) -> Posterior:
     """Importance sampling of ``model`` given ``data``.
 
@@ -114,6 +115,8 @@ def importance(
         workers: processes for the particle-by-particle path (each with its own random
             stream seeded from this process's generator); model and guide must then be
             picklable. The batched path ignores it.
+        device: where the observations go (the model's and the guide's device, e.g.
+            ``"cuda"``); by default they stay where they are (numbers on the CPU).
 
     Example:
         >>> post = importance(gaussian, {"x1": 8.0, "x2": 9.0}, num_samples=100_000)
@@ -129,6 +132,7 @@ def importance(
             kwargs=kwargs,
             vectorize=vectorize,
             workers=workers,
+            device=device,
         )
     posterior = Posterior(run.traces, run.sizes, run.log_weights, run.nonfinite_sites)
     for problem in posterior.problems():
@@ -146,6 +150,7 @@ def importance_batch(
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
     workers: int = 1,
+    device: torch.device | str | None = None,
 ) -> BatchPosterior:
     """Importance sampling for many data sets at once: B × N particles in one call.
 
@@ -176,6 +181,7 @@ def importance_batch(
             vectorize=vectorize,
             batched_data=True,
             workers=workers,
+            device=device,
         )
     if run.per_dataset is not None:
         posteriors = [
@@ -229,6 +235,7 @@ def run_particles(
     vectorize: bool | None = None,
     batched_data: bool = False,
     workers: int = 1,
+    device: torch.device | str | None = None,
 ) -> ParticleRun:
     """Run model and proposal for ``num_samples`` particles and weigh them.
 
@@ -241,6 +248,8 @@ def run_particles(
     check_positive_int("workers", workers)
     vectorize = check_vectorize(vectorize)
     observations = stack_datasets(data or {}) if batched_data else as_data(data)
+    if device is not None:
+        observations = {name: value.to(device) for name, value in observations.items()}
     kwargs = dict(kwargs or {})
 
     # An unbatched probe run (on the first data set): it validates the data against the

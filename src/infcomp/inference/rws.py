@@ -52,6 +52,7 @@ class RWS:
         sleep_batch_size: fantasies per sleep step (default: the minibatch size).
         args, kwargs, vectorize: as for :func:`~infcomp.importance`.
         network, observation_embeddings: options of the automatic network.
+        device: where the data (and the automatic network) go: the model's device.
 
     Example:
         >>> rws = RWS(MixtureModel(), data, num_particles=10)
@@ -77,11 +78,12 @@ class RWS:
         vectorize: bool | None = None,
         network: NetworkConfig | None = None,
         observation_embeddings: Mapping[str, nn.Module] | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         if not 0 <= insomnia <= 1:
             raise ValueError(f"insomnia must lie in [0, 1], got {insomnia}")
         self.model = model
-        self.data = stack_datasets(data)
+        self.data = {name: value.to(device) for name, value in stack_datasets(data).items()}
         self.num_datasets = next(iter(self.data.values())).shape[0]
         self.num_particles = check_positive_int("num_particles", num_particles)
         self.insomnia = float(insomnia)
@@ -94,6 +96,7 @@ class RWS:
             with untouched_random_state():
                 traces = self.simulator(NETWORK_PROBE_SIZE).traces
             guide = InferenceNetwork.from_traces(traces, network, observation_embeddings)
+            guide.to(device=device)
         self.guide = guide
         self.scorer = ProposalScorer(guide, self.args, self.kwargs, vectorize)
         model_parameters = list(model.parameters()) if isinstance(model, nn.Module) else []

@@ -46,6 +46,7 @@ def importance_stream(
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
+    device: torch.device | str | None = None,
 ) -> StreamedPosterior:
     """Importance sampling with ``num_samples`` particles in chunks of ``chunk_size``.
 
@@ -73,7 +74,14 @@ def importance_stream(
         while done < num_samples:
             size = min(chunk_size, num_samples - done)
             run = run_particles(
-                model, data, size, guide=guide, args=args, kwargs=kwargs, vectorize=vectorize
+                model,
+                data,
+                size,
+                guide=guide,
+                args=args,
+                kwargs=kwargs,
+                vectorize=vectorize,
+                device=device,
             )
             chunk = Posterior(run.traces, run.sizes, run.log_weights, run.nonfinite_sites)
             summary.add(chunk)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 
 
@@ -28,7 +27,7 @@ class MLPEmbedding(nn.Module):
         )
 
     def forward(self, values: Tensor) -> Tensor:
-        values = values.reshape(values.shape[0], -1).to(torch.get_default_dtype())
+        values = values.reshape(values.shape[0], -1).to(next(self.parameters()))
         return self.network(values.sign() * values.abs().log1p())
 
 
@@ -59,7 +58,7 @@ class ConvEmbedding(nn.Module):
     def forward(self, values: Tensor) -> Tensor:
         if len(self.shape) == 2:
             values = values.unsqueeze(1)
-        return self.network(values.to(torch.get_default_dtype()))
+        return self.network(values.to(next(self.parameters())))
 
 
 class Conv1dEmbedding(nn.Module):
@@ -85,4 +84,4 @@ class Conv1dEmbedding(nn.Module):
     def forward(self, values: Tensor) -> Tensor:
         if len(self.shape) == 1:
             values = values.unsqueeze(1)
-        return self.network(values.to(torch.get_default_dtype()))
+        return self.network(values.to(next(self.parameters())))

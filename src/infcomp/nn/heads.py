@@ -156,6 +156,17 @@ def _constant(bound: Any) -> float | None:
     return None
 
 
+def _parameter_like(prior: Distribution) -> Tensor:
+    """A tensor with the prior's floating dtype and device (for tensors made here)."""
+    for value in vars(prior).values():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value
+    base = getattr(prior, "base_dist", None)
+    if isinstance(base, Distribution):
+        return _parameter_like(base)
+    return torch.zeros(())
+
+
 def location_and_spread(prior: Distribution) -> tuple[Tensor, Tensor]:
     """A location and a positive spread of ``prior``, elementwise over its value shape.
 
@@ -163,14 +174,15 @@ def location_and_spread(prior: Distribution) -> tuple[Tensor, Tensor]:
     ``scale`` attributes (Cauchy); else 0 and 1.
     """
     shape = prior.batch_shape + prior.event_shape
+    like = _parameter_like(prior)
     try:
         loc = prior.mean.expand(shape)
     except (NotImplementedError, RuntimeError):
-        loc = torch.full(shape, math.nan)
+        loc = like.new_full(shape, math.nan)
     try:
         spread = prior.stddev.expand(shape)
     except (NotImplementedError, RuntimeError):
-        spread = torch.full(shape, math.nan)
+        spread = like.new_full(shape, math.nan)
     fallback_loc = getattr(prior, "loc", None)
     fallback_scale = getattr(prior, "scale", None)
     if isinstance(fallback_loc, Tensor):
@@ -264,7 +276,8 @@ class RealHead(ProposalHead):
                 normal.loc.squeeze(-1 - event_dims), normal.scale.squeeze(-1 - event_dims)
             )
             return Independent(single, event_dims) if event_dims else single
-        return MixtureSameFamily(Categorical(logits=logits), component, validate_args=False)
+        mixing = Categorical(logits=logits, validate_args=False)
+        return MixtureSameFamily(mixing, component, validate_args=False)
 
     def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
         loc, spread = location_and_spread(prior)
@@ -294,7 +307,8 @@ def _unconstrained_location(
     """The prior's mean mapped to the unconstrained space, ``u = T⁻¹(mean)``, and its
     standard deviation there by the delta method, ``sd / |T'(u)|`` (elementwise
     transforms; 1 otherwise); 0 and 1 where these are not finite."""
-    center, spread = torch.zeros(shape), torch.ones(shape)
+    like = _parameter_like(prior)
+    center, spread = like.new_zeros(shape), like.new_ones(shape)
     try:
         mean = prior.mean.detach()
         center = transform.inv(mean).expand(shape)
@@ -373,7 +387,7 @@ class CategoricalHead(ProposalHead):
                 )
             logits = raw + prior_logits.detach()
         else:
-            grid = self.values.to(raw.dtype).view((-1,) + (1,) * len(prior.batch_shape))
+            grid = self.values.to(raw).view((-1,) + (1,) * len(prior.batch_shape))
             logits = raw + prior.log_prob(grid).detach().movedim(0, -1)
         dtype = getattr(torch, self.spec.value_dtype)
         return IntegerCategorical(logits, self.spec.lower, dtype)

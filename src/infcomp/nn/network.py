@@ -182,8 +182,10 @@ class InferenceNetwork(nn.Module):
         embedding = self.user_embeddings.get(name) or MLPEmbedding(
             shape, self.config.observation_size
         )
+        device = self.context_bias.device
+        embedding.to(device=device, dtype=self.context_bias.dtype)
         with torch.no_grad():
-            features = embedding(torch.zeros((2, *shape))).shape[-1]
+            features = embedding(self.context_bias.new_zeros((2, *shape))).shape[-1]
         projection = nn.Linear(features, self.config.observation_size)
         self._adopt(key, embedding, self.observation_embeddings)
         self._adopt(key, projection, self.observation_projections)
@@ -211,7 +213,7 @@ class InferenceNetwork(nn.Module):
         c = self.config
         self.families[family.key] = family
         self._by_lookup[family.lookup] = family
-        address = nn.Parameter(torch.randn(c.address_size) * 0.1)
+        address = nn.Parameter(self.context_bias.new_empty(c.address_size).normal_(std=0.1))
         self.addresses[family.key] = address
         self._new_parameters.append(address)
         if family.spec is not None:
@@ -220,7 +222,7 @@ class InferenceNetwork(nn.Module):
             self._adopt(family.key, nn.Linear(features, c.value_size), self.value_embeddings)
 
     def _adopt(self, key: str, module: nn.Module, into: nn.ModuleDict) -> None:
-        module.to(self.context_bias.device)
+        module.to(device=self.context_bias.device, dtype=self.context_bias.dtype)
         into[key] = module
         self._new_parameters.extend(module.parameters())
 
@@ -292,7 +294,7 @@ class InferenceNetwork(nn.Module):
         size = first.value.shape[0]
         context = self.context(observations, 1)  # type: ignore[arg-type]
         proposer = NetworkProposer(self, context, torch.Size([size]), 0.0, learn=True)
-        total = torch.zeros(size, device=context.device)
+        total = context.new_zeros(size)
         for site in trace.sites.values():
             if site.kind != "sample":
                 continue
@@ -390,16 +392,17 @@ class NetworkProposer:
         self.lead = torch.Size((1,) * (len(batch_shape) - len(lead)) + tuple(lead))
         rows = max(self.lead.numel(), 1)
         self.context = context.reshape(rows, -1)
-        device = context.device
-        self.hidden = torch.zeros(rows, c.hidden_size, device=device)
-        self.cell = torch.zeros(rows, c.hidden_size, device=device)
-        self.previous = torch.zeros(rows, c.value_size, device=device)
+        self.hidden = context.new_zeros(rows, c.hidden_size)
+        self.cell = context.new_zeros(rows, c.hidden_size)
+        self.previous = context.new_zeros(rows, c.value_size)
         self.defensive = defensive
         self.learn = learn
         self._family: Family | None = None
+        self._pending: tuple[Family, Tensor] | None = None
 
     def propose(self, site: Site) -> Distribution | None:
         """Advance the core to ``site`` and return its proposal (None: the prior)."""
+        self._embed_pending()
         network = self.network
         prior = site.fn
         assert prior is not None
@@ -410,16 +413,15 @@ class NetworkProposer:
         self._family = family
         _, _, features = network._parse(site.name)
         rows = self.context.shape[0]
-        device = self.context.device
         if family is None:
-            address = torch.zeros(network.config.address_size, device=device)
+            address = self.context.new_zeros(network.config.address_size)
         else:
             address = network.addresses[family.key]
         step_input = torch.cat(
             [
                 self.context,
                 address.expand(rows, -1),
-                features.to(device).expand(rows, -1),
+                features.to(self.context).expand(rows, -1),
                 self.previous,
             ],
             dim=-1,
@@ -434,12 +436,22 @@ class NetworkProposer:
         return proposal
 
     def accept(self, site: Site) -> None:
-        """Remember the value chosen at ``site`` for the next step."""
+        """Remember the value chosen at ``site``; it is embedded at the next step only
+        (after a run's last site it never is)."""
         family = self._family
         if family is None or family.spec is None:
-            self.previous = torch.zeros_like(self.previous)
+            self._pending = None
+            self.previous = self.previous.new_zeros(self.previous.shape)
             return
         assert site.value is not None
+        self._pending = (family, site.value)
+
+    def _embed_pending(self) -> None:
+        if self._pending is None:
+            return
+        family, value = self._pending
+        self._pending = None
+        assert family.spec is not None
         if self.lead != self.batch_shape:
             # The rows' values now differ: give every row its own state from here on.
             rows = max(self.batch_shape.numel(), 1)
@@ -451,7 +463,7 @@ class NetworkProposer:
             )
             self.lead = self.batch_shape
         rows = self.context.shape[0]
-        features = _value_features(family.spec, site.value, rows)
+        features = _value_features(family.spec, value, rows).to(self.context)
         self.previous = self.network.value_embeddings[family.key](features)
 
 
@@ -471,5 +483,6 @@ def _value_features(spec: HeadSpec, value: Tensor, rows: int) -> Tensor:
             .reshape(rows, -1)
             .to(torch.get_default_dtype())
         )
-    flat = value.reshape(rows, -1).to(torch.get_default_dtype())
+    flat = value.reshape(rows, -1)
+    flat = flat if flat.is_floating_point() else flat.to(torch.get_default_dtype())
     return flat.sign() * flat.abs().log1p()
