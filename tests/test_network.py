@@ -23,7 +23,10 @@ from infcomp.examples.marsaglia import marsaglia
 from infcomp.nn import NetworkConfig, UnsupportedSiteError
 from infcomp.nn.network import split_index
 
-pytestmark = pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning"),
+    pytest.mark.filterwarnings("ignore::infcomp.VectorizationNotice"),
+]
 
 
 def compiled(model, steps, batch_size=128, seed=0, **options):
