@@ -37,7 +37,45 @@ Quantity = str | Callable[[Trace], Tensor]
 MIN_ESS_FRACTION = 0.001
 
 
-class Posterior:
+class WeightedParticles:
+    """Weight diagnostics shared by the posteriors: everything reduces over the particle
+    dimension 0 of :attr:`log_weights`, trailing dimensions (data sets) are kept."""
+
+    log_weights: Tensor
+
+    @functools.cached_property
+    def weights(self) -> Tensor:
+        """Normalized weights ``w̄ = softmax(log w)`` over the particles."""
+        return diagnostics.normalized_weights(self.log_weights)
+
+    @functools.cached_property
+    def ess(self) -> Tensor:
+        """Effective sample size ``(sum w)^2 / sum w^2``, between 1 and N."""
+        return diagnostics.effective_sample_size(self.log_weights)
+
+    @functools.cached_property
+    def log_evidence(self) -> Tensor:
+        """``log Ẑ = logsumexp(log w) - log N``, the log of an unbiased estimate of p(y)."""
+        return diagnostics.log_evidence(self.log_weights)
+
+    @functools.cached_property
+    def log_evidence_stderr(self) -> Tensor:
+        """Monte Carlo standard error of ``log Ẑ``: ``sqrt(1/ESS - 1/N)`` (delta method)."""
+        return diagnostics.log_evidence_stderr(self.log_weights)
+
+    @functools.cached_property
+    def khat(self) -> Tensor:
+        """Pareto k-hat of the weights (Vehtari et al., JMLR 2024); reliable below
+        ``khat_threshold``, hopeless above 1."""
+        return diagnostics.pareto_khat(self.log_weights)
+
+    @property
+    def khat_threshold(self) -> float:
+        """The sample-size-dependent k-hat threshold ``min(1 - 1/log10 N, 0.7)``."""
+        return diagnostics.khat_threshold(self.log_weights.shape[0])
+
+
+class Posterior(WeightedParticles):
     """N weighted particles from importance sampling.
 
     Args:
@@ -78,37 +116,6 @@ class Posterior:
     def num_samples(self) -> int:
         """The number of particles N."""
         return self.log_weights.numel()
-
-    @functools.cached_property
-    def weights(self) -> Tensor:
-        """Normalized weights ``w̄ = softmax(log w)``."""
-        return diagnostics.normalized_weights(self.log_weights)
-
-    @functools.cached_property
-    def ess(self) -> Tensor:
-        """Effective sample size ``(sum w)^2 / sum w^2``, between 1 and N."""
-        return diagnostics.effective_sample_size(self.log_weights)
-
-    @functools.cached_property
-    def log_evidence(self) -> Tensor:
-        """``log Ẑ = logsumexp(log w) - log N``, the log of an unbiased estimate of p(y)."""
-        return diagnostics.log_evidence(self.log_weights)
-
-    @functools.cached_property
-    def log_evidence_stderr(self) -> Tensor:
-        """Monte Carlo standard error of ``log Ẑ``: ``sqrt(1/ESS - 1/N)`` (delta method)."""
-        return diagnostics.log_evidence_stderr(self.log_weights)
-
-    @functools.cached_property
-    def khat(self) -> Tensor:
-        """Pareto k-hat of the weights (Vehtari et al., JMLR 2024); reliable below
-        :attr:`khat_threshold`, hopeless above 1."""
-        return diagnostics.pareto_khat(self.log_weights)
-
-    @property
-    def khat_threshold(self) -> float:
-        """The sample-size-dependent k-hat threshold ``min(1 - 1/log10 N, 0.7)``."""
-        return diagnostics.khat_threshold(self.num_samples)
 
     @property
     def num_nan_weights(self) -> int:
@@ -325,7 +332,7 @@ def _describe(quantity: Quantity) -> str:
     return f"function {getattr(quantity, '__name__', repr(quantity))}"
 
 
-class BatchPosterior:
+class BatchPosterior(WeightedParticles):
     """Posteriors for B data sets from one batched run of N particles each.
 
     Weights, diagnostics and moments are computed for all data sets at once, over the
@@ -365,31 +372,6 @@ class BatchPosterior:
 
     def __len__(self) -> int:
         return self.num_datasets
-
-    @functools.cached_property
-    def weights(self) -> Tensor:
-        """Normalized weights per data set, shape ``(N, B)``."""
-        return diagnostics.normalized_weights(self.log_weights)
-
-    @functools.cached_property
-    def ess(self) -> Tensor:
-        """Effective sample size per data set, ``(B,)``."""
-        return diagnostics.effective_sample_size(self.log_weights)
-
-    @functools.cached_property
-    def log_evidence(self) -> Tensor:
-        """``log Ẑ_b = logsumexp_i(log w_ib) - log N`` per data set, ``(B,)``."""
-        return diagnostics.log_evidence(self.log_weights)
-
-    @functools.cached_property
-    def log_evidence_stderr(self) -> Tensor:
-        """Standard error of each ``log Ẑ_b``: ``sqrt(1/ESS_b - 1/N)``, ``(B,)``."""
-        return diagnostics.log_evidence_stderr(self.log_weights)
-
-    @functools.cached_property
-    def khat(self) -> Tensor:
-        """Pareto k-hat per data set, ``(B,)``."""
-        return diagnostics.pareto_khat(self.log_weights)
 
     def posterior(self, index: int) -> Posterior:
         """Data set ``index``'s weighted posterior."""

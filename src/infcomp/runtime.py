@@ -268,9 +268,10 @@ def _lost_distributions(stacked: Trace, example: Trace) -> bool:
     )
 
 
-def index_trace(trace: Trace, index: Tensor) -> Trace:
-    """The particles ``index`` of a trace with one leading particle dimension."""
-    selected = Trace(batch_ndim=1)
+def index_trace(trace: Trace, index: Tensor | int) -> Trace:
+    """Particles of a trace with one leading particle dimension: a tensor of indices
+    keeps the dimension; an int gives that one particle, unbatched."""
+    selected = Trace(batch_ndim=0 if isinstance(index, int) else 1)
     for name, site in trace.sites.items():
         assert site.value is not None
         selected.add(Site(name, site.kind, None, site.value[index]))
@@ -278,24 +279,12 @@ def index_trace(trace: Trace, index: Tensor) -> Trace:
     if isinstance(returned, Tensor) and returned.dim() > 0:
         selected.return_value = returned[index]
     elif isinstance(returned, list):
-        selected.return_value = [returned[i] for i in index.tolist()]
+        chosen = [index] if isinstance(index, int) else index.tolist()
+        picked = [returned[i] for i in chosen]
+        selected.return_value = picked[0] if isinstance(index, int) else picked
     else:
         selected.return_value = returned
     return selected
-
-
-def particle_trace(trace: Trace, index: int) -> Trace:
-    """Particle ``index`` of a trace with one leading particle dimension, unbatched."""
-    single = Trace(batch_ndim=0)
-    for name, site in trace.sites.items():
-        assert site.value is not None
-        single.add(Site(name, site.kind, None, site.value[index]))
-    returned = trace.return_value
-    if (isinstance(returned, Tensor) and returned.dim() > 0) or isinstance(returned, list):
-        single.return_value = returned[index]
-    else:
-        single.return_value = returned
-    return single
 
 
 class Messenger:

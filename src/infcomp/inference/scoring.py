@@ -26,7 +26,7 @@ from infcomp.inference.common import (
 from infcomp.inference.importance import check_guide
 from infcomp.inference.simulation import JointBatch, observations_of
 from infcomp.nn.network import InferenceNetwork
-from infcomp.runtime import Trace, particle_trace, structure_key, sum_rightmost
+from infcomp.runtime import Trace, index_trace, structure_key, sum_rightmost
 
 
 class ProposalScorer:
@@ -91,7 +91,7 @@ class ProposalScorer:
     def _per_trace(self, group: Trace, size: int) -> Tensor:
         log_qs = []
         for index in range(size):
-            single = particle_trace(group, index)
+            single = index_trace(group, index)
             with trace() as tracer, replay(trace=single):
                 self.guide(*self.args, observations=observations_of(single), **self.kwargs)
             log_qs.append(_score(single, tracer.trace, 0))
@@ -101,7 +101,7 @@ class ProposalScorer:
         """The guide's sites' unbatched shapes for this structure, from one probe call."""
         key = structure_key(group)
         if key not in self._natural:
-            single = particle_trace(group, 0)
+            single = index_trace(group, 0)
             with torch.no_grad(), untouched_random_state(), trace() as tracer, replay(trace=single):
                 self.guide(*self.args, observations=observations_of(single), **self.kwargs)
             _score(single, tracer.trace, 0)
