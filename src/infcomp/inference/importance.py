@@ -236,6 +236,7 @@ def run_particles(
     batched_data: bool = False,
     workers: int = 1,
     device: torch.device | str | None = None,
+    probe_cache: dict[str, Any] | None = None,
 ) -> ParticleRun:
     """Run model and proposal for ``num_samples`` particles and weigh them.
 
@@ -243,6 +244,9 @@ def run_particles(
     ``no_grad`` and the posterior); gradients flow through the log weights when the
     caller allows them (reweighted wake-sleep). With ``batched_data`` every observation
     has a leading data-set dimension B and the particles have shape ``(N, B)``.
+    ``probe_cache`` is a dict a caller keeps across calls on data of one structure
+    (minibatches of one data collection): the unbatched probe run that validates the
+    data and finds each site's shape is then done once.
     """
     check_positive_int("num_samples", num_samples)
     check_positive_int("workers", workers)
@@ -259,8 +263,12 @@ def run_particles(
     first = (
         {name: value[0] for name, value in observations.items()} if batched_data else observations
     )
-    with untouched_random_state():
-        probe = _run_single(model, guide, first, args, kwargs)
+    probe = probe_cache.get("probe") if probe_cache is not None else None
+    if probe is None:
+        with untouched_random_state(), torch.no_grad():
+            probe = _run_single(model, guide, first, args, kwargs)
+        if probe_cache is not None:
+            probe_cache["probe"] = probe
     if batched_data:
         datasets = next(iter(observations.values())).shape[0]
         batch_shape: tuple[int, ...] = (num_samples, datasets)

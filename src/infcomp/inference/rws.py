@@ -108,6 +108,7 @@ class RWS:
                 raise TypeError("pass a guide_optimizer over the guide's parameters")
             guide_optimizer = default_optimizer(list(guide.parameters()), learning_rate)
         self.guide_optimizer = guide_optimizer
+        self._probe_cache: dict[str, Any] = {}
         self.num_steps = 0
         self.history: dict[str, list[float]] = {"iwae_bound": [], "wake_phi": [], "sleep_phi": []}
 
@@ -135,6 +136,7 @@ class RWS:
                 kwargs=self.kwargs,
                 vectorize=self.vectorize,
                 batched_data=True,
+                probe_cache=self._probe_cache,
             )
             assert run.log_proposal is not None
             bound = iwae_bound(model_log_weights(run.log_weights, run.log_proposal))
