@@ -45,9 +45,11 @@ from infcomp.examples.gaussian import gaussian
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import batched as batched_bench
+import common
 import csis as csis_bench
 import importance as importance_bench
 import rws as rws_bench
+from common import eng, measure, ratio
 
 SECTIONS = ("importance", "csis", "rws", "batched")
 
@@ -71,16 +73,6 @@ class Target:
     section: str
     text: str
     met: bool | None
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None:
-        return None
-    return numerator / denominator
-
-
-def eng(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2e}"
 
 
 def fixed(value: float | None) -> str:
@@ -111,7 +103,7 @@ def importance_section(args: argparse.Namespace) -> tuple[list[Row], list[Target
         }
         if run_pyro is not None and n <= 10**args.pyro_max_exponent:
             contenders["pyro"] = run_pyro
-        timings = importance_bench.measure(contenders, n, args.budget)
+        timings = measure(contenders, n, args.budget)
         rates = {name: n / timing.best for name, timing in timings.items()}
         rows.append(
             Row(
@@ -186,7 +178,7 @@ def csis_section(args: argparse.Namespace) -> tuple[list[Row], list[Target]]:
         trainers.append(csis_bench.Trainer("torch", size, csis_bench.torch_training_step(size)))
     csis_bench.measure_training(trainers, args.budget)
     pyro_rate = trainers[0].traces_per_second if kit is not None else None
-    rates = {(t.name, t.batch_size): t.traces_per_second for t in trainers}
+    rates = {(t.name, t.size): t.traces_per_second for t in trainers}
     print(f"{'training batch':>14} {'infcomp/s':>11} {'torch/s':>11} {'pyro/s (batch 10)':>18}")
     for size in csis_bench.INFCOMP_BATCH_SIZES:
         row = Row(
@@ -239,7 +231,7 @@ def csis_section(args: argparse.Namespace) -> tuple[list[Row], list[Target]]:
         active = {
             k: v for k, v in contenders.items() if k != "pyro" or n <= 10**args.pyro_max_exponent
         }
-        timings = csis_bench.measure_inference(active, n, args.budget)
+        timings = measure(active, n, args.budget)
         rates_n = {name: n / min(t.times) for name, t in timings.items()}
         rows.append(
             Row(
@@ -467,11 +459,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-pyro", action="store_true", help="do not run Pyro at all")
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default 0)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads for all contenders (default 1; 0 keeps torch's choice)",
+    common.add_threads_argument(
+        parser, "torch.set_num_threads for all contenders (default 1; 0 keeps torch's choice)"
     )
     parser.add_argument(
         "--markdown", type=Path, default=None, help="also write the summary as Markdown here"
@@ -491,9 +480,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    pyro = None if args.no_pyro else rws_bench.pyro_version()
+    common.set_threads(args.threads)
+    pyro = None if args.no_pyro else common.pyro_version()
     versions = f"torch {torch.__version__}, infcomp {ic.__version__}"
     versions += f", pyro {pyro}" if pyro else ", Pyro not run"
     header = (

@@ -47,12 +47,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -60,6 +59,11 @@ from torch.distributions import MultivariateNormal, Normal
 
 import infcomp as ic
 from infcomp.examples.gaussian import NOISE_VARIANCE, PRIOR_MEAN, PRIOR_VARIANCE, gaussian
+
+# isort: split
+# Helpers shared by the scripts of this folder (python bench/X.py puts it on sys.path).
+import common
+from common import measure
 
 PRIOR_SCALE = math.sqrt(PRIOR_VARIANCE)
 NOISE_SCALE = math.sqrt(NOISE_VARIANCE)
@@ -72,9 +76,6 @@ TARGET_DATASETS = 1000
 TARGET_SECONDS = 1.0
 # The target's contender is timed at least this many times, whatever the budget.
 TARGET_REPEATS = 5
-
-MIN_REPEATS = 3
-MAX_REPEATS = 200
 
 BATCH_PRIOR = "infcomp importance_batch"
 LOOP_PRIOR = "infcomp loop: importance"
@@ -215,60 +216,6 @@ def train_csis(steps: int, batch_size: int, seed: int) -> tuple[ic.CSIS, float]:
     return csis, time.perf_counter() - start
 
 
-# -- timing ------------------------------------------------------------------------------
-
-
-def planned_repeats(run_seconds: float, budget: float) -> int:
-    """Repeats that spend about ``budget`` seconds: at least 3, or 1-2 for a slow run."""
-    if run_seconds > 2 * budget:
-        return 1
-    if run_seconds > budget:
-        return 2
-    wanted = math.ceil(budget / max(run_seconds, 1e-9))
-    return min(max(wanted, MIN_REPEATS), MAX_REPEATS)
-
-
-@dataclass
-class Timing:
-    """The timed runs of one contender on one batch of data sets."""
-
-    repeats: int
-    times: list[float] = field(default_factory=list)
-    estimates: Estimates | None = None
-
-    @property
-    def best(self) -> float:
-        return min(self.times)
-
-
-def time_once(contender: Contender, data: Data) -> tuple[float, Estimates]:
-    start = time.perf_counter()
-    estimates = contender(data)
-    return time.perf_counter() - start, estimates
-
-
-def measure(
-    contenders: dict[str, Contender],
-    data: Data,
-    budget: float,
-    min_repeats: dict[str, int] | None = None,
-) -> dict[str, Timing]:
-    """Warm up each contender once, then time them interleaved (at least
-    ``min_repeats[name]`` times where given)."""
-    timings: dict[str, Timing] = {}
-    for name, contender in contenders.items():
-        warmup, _ = time_once(contender, data)
-        repeats = planned_repeats(warmup, budget)
-        timings[name] = Timing(repeats=max(repeats, (min_repeats or {}).get(name, 1)))
-    for round_index in range(max(timing.repeats for timing in timings.values())):
-        for name, contender in contenders.items():
-            timing = timings[name]
-            if round_index < timing.repeats:
-                elapsed, timing.estimates = time_once(contender, data)
-                timing.times.append(elapsed)
-    return timings
-
-
 # -- results -----------------------------------------------------------------------------
 
 
@@ -396,9 +343,7 @@ HEADER = (
 
 
 def print_header() -> None:
-    print()
-    print(HEADER)
-    print("-" * len(HEADER))
+    common.print_table_header(HEADER)
 
 
 def print_row(row: Row, rows: list[Row]) -> None:
@@ -487,49 +432,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--train-batch", type=int, default=TRAIN_BATCH, help="CSIS training batch (default 256)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of data, training and runs")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads for all contenders (default 1, steady on a shared "
-        "machine; 0 keeps torch's own choice, one thread per core)",
-    )
+    common.add_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.budget <= 0:
-        parser.error("--budget must be positive")
-    if args.threads < 0:
-        parser.error("--threads must be 0 (torch's choice) or more")
+    common.check_budget_and_threads(parser, args)
     if args.train_steps < 1 or args.train_batch < 1:
         parser.error("--train-steps and --train-batch must be positive")
     return args
 
 
-def pyro_version() -> str | None:
-    try:
-        import pyro
-    except ImportError:
-        return None
-    return str(pyro.__version__)
-
-
 def header_line(pyro: str | None, budget: float) -> str:
-    versions = f"torch {torch.__version__}, infcomp {ic.__version__}"
-    if pyro is not None:
-        versions += f", pyro {pyro}"
     return (
         f"Batched inference on z ~ N(1, √5); x1, x2 ~ N(z, √2): B data sets x N = "
-        f"{NUM_SAMPLES} particles\n"
-        f"Python {platform.python_version()}, {versions}, {torch.get_num_threads()} torch "
-        f"threads; best of interleaved repeats, ~{budget:g} s per contender per B"
+        f"{NUM_SAMPLES} particles\n" + common.versions_line(pyro, budget, per="B")
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    print(header_line(None if args.no_pyro else pyro_version(), args.budget))
+    common.set_threads(args.threads)
+    print(header_line(None if args.no_pyro else common.pyro_version(), args.budget))
     print(
         f"CSIS: ic.CSIS(gaussian) (automatic network), trained {args.train_steps} steps of "
         f"batch {args.train_batch} before the timing; vs loop/torch/pyro: ratios of "
@@ -552,14 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         progress=show,
     )
     print(f"\nCSIS training took {results.train_seconds:.1f} s (not in the table)")
-    print()
-    print("check (targets):")
-    for line in check_lines(results):
-        print(line)
-    if args.no_pyro:
-        print("note: Pyro not run (--no-pyro).")
-    elif results.pyro_version is None:
-        print("note: Pyro is not importable: its cells are n/a (pip install pyro-ppl).")
+    common.print_checks(check_lines(results))
+    common.print_pyro_note(args.no_pyro, results.pyro_version)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 

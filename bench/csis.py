@@ -62,13 +62,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -78,6 +77,11 @@ from torch.distributions import Normal
 import infcomp as ic
 from infcomp.examples.csis_gaussian import Guide, SingleTraceGuide, compile_gaussian, guide_network
 from infcomp.examples.gaussian import DATA, exact_posterior, gaussian
+
+# isort: split
+# Helpers shared by the scripts of this folder (python bench/X.py puts it on sys.path).
+import common
+from common import Timing, eng, measure, ratio
 
 PRIOR_MEAN = 1.0
 PRIOR_SCALE = math.sqrt(5.0)
@@ -89,8 +93,6 @@ PYRO_TRAINING_BATCH = 10
 INFCOMP_BATCH_SIZES = (10, 100, 1000, 10000)
 TORCH_BATCH_SIZES = (10, 1000)
 SINGLE_TRACE_BATCH = 10
-BLOCK_SECONDS = 0.05
-CALIBRATION_SECONDS = 0.05
 TRAINING_TARGET = 50.0
 # Section 2.
 INFCOMP_INFERENCE_SIZES = (10**2, 10**3, 10**4, 10**5, 10**6)
@@ -101,9 +103,6 @@ QUALITY_BATCH = 10
 QUALITY_RUNS = 20
 QUALITY_SAMPLES = 50
 ESS_TARGET = 35.0
-
-MIN_REPEATS = 3
-MAX_REPEATS = 200
 
 # (ESS, weighted mean of z, weighted std of z) as Python floats.
 Estimates = tuple[float, float, float]
@@ -226,122 +225,31 @@ def torch_training_step(batch_size: int) -> Callable[[], float]:
 # -- timing ------------------------------------------------------------------------------
 
 
-def planned_repeats(run_seconds: float, budget: float) -> int:
-    """Repeats that spend about ``budget`` seconds: at least 3, or 1-2 for a slow run."""
-    if run_seconds > 2 * budget:
-        return 1
-    if run_seconds > budget:
-        return 2
-    wanted = math.ceil(budget / max(run_seconds, 1e-9))
-    return min(max(wanted, MIN_REPEATS), MAX_REPEATS)
-
-
-@dataclass
-class Trainer:
-    """One training contender: a step function and how it is timed."""
-
-    name: str
-    batch_size: int
-    step: Callable[[], object]
-    steps_per_block: int = 1
-    repeats: int = 0
-    times: list[float] = field(default_factory=list)
+class Trainer(common.Trainer):
+    """One training contender at one batch size (``size``)."""
 
     @property
     def traces_per_second(self) -> float:
-        return self.batch_size * self.steps_per_block / min(self.times)
+        return self.size * self.steps_per_block / min(self.times)
 
 
-def calibrate(trainer: Trainer, budget: float) -> None:
-    """Warm up, then size the timed blocks (about BLOCK_SECONDS) and their number."""
+def warm_up(trainer: common.Trainer) -> None:
+    """One step, for the probe runs and Adam's lazily created state."""
     with warnings.catch_warnings():
         # SingleTraceGuide's once-only fallback notice belongs to the warm-up.
         warnings.simplefilter("ignore", ic.VectorizationNotice)
         trainer.step()
-    count = 0
-    start = time.perf_counter()
-    while True:
-        trainer.step()
-        count += 1
-        elapsed = time.perf_counter() - start
-        if count >= 2 and elapsed >= CALIBRATION_SECONDS:
-            break
-    per_step = elapsed / count
-    trainer.steps_per_block = max(1, round(BLOCK_SECONDS / per_step))
-    trainer.repeats = planned_repeats(per_step * trainer.steps_per_block, budget)
-
-
-def time_block(trainer: Trainer) -> float:
-    step = trainer.step
-    start = time.perf_counter()
-    for _ in range(trainer.steps_per_block):
-        step()
-    return time.perf_counter() - start
 
 
 def measure_training(trainers: list[Trainer], budget: float) -> None:
-    for trainer in trainers:
-        calibrate(trainer, budget)
-    for round_index in range(max(trainer.repeats for trainer in trainers)):
-        for trainer in trainers:
-            if round_index < trainer.repeats:
-                trainer.times.append(time_block(trainer))
-
-
-@dataclass
-class Timing:
-    """The timed runs of one inference contender at one N."""
-
-    repeats: int
-    times: list[float] = field(default_factory=list)
-    estimates: Estimates | None = None
-
-
-def time_once(run: Callable[[int], Estimates], num_samples: int) -> tuple[float, Estimates]:
-    start = time.perf_counter()
-    estimates = run(num_samples)
-    return time.perf_counter() - start, estimates
-
-
-def measure_inference(
-    contenders: dict[str, Callable[[int], Estimates]], num_samples: int, budget: float
-) -> dict[str, Timing]:
-    """Warm up each contender once, then time them interleaved."""
-    timings: dict[str, Timing] = {}
-    for name, run in contenders.items():
-        warmup, _ = time_once(run, num_samples)
-        timings[name] = Timing(repeats=planned_repeats(warmup, budget))
-    for round_index in range(max(timing.repeats for timing in timings.values())):
-        for name, run in contenders.items():
-            timing = timings[name]
-            if round_index < timing.repeats:
-                elapsed, timing.estimates = time_once(run, num_samples)
-                timing.times.append(elapsed)
-    return timings
+    common.measure_blocks(trainers, budget, warm_up)
 
 
 # -- formatting --------------------------------------------------------------------------
 
 
-def eng(value: float | None, missing: str = "-") -> str:
-    """Engineering-style number, e.g. 1.23e+06; ``missing`` for a missing value."""
-    return missing if value is None else f"{value:.2e}"
-
-
 def fixed(value: float | None, digits: int, missing: str = "-") -> str:
     return missing if value is None else f"{value:.{digits}f}"
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None:
-        return None
-    return numerator / denominator
-
-
-def print_table_header(header: str) -> None:
-    print()
-    print(header)
-    print("-" * len(header))
 
 
 # -- the sections ------------------------------------------------------------------------
@@ -374,22 +282,20 @@ def training_section(kit: PyroKit | None, budget: float, missing: str) -> list[s
 
     measure_training(trainers, budget)
     pyro_rate = trainers[0].traces_per_second if kit is not None else None
-    print_table_header(
+    common.print_table_header(
         f"{'contender':<26} {'batch':>6} {'traces/s':>10} {'ratio to pyro':>14} "
         f"{'steps/s':>9} {'ms/step':>8}"
     )
     for trainer in trainers:
         rate = trainer.traces_per_second
-        steps = rate / trainer.batch_size
+        steps = rate / trainer.size
         print(
-            f"{trainer.name:<26} {trainer.batch_size:>6} {eng(rate):>10} "
+            f"{trainer.name:<26} {trainer.size:>6} {eng(rate):>10} "
             f"{fixed(ratio(rate, pyro_rate), 1, missing):>14} {steps:>9.0f} {1e3 / steps:>8.3f}"
         )
 
-    rates = {t.batch_size: t.traces_per_second for t in trainers if t.name == "infcomp Guide"}
-    torch_rates = {
-        t.batch_size: t.traces_per_second for t in trainers if t.name.startswith("torch")
-    }
+    rates = {t.size: t.traces_per_second for t in trainers if t.name == "infcomp Guide"}
+    torch_rates = {t.size: t.traces_per_second for t in trainers if t.name.startswith("torch")}
     lines = []
     if pyro_rate is None:
         lines.append(f"  infcomp Guide >= {TRAINING_TARGET:g}x pyro traces/s: not measured")
@@ -444,7 +350,7 @@ def inference_section(kit: PyroKit | None, budget: float, seed: int, missing: st
         pyro_guide.load_state_dict(trained.guide.state_dict())
         contenders["pyro"] = lambda n: pyro_infer(kit, pyro_guide, n)
 
-    print_table_header(
+    common.print_table_header(
         f"{'N':>7} {'infcomp/s':>10} {'pyro/s':>10} {'infcomp/pyro':>13} "
         f"{'ESS/N infcomp':>14} {'ESS/N pyro':>11} {'mean z infcomp':>15} {'mean z pyro':>12}"
     )
@@ -455,7 +361,7 @@ def inference_section(kit: PyroKit | None, budget: float, seed: int, missing: st
             for name, run in contenders.items()
             if name != "pyro" or n <= PYRO_INFERENCE_MAX
         }
-        timings = measure_inference(active, n, budget)
+        timings = measure(active, n, budget)
         rows[n] = timings
         rates = {name: n / min(timing.times) for name, timing in timings.items()}
         estimates = {name: timing.estimates for name, timing in timings.items()}
@@ -560,7 +466,7 @@ def quality_section(kit: PyroKit | None, seeds: int, missing: str) -> list[str]:
         f"{'seed':>4} {'library':<8} {'train s':>8} {'median ESS':>11} {'min ESS':>8} "
         f"{'mean z':>8} {'std z':>7} {f'ESS >= {ESS_TARGET:g}':>10}"
     )
-    print_table_header(header)
+    common.print_table_header(header)
     results: dict[str, list[Quality]] = {"infcomp": [], "pyro": []}
     same_init: list[bool] = []
     for seed in range(seeds):
@@ -641,13 +547,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the timing runs and of section 2's guide"
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads for all contenders (default 1, steady on a shared "
-        "machine; 0 keeps torch's own choice, one thread per core)",
-    )
+    common.add_threads_argument(parser)
     args = parser.parse_args(argv)
     if args.budget <= 0:
         parser.error("--budget must be positive")
@@ -661,8 +561,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     torch.manual_seed(args.seed)
 
     notes: list[str] = []
@@ -675,13 +574,9 @@ def main(argv: list[str] | None = None) -> int:
             notes.append("Pyro is not importable: its cells are n/a (pip install pyro-ppl).")
     missing = "n/a"
 
-    versions = f"torch {torch.__version__}, infcomp {ic.__version__}"
-    if kit is not None:
-        versions += f", pyro {kit.version}"
     print(
         "CSIS on z ~ N(1, √5); x1, x2 ~ N(z, √2) | x1 = 8, x2 = 9; guide MLP 2-10-20-10-5-2\n"
-        f"Python {platform.python_version()}, {versions}, {torch.get_num_threads()} torch "
-        f"threads; best of interleaved repeats, ~{args.budget:g} s per contender per row"
+        + common.versions_line(None if kit is None else kit.version, args.budget, per="row")
     )
 
     checks = ["training (section 1):", *training_section(kit, args.budget, missing)]
@@ -695,10 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         checks += ["quality (section 3):", *quality_section(kit, args.seeds, missing)]
 
-    print()
-    print("check (targets):")
-    for line in checks:
-        print(line)
+    common.print_checks(checks)
     for note in notes:
         print(f"note: {note}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

@@ -49,12 +49,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
-import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -63,6 +60,11 @@ from torch.distributions import Normal
 import infcomp as ic
 from infcomp.examples.gaussian import DATA, exact_log_evidence, exact_posterior, gaussian
 
+# isort: split
+# Helpers shared by the scripts of this folder (python bench/X.py puts it on sys.path).
+import common
+from common import Timing, eng, measure, ratio
+
 PRIOR_MEAN = 1.0
 PRIOR_SCALE = math.sqrt(5.0)
 NOISE_SCALE = math.sqrt(2.0)
@@ -70,9 +72,6 @@ X1 = 8.0
 X2 = 9.0
 
 MIN_EXPONENT = 2
-MIN_REPEATS = 3
-# Never more than this many timed runs of one contender at one N, however fast it is.
-MAX_REPEATS = 200
 # Targets checked after the table: (N, minimum ratio).
 TORCH_TARGET = (10**6, 0.3)
 PYRO_TARGET = (10**4, 1000.0)
@@ -131,62 +130,6 @@ def make_pyro_contender() -> Contender | None:
     return run_pyro
 
 
-@dataclass
-class Timing:
-    """The timed runs of one contender at one N."""
-
-    repeats: int
-    times: list[float] = field(default_factory=list)
-    estimates: Estimates | None = None
-
-    @property
-    def best(self) -> float:
-        return min(self.times)
-
-
-def planned_repeats(warmup_seconds: float, budget: float) -> int:
-    """Repeats that spend about ``budget`` seconds: at least 3, or 1-2 for a slow contender."""
-    if warmup_seconds > 2 * budget:
-        return 1
-    if warmup_seconds > budget:
-        return 2
-    wanted = math.ceil(budget / max(warmup_seconds, 1e-9))
-    return min(max(wanted, MIN_REPEATS), MAX_REPEATS)
-
-
-def time_once(contender: Contender, num_samples: int) -> tuple[float, Estimates]:
-    start = time.perf_counter()
-    estimates = contender(num_samples)
-    return time.perf_counter() - start, estimates
-
-
-def measure(contenders: dict[str, Contender], num_samples: int, budget: float) -> dict[str, Timing]:
-    """Warm up each contender once, then time them interleaved; see the module docstring."""
-    timings: dict[str, Timing] = {}
-    for name, contender in contenders.items():
-        warmup, _ = time_once(contender, num_samples)
-        timings[name] = Timing(repeats=planned_repeats(warmup, budget))
-    rounds = max(timing.repeats for timing in timings.values())
-    for round_index in range(rounds):
-        for name, contender in contenders.items():
-            timing = timings[name]
-            if round_index < timing.repeats:
-                elapsed, timing.estimates = time_once(contender, num_samples)
-                timing.times.append(elapsed)
-    return timings
-
-
-def eng(value: float | None) -> str:
-    """Engineering-style number, e.g. 1.23e+06; "-" for a missing value."""
-    return "-" if value is None else f"{value:.2e}"
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None:
-        return None
-    return numerator / denominator
-
-
 def rate(timings: dict[str, Timing], name: str, num_samples: int) -> float | None:
     timing = timings.get(name)
     return None if timing is None else num_samples / timing.best
@@ -218,20 +161,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "unless a single run takes longer than this)",
     )
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default 0)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads for all contenders (default 1, steady on a shared "
-        "machine; 0 keeps torch's own choice, one thread per core)",
-    )
+    common.add_threads_argument(parser)
     args = parser.parse_args(argv)
     if args.max_exponent < MIN_EXPONENT:
         parser.error(f"--max-exponent must be at least {MIN_EXPONENT}")
-    if args.budget <= 0:
-        parser.error("--budget must be positive")
-    if args.threads < 0:
-        parser.error("--threads must be 0 (torch's choice) or more")
+    common.check_budget_and_threads(parser, args)
     return args
 
 
@@ -244,8 +178,7 @@ def check_line(label: str, value: float | None, target: float, where: str) -> st
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     torch.manual_seed(args.seed)
 
     notes: list[str] = []
@@ -258,25 +191,18 @@ def main(argv: list[str] | None = None) -> int:
             notes.append("Pyro is not importable: pyro column is n/a (pip install pyro-ppl).")
     pyro_missing = "n/a" if run_pyro is None else "-"
 
-    versions = f"torch {torch.__version__}, infcomp {ic.__version__}"
-    if run_pyro is not None:
-        import pyro
-
-        versions += f", pyro {pyro.__version__}"
     print(
         "Prior importance sampling on z ~ N(1, √5); x1, x2 ~ N(z, √2) | x1 = 8, x2 = 9\n"
-        f"Python {platform.python_version()}, {versions}, "
-        f"{torch.get_num_threads()} torch threads; best of interleaved repeats, "
-        f"~{args.budget:g} s per contender per N"
+        + common.versions_line(
+            None if run_pyro is None else common.pyro_version(), args.budget, per="N"
+        )
     )
 
     header = (
         f"{'N':>9} {'infcomp/s':>11} {'torch/s':>11} {'pyro/s':>11} "
         f"{'infcomp/torch':>14} {'infcomp/pyro':>13}"
     )
-    print()
-    print(header)
-    print("-" * len(header))
+    common.print_table_header(header)
 
     rows: dict[int, dict[str, float | None]] = {}
     last: dict[str, Timing] = {}
@@ -298,27 +224,25 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    print()
-    print("check (targets):")
     torch_n, torch_target = TORCH_TARGET
     pyro_n, pyro_target = PYRO_TARGET
     at_torch_n = rows.get(torch_n, {})
     at_pyro_n = rows.get(pyro_n, {})
-    print(
-        check_line(
-            "infcomp/torch",
-            ratio(at_torch_n.get("infcomp"), at_torch_n.get("torch")),
-            torch_target,
-            f"N = {torch_n:.0e}",
-        )
-    )
-    print(
-        check_line(
-            "infcomp/pyro",
-            ratio(at_pyro_n.get("infcomp"), at_pyro_n.get("pyro")),
-            pyro_target,
-            f"N = {pyro_n:.0e}",
-        )
+    common.print_checks(
+        [
+            check_line(
+                "infcomp/torch",
+                ratio(at_torch_n.get("infcomp"), at_torch_n.get("torch")),
+                torch_target,
+                f"N = {torch_n:.0e}",
+            ),
+            check_line(
+                "infcomp/pyro",
+                ratio(at_pyro_n.get("infcomp"), at_pyro_n.get("pyro")),
+                pyro_target,
+                f"N = {pyro_n:.0e}",
+            ),
+        ]
     )
 
     largest = 10**args.max_exponent

@@ -51,11 +51,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -66,6 +65,11 @@ import infcomp as ic
 from infcomp.examples.rws_mixture import Mixture, simulate_data
 from infcomp.inference.csis import default_optimizer
 
+# isort: split
+# Helpers shared by the scripts of this folder (python bench/X.py puts it on sys.path).
+import common
+from common import Trainer, measure_blocks, ratio
+
 NUM_PARTICLES = 10
 MINIBATCH_SIZES = (1, 10, 100)
 DATA_SIZE = 500
@@ -74,11 +78,6 @@ GUIDE_LEARNING_RATE = 1e-3
 HIDDEN = 16
 # Target: infcomp steps/s at least this many times Pyro's.
 STEP_TARGET = 5.0
-
-BLOCK_SECONDS = 0.05
-CALIBRATION_SECONDS = 0.05
-MIN_REPEATS = 3
-MAX_REPEATS = 200
 
 INFCOMP = "infcomp RWS, MLP guide"
 INFCOMP_AUTO = "infcomp RWS, auto network"
@@ -235,65 +234,10 @@ def load_pyro() -> PyroKit | None:
 # -- timing ------------------------------------------------------------------------------
 
 
-def planned_repeats(block_seconds: float, budget: float) -> int:
-    """Blocks that spend about ``budget`` seconds: at least 3, or 1-2 for a slow block."""
-    if block_seconds > 2 * budget:
-        return 1
-    if block_seconds > budget:
-        return 2
-    wanted = math.ceil(budget / max(block_seconds, 1e-9))
-    return min(max(wanted, MIN_REPEATS), MAX_REPEATS)
-
-
-@dataclass
-class Trainer:
-    """One contender at one minibatch size: a step function and its timed blocks."""
-
-    name: str
-    minibatch: int
-    step: Callable[[], Any]
-    steps_per_block: int = 1
-    repeats: int = 0
-    times: list[float] = field(default_factory=list)
-
-    @property
-    def steps_per_second(self) -> float:
-        return self.steps_per_block / min(self.times)
-
-
-def calibrate(trainer: Trainer, budget: float) -> None:
-    """Warm up (probe runs, Adam's lazy state), then size the blocks and their number."""
+def warm_up(trainer: Trainer) -> None:
+    """Three steps, for the probe runs and Adam's lazily created state."""
     for _ in range(3):
         trainer.step()
-    count = 0
-    start = time.perf_counter()
-    while True:
-        trainer.step()
-        count += 1
-        elapsed = time.perf_counter() - start
-        if count >= 2 and elapsed >= CALIBRATION_SECONDS:
-            break
-    per_step = elapsed / count
-    trainer.steps_per_block = max(1, round(BLOCK_SECONDS / per_step))
-    trainer.repeats = planned_repeats(per_step * trainer.steps_per_block, budget)
-
-
-def time_block(trainer: Trainer) -> float:
-    step = trainer.step
-    start = time.perf_counter()
-    for _ in range(trainer.steps_per_block):
-        step()
-    return time.perf_counter() - start
-
-
-def measure(trainers: list[Trainer], budget: float) -> None:
-    """Calibrate every trainer, then time their blocks interleaved."""
-    for trainer in trainers:
-        calibrate(trainer, budget)
-    for round_index in range(max(trainer.repeats for trainer in trainers)):
-        for trainer in trainers:
-            if round_index < trainer.repeats:
-                trainer.times.append(time_block(trainer))
 
 
 # -- results -----------------------------------------------------------------------------
@@ -359,8 +303,8 @@ def collect(budget: float, seed: int = 0, pyro: bool = True) -> Results:
         trainers.append(Trainer(INFCOMP_AUTO, size, infcomp_step(data, seed, size, automatic=True)))
         trainers.append(Trainer(TORCH, size, torch_step(data, seed, size)))
     torch.manual_seed(seed)
-    measure(trainers, budget)
-    rows = [Row(t.name, t.minibatch, t.steps_per_second) for t in trainers]
+    measure_blocks(trainers, budget, warm_up)
+    rows = [Row(t.name, t.size, t.steps_per_second) for t in trainers]
     return Results(rows, kit.version if kit is not None else None)
 
 
@@ -369,9 +313,7 @@ def print_table(results: Results) -> None:
         f"{'contender':<27} {'minibatch':>9} {'K':>3} {'steps/s':>9} {'ms/step':>8} "
         f"{'data-set-particles/s':>21} {'ratio to pyro':>14}"
     )
-    print()
-    print(header)
-    print("-" * len(header))
+    common.print_table_header(header)
     missing = "-" if results.pyro_version is not None else "n/a"
     for row in sorted(results.rows, key=lambda r: r.minibatch):
         pyro_rate = results.rate(PYRO, row.minibatch)
@@ -384,19 +326,13 @@ def print_table(results: Results) -> None:
         )
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None:
-        return None
-    return numerator / denominator
-
-
 def check_lines(results: Results) -> list[str]:
     line, _ = results.target()
     lines = [line]
     limits = [
-        (size, ratio)
+        (size, value)
         for size in MINIBATCH_SIZES
-        if (ratio := _ratio(results.rate(TORCH, size), results.rate(PYRO, size))) is not None
+        if (value := ratio(results.rate(TORCH, size), results.rate(PYRO, size))) is not None
     ]
     if limits and max(r for _, r in limits) < STEP_TARGET:
         listed = ", ".join(f"{r:.2f}x at {size}" for size, r in limits)
@@ -439,59 +375,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds of timed blocks per contender per minibatch size (default 1.0)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads for all contenders (default 1, steady on a shared "
-        "machine; 0 keeps torch's own choice, one thread per core)",
-    )
+    common.add_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.budget <= 0:
-        parser.error("--budget must be positive")
-    if args.threads < 0:
-        parser.error("--threads must be 0 (torch's choice) or more")
+    common.check_budget_and_threads(parser, args)
     return args
 
 
-def pyro_version() -> str | None:
-    try:
-        import pyro
-    except ImportError:
-        return None
-    return str(pyro.__version__)
-
-
-def header_line(pyro_version: str | None, budget: float) -> str:
-    versions = f"torch {torch.__version__}, infcomp {ic.__version__}"
-    if pyro_version is not None:
-        versions += f", pyro {pyro_version}"
+def header_line(pyro: str | None, budget: float) -> str:
     return (
         f"RWS on the Gaussian mixture c ~ Cat(softmax(logits)), y ~ N(means[c], 1); "
         f"{DATA_SIZE} data sets, K = {NUM_PARTICLES}\n"
-        f"Python {platform.python_version()}, {versions}, {torch.get_num_threads()} torch "
-        f"threads; best of interleaved blocks, ~{budget:g} s per contender per row"
+        + common.versions_line(pyro, budget, per="row", runs="blocks")
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    print(header_line(None if args.no_pyro else pyro_version(), args.budget))
+    common.set_threads(args.threads)
+    print(header_line(None if args.no_pyro else common.pyro_version(), args.budget))
     print("setup:")
     print(SETUP, flush=True)
     results = collect(args.budget, args.seed, pyro=not args.no_pyro)
     print_table(results)
-    print()
-    print("check (targets):")
-    for line in check_lines(results):
-        print(line)
-    if args.no_pyro:
-        print("note: Pyro not run (--no-pyro).")
-    elif results.pyro_version is None:
-        print("note: Pyro is not importable: its cells are n/a (pip install pyro-ppl).")
+    common.print_checks(check_lines(results))
+    common.print_pyro_note(args.no_pyro, results.pyro_version)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 
