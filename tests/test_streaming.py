@@ -80,6 +80,7 @@ def test_streaming_the_gaussian():
     assert post.problems() == []
 
 
+@pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
 def test_streaming_a_model_run_trace_by_trace():
     torch.manual_seed(3)
     with pytest.warns(ic.VectorizationNotice):
