@@ -651,3 +651,19 @@ def test_marginal_of_a_function_across_groups():
     value = post.values(returned)[3]
     mass = post.weights[post.values(returned) == value].sum()
     assert float(marginal.log_prob(value)) == pytest.approx(math.log(float(mass)), rel=RTOL)
+
+
+@pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
+def test_summary_lists_scalar_latent_sites_and_the_diagnostics():
+    torch.manual_seed(0)
+    from infcomp.examples.gaussian import DATA, gaussian
+
+    post = ic.importance(gaussian, DATA, num_samples=2000)
+    text = post.summary()
+    lines = text.splitlines()
+    assert lines[0].split() == ["site", "mean", "std", "5%", "50%", "95%"]
+    row = lines[1].split()
+    assert row[0] == "z" and float(row[1]) == pytest.approx(float(post.mean("z")), abs=1e-4)
+    assert f"N = 2000, ESS = {float(post.ess):.1f}" in lines[-1]
+    assert "x1" not in text  # observed sites are not summarized
+    assert repr(post).startswith("Posterior(num_samples=2000")
