@@ -2,6 +2,7 @@
 #   make demo   the main job: importance sampling on the Gaussian, next to the exact answer
 #   make test   lint, type check and the test suite
 #   make bench  the benchmark table (installs Pyro as the peer to compare with)
+#   make bench-compare REV=fba5945  infcomp's figures for REV (default HEAD) and this tree
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-.PHONY: install-run install-dev install-bench demo test test-all bench
+.PHONY: install-run install-dev install-bench demo test test-all bench bench-compare
 
 install-run: $(BIN)/python
 	$(PIP) -e '.[plot]'
@@ -35,3 +36,6 @@ test-all: install-dev
 
 bench: install-bench
 	$(BIN)/python bench/all.py
+
+bench-compare: install-bench
+	$(BIN)/python bench/compare.py $(or $(REV),HEAD)
