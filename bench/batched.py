@@ -7,7 +7,8 @@ each. Every contender returns per data set log Ẑ, the ESS and the posterior me
 * **infcomp**: ``ic.importance_batch(gaussian, datasets, N)`` (prior), and
   ``csis.run_batch(datasets, N)`` with the automatic network of ``ic.CSIS(gaussian)``
   trained before the timing (300 steps of 256); each also as a Python loop of
-  ``ic.importance(gaussian, d, N)`` / ``csis.run(d, N)`` over the data sets.
+  ``ic.importance(gaussian, d, N)`` / ``csis.run(d, N)`` over the data sets (at
+  B = 1,000 only with ``--long``, the default here: about 10 s a run).
 * **torch**, prior only: z of shape (N, B) and per-column weights by hand (the limit).
 * **pyro**, prior only, B = 10: ``Importance(...).run(x1, x2)`` per data set.
 
@@ -120,10 +121,13 @@ def cases(options: argparse.Namespace) -> Iterator[Case]:
         data = {name: value[:b] for name, value in pool.items()}
         contenders: dict[str, Callable[[], Any]] = {
             "batch": lambda d=data: from_batch(ic.importance_batch(gaussian, d, N)),
-            "loop": lambda d=data: from_loop([ic.importance(gaussian, x, N) for x in split(d)]),
             "csis batch": lambda d=data: from_batch(csis.run_batch(d, N)),
-            "csis loop": lambda d=data: from_loop([csis.run(x, N) for x in split(d)]),
         }
+        if b < 1000 or options.long:  # the loops take ~10 s at B = 1000
+            contenders["loop"] = lambda d=data: from_loop(
+                [ic.importance(gaussian, x, N) for x in split(d)]
+            )
+            contenders["csis loop"] = lambda d=data: from_loop([csis.run(x, N) for x in split(d)])
         if options.torch:
             contenders["torch"] = lambda d=data: run_torch(d)
         if pyro is not None and b <= 10:
@@ -142,6 +146,7 @@ def cases(options: argparse.Namespace) -> Iterator[Case]:
             ),
             Row(f"automatic network, loop of run, {size}", "data sets/s", "csis loop", None, None),
         ]
+        rows = [row for row in rows if row.infcomp in contenders]
         min_repeats = {"csis batch": 5} if b == 1000 else {}
         yield Case(rows, contenders, work=b, min_repeats=min_repeats, describe=describe(data))
 
