@@ -163,6 +163,8 @@ class Result:
 def number(value: float | None) -> str:
     if value is None:
         return "-"
+    if 1 <= abs(value) < 10:
+        return f"{value:.2f}"
     if value == 0 or 0.01 <= abs(value) < 1e4:
         return f"{value:.3g}"
     return f"{value:.2e}"
