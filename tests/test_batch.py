@@ -33,7 +33,7 @@ def exact(data):
 
 def test_each_data_set_gets_its_exact_answer():
     data = datasets(40)
-    batch = ic.importance_batch(g.gaussian, data, num_samples=20_000)
+    batch = ic.importance_batch(g.gaussian, data, num_particles=20_000)
     assert len(batch) == batch.num_datasets == 40 and batch.num_samples == 20_000
     assert batch.weights.shape == (20_000, 40)
     log_evidence, means = exact(data)
@@ -47,7 +47,7 @@ def test_each_data_set_gets_its_exact_answer():
 
 def test_a_data_set_of_the_batch_is_a_posterior():
     data = datasets(5)
-    batch = ic.importance_batch(g.gaussian, data, num_samples=1000)
+    batch = ic.importance_batch(g.gaussian, data, num_particles=1000)
     third = batch[2]
     assert isinstance(third, ic.Posterior)
     assert torch.equal(third.log_weights, batch.log_weights[:, 2])
@@ -62,9 +62,9 @@ def test_a_list_of_data_sets_is_the_same_as_a_stacked_dict():
     data = datasets(3)
     listed = [{"x1": float(a), "x2": float(b)} for a, b in zip(data["x1"], data["x2"])]
     torch.manual_seed(1)
-    from_list = ic.importance_batch(g.gaussian, listed, num_samples=100)
+    from_list = ic.importance_batch(g.gaussian, listed, num_particles=100)
     torch.manual_seed(1)
-    from_dict = ic.importance_batch(g.gaussian, data, num_samples=100)
+    from_dict = ic.importance_batch(g.gaussian, data, num_particles=100)
     assert torch.equal(from_list.log_weights, from_dict.log_weights)
 
 
@@ -72,7 +72,7 @@ def test_models_that_cannot_be_vectorized_run_data_set_by_data_set():
     data = [{"x1": 8.0, "x2": 9.0}, {"x1": 0.0, "x2": 1.0}]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ic.VectorizationNotice)
-        batch = ic.importance_batch(marsaglia, data, num_samples=3000)
+        batch = ic.importance_batch(marsaglia, data, num_particles=3000)
     assert batch.log_weights.shape == (3000, 2)
     returned = lambda trace: trace.return_value
     means = batch.mean(returned)
@@ -87,7 +87,7 @@ def test_models_that_cannot_be_vectorized_run_data_set_by_data_set():
 def test_a_summary_of_unreliable_data_sets_is_warned_once():
     data = {"x1": torch.tensor([1.0, 30.0]), "x2": torch.tensor([2.0, 31.0])}
     with pytest.warns(ic.InferenceWarning, match="of 2 data sets: 1 with") as record:
-        ic.importance_batch(g.gaussian, data, num_samples=1000)
+        ic.importance_batch(g.gaussian, data, num_particles=1000)
     assert len(record) == 1
 
 

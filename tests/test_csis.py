@@ -57,7 +57,7 @@ def test_compilation_finds_the_exact_posterior_in_the_guide_family(trained_linea
 
 
 def test_the_compiled_guide_makes_importance_sampling_nearly_exact(trained_linear):
-    post = trained_linear.run(DATA, num_samples=2000)
+    post = trained_linear.run(DATA, num_particles=2000)
     assert float(post.ess) > 0.95 * 2000
     exact = exact_posterior()
     error = float(post.std("z")) / math.sqrt(float(post.ess))
@@ -100,7 +100,7 @@ def test_a_single_trace_guide_is_detected_once_and_trained_trace_by_trace():
         csis.train(3, batch_size=8, progress=False)
     notices = [w for w in caught if issubclass(w.category, ic.VectorizationNotice)]
     assert len(notices) == 1 and "SingleTraceGuide" in str(notices[0].message)
-    assert csis.scorer.vectorize is False
+    assert csis.proposal.vectorize is False
     assert len(csis.loss_history) == 3
 
 
@@ -169,7 +169,7 @@ def test_a_guide_with_a_random_structure_is_trained_per_structure():
     assert float(csis.guide.weight.detach()) > 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ic.VectorizationNotice)
-        post = csis.run({"y": 2.5}, num_samples=500)
+        post = csis.run({"y": 2.5}, num_particles=500)
     # p(k = 0 | y = 2.5) ∝ N(2.5; -3, √1.25) is below 1e-5: all the weight is on k = 1.
     assert float(post.mean("k")) > 0.999
 
@@ -318,5 +318,72 @@ def test_seed_notebook_settings_give_a_high_ess():
     training seeds the median ESS of 20 runs of 50 samples at (8, 9) is at least 35."""
     for seed in range(3):
         csis = compile_gaussian(seed=seed)
-        ess = torch.tensor([float(csis.run(DATA, num_samples=50).ess) for _ in range(20)])
+        ess = torch.tensor([float(csis.run(DATA, num_particles=50).ess) for _ in range(20)])
         assert float(ess.median()) >= 35, (seed, ess.median())
+
+
+# -- Pyro's CSIS tutorial, ported by changing the imports and the optimizer only -----------
+#
+# pyro.sample -> ic.sample, pyro.distributions -> torch.distributions, pyro.infer.CSIS ->
+# ic.CSIS, pyro.infer.EmpiricalMarginal -> ic.EmpiricalMarginal; pyro.optim.Adam({"lr": 1e-3})
+# -> torch.optim.Adam(guide.parameters(), lr=1e-3), which also replaces pyro.module("guide",
+# self) (infcomp has no parameter store: the optimizer holds the parameters).
+
+
+def pyro_tutorial_model(prior_mean, observations={"x1": 0, "x2": 0}):  # noqa: B006 (as in Pyro)
+    x = ic.sample("z", Normal(prior_mean, torch.tensor(5**0.5)))
+    ic.sample("x1", Normal(x, torch.tensor(2**0.5)), obs=observations["x1"])
+    ic.sample("x2", Normal(x, torch.tensor(2**0.5)), obs=observations["x2"])
+    return x
+
+
+class PyroTutorialGuide(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.neural_net = nn.Sequential(
+            nn.Linear(2, 10),
+            nn.ReLU(),
+            nn.Linear(10, 20),
+            nn.ReLU(),
+            nn.Linear(20, 10),
+            nn.ReLU(),
+            nn.Linear(10, 5),
+            nn.ReLU(),
+            nn.Linear(5, 2),
+        )
+
+    def forward(self, prior_mean, observations={"x1": 0, "x2": 0}):  # noqa: B006
+        x1 = observations["x1"]
+        x2 = observations["x2"]
+        v = torch.cat((x1.view(1, 1), x2.view(1, 1)), 1)
+        v = self.neural_net(v)
+        mean = v[0, 0]
+        std = v[0, 1].exp()
+        ic.sample("z", Normal(mean, std))
+
+
+def test_the_pyro_csis_tutorial_ports_by_changing_imports_and_optimizer():
+    torch.manual_seed(0)
+    guide = PyroTutorialGuide()
+    optimiser = torch.optim.Adam(guide.parameters(), lr=1e-3)
+    csis = ic.CSIS(
+        pyro_tutorial_model, guide, optimiser, num_inference_samples=2000, training_batch_size=10
+    )
+    prior_mean = torch.tensor(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.VectorizationNotice)  # the guide is per trace
+        losses = [csis.step(prior_mean) for _ in range(100)]
+    assert csis.num_steps == 100 and all(math.isfinite(loss) for loss in losses)
+    posterior = csis.run(
+        prior_mean, observations={"x1": torch.tensor(8.0), "x2": torch.tensor(9.0)}
+    )
+    marginal = ic.EmpiricalMarginal(posterior, "z")
+    samples = torch.stack([marginal() for _ in range(20)])
+    assert samples.shape == (20,)
+    # Self-normalized importance sampling is consistent whatever the guide learned: the
+    # exact posterior is N(7.25, 5/6); the error bound is 4 standard errors at this ESS.
+    assert posterior.num_particles == 2000
+    stderr = (5 / 6) ** 0.5 / float(posterior.ess) ** 0.5
+    assert abs(float(marginal.mean) - 7.25) < 4 * stderr
+    error = abs(float(posterior.log_evidence) - exact_log_evidence())
+    assert error < 4 * float(posterior.log_evidence_stderr) + 1 / float(posterior.ess)

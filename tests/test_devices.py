@@ -26,7 +26,7 @@ DATA64 = {
 
 
 def test_a_float64_model_gives_float64_particles():
-    post = ic.importance(gaussian64, DATA64, num_samples=20_000, device="cpu")
+    post = ic.importance(gaussian64, DATA64, num_particles=20_000, device="cpu")
     assert post.values("z").dtype == torch.float64
     error = float(post.std("z")) / math.sqrt(float(post.ess))
     assert abs(float(post.mean("z")) - 7.25) < 4 * error
@@ -39,7 +39,7 @@ def test_a_float64_automatic_network():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         csis.train(300, 256, progress=False)
-    post = csis.run(DATA64, num_samples=1000)
+    post = csis.run(DATA64, num_particles=1000)
     assert post.values("z").dtype == torch.float64 and float(post.ess) > 500
     batch = csis.run_batch(
         {"x1": torch.zeros(3, dtype=torch.float64), "x2": torch.ones(3, dtype=torch.float64)}, 100
@@ -52,7 +52,7 @@ def test_data_move_to_the_requested_device():
 
     moved = as_data({"x": 1.0, "y": torch.zeros(2)}, device="cpu")
     assert all(v.device.type == "cpu" for v in moved.values())
-    post = ic.importance(g.gaussian, g.DATA, num_samples=100, device=torch.device("cpu"))
+    post = ic.importance(g.gaussian, g.DATA, num_particles=100, device=torch.device("cpu"))
     assert post.num_samples == 100
 
 
@@ -63,7 +63,9 @@ def test_cuda_end_to_end():
         ic.observe("x1", Normal(z, math.sqrt(2)))
         ic.observe("x2", Normal(z, math.sqrt(2)))
 
-    post = ic.importance(gaussian_cuda, {"x1": 8.0, "x2": 9.0}, num_samples=100_000, device="cuda")
+    post = ic.importance(
+        gaussian_cuda, {"x1": 8.0, "x2": 9.0}, num_particles=100_000, device="cuda"
+    )
     assert post.values("z").device.type == "cuda"
     assert abs(float(post.mean("z")) - 7.25) < 0.1
     csis = ic.CSIS(gaussian_cuda, device="cuda")

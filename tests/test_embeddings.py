@@ -53,8 +53,8 @@ def test_a_user_supplied_cnn_embeds_image_observations():
     csis.train(300, batch_size=64, progress=False)
     truth = torch.tensor(1.3)
     data = {"image": truth * PATTERN + 0.5 * torch.randn(8, 8)}
-    post = csis.run(data, num_samples=2000)
-    prior = ic.importance(brightness, data, num_samples=2000)
+    post = csis.run(data, num_particles=2000)
+    prior = ic.importance(brightness, data, num_particles=2000)
     # The 64 pixels pin z to about ±0.5 / √(Σ pattern²) ≈ 0.08: the prior wastes most draws.
     assert float(post.ess) > 4 * float(prior.ess)
     # Exact posterior: precision 1 + Σ p² / 0.25, mean (Σ p y / 0.25) / precision.

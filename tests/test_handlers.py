@@ -27,11 +27,10 @@ def test_trace_as_a_context_manager():
 
 
 def test_condition_sets_observations_by_name_and_keeps_fixed_values():
-    with ic.trace() as tracer, ic.condition(data={"x": 1.5}) as conditioner:
+    with ic.trace() as tracer, ic.condition(data={"x": 1.5}):
         model_with_fixed_observation()
     assert tracer.trace["x"].value == 1.5
     assert tracer.trace["fixed"].value == 5.0
-    assert conditioner.used == {"x"}
 
 
 def test_data_overrides_a_fixed_value():
@@ -40,25 +39,40 @@ def test_data_overrides_a_fixed_value():
     assert tracer.trace["fixed"].value == 2.0
 
 
-def test_condition_errors_name_the_site():
+def test_condition_fixes_a_latent_site_as_an_observation_like_pyro():
+    data = {"z": 2.0, "x1": 8.0, "x2": 9.0}
+    trace = ic.trace(ic.condition(gaussian, data=data)).get_trace()
+    assert trace["z"].kind == "observe" and float(trace["z"].value) == 2.0
+    assert trace.names("sample") == []
+    expected = sum(
+        torch.distributions.Normal(m, s).log_prob(torch.tensor(v))
+        for m, s, v in [(1.0, 5**0.5, 2.0), (2.0, 2**0.5, 8.0), (2.0, 2**0.5, 9.0)]
+    )
+    assert torch.isclose(trace.log_prob_sum(), expected.double())
+    # Importance sampling then weighs by p(z, x1, x2): every particle is the same.
+    post = ic.importance(gaussian, data, num_particles=10)
+    assert torch.allclose(post.log_weights, expected.double())
+
+
+def test_inference_checks_data_and_names_the_site():
     with pytest.raises(ic.ModelError, match="observe site 'x2' has no observed value"):
-        ic.condition(gaussian, data={"x1": 1.0})()
-    with pytest.raises(ic.ModelError, match="'z', which is a latent sample site"):
-        ic.condition(gaussian, data={"z": 1.0, "x1": 1.0, "x2": 1.0})()
+        ic.importance(gaussian, {"x1": 1.0}, 10)
     with pytest.raises(ic.ModelError, match=r"'x1': the observed value has shape \(3,\)"):
-        ic.condition(gaussian, data={"x1": torch.zeros(3), "x2": 1.0})()
+        ic.importance(gaussian, {"x1": torch.zeros(3), "x2": 1.0}, 10)
+    with pytest.raises(ic.ModelError, match=r"data names \['y'\]"):
+        ic.importance(gaussian, {"x1": 1.0, "x2": 1.0, "y": 1.0}, 10)
 
 
-def test_condition_checks_the_support():
+def test_inference_checks_the_support():
     def counts():
         rate = ic.sample("rate", torch.distributions.Gamma(2.0, 1.0))
         ic.observe("k", Poisson(rate))
 
     with pytest.raises(ic.ModelError, match="observe site 'k'.*outside the support"):
-        ic.condition(counts, data={"k": 1.5})()
+        ic.importance(counts, {"k": 1.5}, 10)
     with pytest.raises(ic.ModelError, match="observe site 'k'.*outside the support"):
-        ic.condition(counts, data={"k": -1.0})()
-    ic.condition(counts, data={"k": 3.0})()
+        ic.importance(counts, {"k": -1.0}, 10)
+    ic.importance(counts, {"k": 3.0}, 10)
 
 
 def test_boolean_data_become_floats():
@@ -68,18 +82,28 @@ def test_boolean_data_become_floats():
     trace = ic.trace(ic.condition(flip, data={"heads": True})).get_trace()
     assert trace["heads"].value.dtype == torch.get_default_dtype()
     assert torch.isclose(trace.log_prob_sum(), torch.tensor(0.3).log().double())
+    post = ic.importance(flip, {"heads": True}, 10)
+    assert torch.allclose(post.log_weights, torch.tensor(0.3).log().double())
 
 
-def test_condition_rejects_data_that_is_not_a_mapping():
+def test_inference_rejects_data_that_is_not_a_mapping():
     with pytest.raises(ic.ModelError, match="mapping"):
-        ic.condition(gaussian, data=[1.0, 2.0])()  # type: ignore[arg-type]
+        ic.importance(gaussian, [1.0, 2.0], 10)  # type: ignore[arg-type]
 
 
-def test_simulate_samples_observations_including_fixed_ones():
+def test_simulate_is_a_deprecated_alias_of_uncondition():
+    with pytest.warns(DeprecationWarning, match="uncondition"):
+        handler = ic.simulate(gaussian)
+    assert isinstance(handler, ic.uncondition)
+    trace = ic.trace(handler).get_trace()
+    assert trace["x1"].kind == "observe"
+
+
+def test_uncondition_samples_observations_including_fixed_ones():
     torch.manual_seed(1)
     values = torch.stack(
         [
-            ic.trace(ic.simulate(model_with_fixed_observation)).get_trace()["fixed"].value
+            ic.trace(ic.uncondition(model_with_fixed_observation)).get_trace()["fixed"].value
             for _ in range(200)
         ]
     )
@@ -90,10 +114,9 @@ def test_simulate_samples_observations_including_fixed_ones():
 
 def test_replay_takes_latent_values_from_a_trace():
     source = ic.trace(gaussian).get_trace()
-    with ic.trace() as tracer, ic.replay(trace=source) as player:
+    with ic.trace() as tracer, ic.replay(trace=source):
         gaussian()
     assert torch.equal(tracer.trace["z"].value, source["z"].value)
-    assert player.used == {"z"}
     assert not torch.equal(tracer.trace["x1"].value, source["x1"].value)
 
 

@@ -35,7 +35,9 @@ class LearnableGuide(nn.Module):
 
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_the_exact_posterior_as_guide_gives_equal_weights_and_the_exact_evidence(vectorize):
-    post = ic.importance(g.gaussian, DATA, num_samples=500, guide=exact_guide, vectorize=vectorize)
+    post = ic.importance(
+        g.gaussian, DATA, num_particles=500, guide=exact_guide, vectorize=vectorize
+    )
     # log w = log p(x, y) - log p(x | y) = log p(y) for every particle, up to float32 rounding.
     assert torch.allclose(
         post.log_weights, torch.tensor(g.exact_log_evidence(), dtype=torch.float64), atol=1e-4
@@ -46,7 +48,7 @@ def test_the_exact_posterior_as_guide_gives_equal_weights_and_the_exact_evidence
 
 def test_a_module_guide_gets_the_model_arguments_and_no_gradients_are_tracked():
     guide = LearnableGuide()
-    post = ic.importance(g.gaussian, DATA, num_samples=1000, guide=guide, args=(1.0,))
+    post = ic.importance(g.gaussian, DATA, num_particles=1000, guide=guide, args=(1.0,))
     assert post.values("z").shape == (1000,)
     assert not post.log_weights.requires_grad
     # The proposal N(7, 1) is close to N(7.25, 0.913): ESS/N ≈ 0.96 by numeric integration.
@@ -54,7 +56,7 @@ def test_a_module_guide_gets_the_model_arguments_and_no_gradients_are_tracked():
 
 
 def test_guide_weights_follow_the_formula():
-    post = ic.importance(g.gaussian, DATA, num_samples=50, guide=LearnableGuide())
+    post = ic.importance(g.gaussian, DATA, num_particles=50, guide=LearnableGuide())
     z = post.values("z")
     expected = (
         Normal(1.0, 5**0.5).log_prob(z)
@@ -67,7 +69,7 @@ def test_guide_weights_follow_the_formula():
 
 @pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
 def test_prior_weights_are_the_likelihood():
-    post = ic.importance(g.gaussian, DATA, num_samples=50)
+    post = ic.importance(g.gaussian, DATA, num_particles=50)
     z = post.values("z")
     expected = Normal(z, 2**0.5).log_prob(torch.tensor(8.0)) + Normal(z, 2**0.5).log_prob(
         torch.tensor(9.0)
@@ -81,7 +83,7 @@ def test_factors_add_to_the_weight():
         z = ic.sample("z", Normal(0.0, 1.0))
         ic.factor("tilt", 2 * z)
 
-    post = ic.importance(model, num_samples=10)
+    post = ic.importance(model, num_particles=10)
     assert torch.allclose(post.log_weights, 2 * post.values("z").double())
 
 
@@ -91,7 +93,7 @@ def test_model_arguments_and_fixed_observations():
         for i in range(n):
             ic.observe(f"x_{i}", Normal(z, 1.0), value=float(i))
 
-    post = ic.importance(model, num_samples=20, kwargs={"prior_mean": 3.0, "n": 2})
+    post = ic.importance(model, num_particles=20, kwargs={"prior_mean": 3.0, "n": 2})
     z = post.values("z")
     expected = Normal(z, 1.0).log_prob(torch.tensor(0.0)) + Normal(z, 1.0).log_prob(
         torch.tensor(1.0)
@@ -106,9 +108,9 @@ def test_model_arguments_and_fixed_observations():
 def test_both_paths_agree_in_distribution():
     n = 4000
     torch.manual_seed(1)
-    batched = ic.importance(g.gaussian, DATA, num_samples=n, vectorize=True)
+    batched = ic.importance(g.gaussian, DATA, num_particles=n, vectorize=True)
     torch.manual_seed(2)
-    single = ic.importance(g.gaussian, DATA, num_samples=n, vectorize=False)
+    single = ic.importance(g.gaussian, DATA, num_particles=n, vectorize=False)
     # The proposal draws and the log weights have the same distribution on both paths.
     assert stats.ks_2samp(batched.values("z").numpy(), single.values("z").numpy()).pvalue > 1e-3
     assert stats.ks_2samp(batched.log_weights.numpy(), single.log_weights.numpy()).pvalue > 1e-3
@@ -123,11 +125,11 @@ def test_both_paths_agree_in_distribution():
 def test_both_paths_agree_with_a_guide():
     torch.manual_seed(3)
     batched = ic.importance(
-        g.gaussian, DATA, num_samples=3000, guide=LearnableGuide(), vectorize=True
+        g.gaussian, DATA, num_particles=3000, guide=LearnableGuide(), vectorize=True
     )
     torch.manual_seed(4)
     single = ic.importance(
-        g.gaussian, DATA, num_samples=3000, guide=LearnableGuide(), vectorize=False
+        g.gaussian, DATA, num_particles=3000, guide=LearnableGuide(), vectorize=False
     )
     assert stats.ks_2samp(batched.log_weights.numpy(), single.log_weights.numpy()).pvalue > 1e-3
 
@@ -136,7 +138,7 @@ def test_a_model_that_cannot_be_vectorized_falls_back_once_with_a_notice():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         for _ in range(2):
-            post = ic.importance(marsaglia, DATA, num_samples=20)
+            post = ic.importance(marsaglia, DATA, num_particles=20)
     notices = [w for w in caught if issubclass(w.category, ic.VectorizationNotice)]
     assert len(notices) == 1
     assert "model 'marsaglia' runs one trace at a time" in str(notices[0].message)
@@ -146,13 +148,13 @@ def test_a_model_that_cannot_be_vectorized_falls_back_once_with_a_notice():
 
 def test_forcing_the_vectorized_path_on_such_a_model_raises():
     with pytest.raises(ic.VectorizationError, match="marsaglia"):
-        ic.importance(marsaglia, DATA, num_samples=20, vectorize=True)
+        ic.importance(marsaglia, DATA, num_particles=20, vectorize=True)
 
 
 def test_forcing_the_sequential_path_gives_no_notice():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ic.VectorizationNotice)
-        post = ic.importance(marsaglia, DATA, num_samples=20, vectorize=False)
+        post = ic.importance(marsaglia, DATA, num_particles=20, vectorize=False)
     # Sites vary between particles: traces are grouped by structure, particles all kept.
     assert sum(post.sizes) == 20
     assert post.values(lambda trace: trace.return_value).shape == (20,)
@@ -165,26 +167,26 @@ def test_unknown_observation_names_are_listed():
     with pytest.raises(
         ic.ModelError, match=r"data names \['x3'\].*observe sites are \['x1', 'x2'\]"
     ):
-        ic.importance(g.gaussian, {"x1": 8.0, "x2": 9.0, "x3": 1.0}, num_samples=10)
+        ic.importance(g.gaussian, {"x1": 8.0, "x2": 9.0, "x3": 1.0}, num_particles=10)
 
 
 def test_missing_observations_name_the_site():
     with pytest.raises(ic.ModelError, match="observe site 'x2' has no observed value"):
-        ic.importance(g.gaussian, {"x1": 8.0}, num_samples=10)
+        ic.importance(g.gaussian, {"x1": 8.0}, num_particles=10)
 
 
 def test_wrong_shapes_and_values_outside_the_support_name_the_site():
     with pytest.raises(
         ic.ModelError, match=r"'x1': the observed value has shape \(2,\) but Normal has shape \(\)"
     ):
-        ic.importance(g.gaussian, {"x1": [8.0, 1.0], "x2": 9.0}, num_samples=10)
+        ic.importance(g.gaussian, {"x1": [8.0, 1.0], "x2": 9.0}, num_particles=10)
 
     def coin():
         r = ic.sample("r", Uniform(0.0, 1.0))
         ic.observe("flip", torch.distributions.Bernoulli(r))
 
     with pytest.raises(ic.ModelError, match="observe site 'flip'.*outside the support"):
-        ic.importance(coin, {"flip": 2.0}, num_samples=10)
+        ic.importance(coin, {"flip": 2.0}, num_particles=10)
 
 
 def test_duplicate_site_names_are_an_error():
@@ -193,16 +195,16 @@ def test_duplicate_site_names_are_an_error():
         ic.sample("z", Normal(0.0, 1.0))
 
     with pytest.raises(ic.ModelError, match="'z' is used twice"):
-        ic.importance(twice, num_samples=10)
+        ic.importance(twice, num_particles=10)
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="num_samples"):
-        ic.importance(g.gaussian, DATA, num_samples=0)
-    with pytest.raises(ValueError, match="num_samples"):
-        ic.importance(g.gaussian, DATA, num_samples=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_particles"):
+        ic.importance(g.gaussian, DATA, num_particles=0)
+    with pytest.raises(ValueError, match="num_particles"):
+        ic.importance(g.gaussian, DATA, num_particles=2.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="vectorize"):
-        ic.importance(g.gaussian, DATA, num_samples=5, vectorize="yes")  # type: ignore[arg-type]
+        ic.importance(g.gaussian, DATA, num_particles=5, vectorize="yes")  # type: ignore[arg-type]
 
 
 def test_a_guide_that_misses_a_latent_site():
@@ -210,7 +212,7 @@ def test_a_guide_that_misses_a_latent_site():
         pass
 
     with pytest.raises(ic.GuideError, match="did not sample latent site 'z'"):
-        ic.importance(g.gaussian, DATA, num_samples=10, guide=empty_guide)
+        ic.importance(g.gaussian, DATA, num_particles=10, guide=empty_guide)
 
 
 def test_a_guide_that_invents_a_site():
@@ -219,7 +221,7 @@ def test_a_guide_that_invents_a_site():
         ic.sample("w", Normal(0.0, 1.0))
 
     with pytest.raises(ic.GuideError, match="samples 'w', which is not a latent site.*\\['z'\\]"):
-        ic.importance(g.gaussian, DATA, num_samples=10, guide=inventive_guide)
+        ic.importance(g.gaussian, DATA, num_particles=10, guide=inventive_guide)
 
 
 def test_a_guide_that_samples_an_observed_site():
@@ -228,7 +230,7 @@ def test_a_guide_that_samples_an_observed_site():
         ic.sample("x1", Normal(7.0, 1.0))
 
     with pytest.raises(ic.GuideError, match="samples 'x1', which the model observes"):
-        ic.importance(g.gaussian, DATA, num_samples=10, guide=greedy_guide)
+        ic.importance(g.gaussian, DATA, num_particles=10, guide=greedy_guide)
 
 
 def test_a_guide_that_observes():
@@ -237,7 +239,7 @@ def test_a_guide_that_observes():
         ic.observe("x1", Normal(7.0, 1.0), value=1.0)
 
     with pytest.raises(ic.GuideError, match="observe site 'x1'"):
-        ic.importance(g.gaussian, DATA, num_samples=10, guide=observing_guide)
+        ic.importance(g.gaussian, DATA, num_particles=10, guide=observing_guide)
 
 
 def test_a_guide_value_of_the_wrong_shape():
@@ -248,7 +250,7 @@ def test_a_guide_value_of_the_wrong_shape():
         ic.GuideError,
         match=r"site 'z': the proposal's value has shape \(2,\) but Normal has shape \(\)",
     ):
-        ic.importance(g.gaussian, DATA, num_samples=10, guide=wide_guide)
+        ic.importance(g.gaussian, DATA, num_particles=10, guide=wide_guide)
 
 
 def test_a_guide_value_outside_the_prior_support_names_the_site():
@@ -262,7 +264,7 @@ def test_a_guide_value_outside_the_prior_support_names_the_site():
     with pytest.raises(
         ic.GuideError, match="sample site 'r': the proposal's value lies outside the support"
     ):
-        ic.importance(coin, {"flip": 1.0}, num_samples=100, guide=unbounded_guide)
+        ic.importance(coin, {"flip": 1.0}, num_particles=100, guide=unbounded_guide)
 
 
 # -- weights that are not finite -----------------------------------------------------------
@@ -276,7 +278,7 @@ def test_nan_and_infinite_weights_are_counted_reported_and_kept(vectorize):
         ic.factor("inf_when_large", torch.where(z > 2, torch.inf, 0.0))
 
     with pytest.warns(ic.InferenceWarning, match="'nan_when_negative'.*'inf_when_large'") as record:
-        post = ic.importance(model, num_samples=400, vectorize=vectorize)
+        post = ic.importance(model, num_particles=400, vectorize=vectorize)
     z = post.values("z")
     assert post.num_nan_weights == int((z < 0).sum()) > 0
     assert post.num_infinite_weights == int((z > 2).sum()) > 0
@@ -292,7 +294,7 @@ def test_data_outside_a_parameter_dependent_support_give_zero_weights():
 
     # y = 0.5 lies in (r, r + 1) iff r < 0.5: the posterior is U(0, 0.5), evidence 1/2.
     for vectorize in (True, False):
-        post = ic.importance(window, {"y": 0.5}, num_samples=2000, vectorize=vectorize)
+        post = ic.importance(window, {"y": 0.5}, num_particles=2000, vectorize=vectorize)
         r = post.values("r")
         assert post.num_zero_weights == int((r >= 0.5).sum()) > 0
         assert float(post.values("r")[post.weights > 0].max()) < 0.5
@@ -300,7 +302,7 @@ def test_data_outside_a_parameter_dependent_support_give_zero_weights():
         assert abs(float(post.log_evidence.exp()) - 0.5) < 4 * (0.25 / 2000) ** 0.5
 
     with pytest.warns(ic.InferenceWarning, match="all 100 weights are zero"):
-        post = ic.importance(window, {"y": 5.0}, num_samples=100)
+        post = ic.importance(window, {"y": 5.0}, num_particles=100)
     assert post.num_zero_weights == 100
 
 
@@ -310,15 +312,15 @@ def test_data_outside_a_parameter_dependent_support_give_zero_weights():
 @pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
 def test_worker_processes_agree_with_one_process_and_are_reproducible():
     torch.manual_seed(7)
-    parallel = ic.importance(marsaglia, DATA, num_samples=3000, vectorize=False, workers=2)
+    parallel = ic.importance(marsaglia, DATA, num_particles=3000, vectorize=False, workers=2)
     torch.manual_seed(7)
-    again = ic.importance(marsaglia, DATA, num_samples=3000, vectorize=False, workers=2)
+    again = ic.importance(marsaglia, DATA, num_particles=3000, vectorize=False, workers=2)
     assert torch.equal(parallel.log_weights, again.log_weights)
     returned = parallel.values(lambda trace: trace.return_value)
     # The draws are the prior N(1, √5), whichever process made them.
     assert stats.kstest(returned.numpy(), stats.norm(1, math.sqrt(5)).cdf).pvalue > 1e-3
     torch.manual_seed(8)
-    single = ic.importance(marsaglia, DATA, num_samples=3000, vectorize=False)
+    single = ic.importance(marsaglia, DATA, num_particles=3000, vectorize=False)
     assert stats.ks_2samp(parallel.log_weights.numpy(), single.log_weights.numpy()).pvalue > 1e-3
 
 
@@ -327,6 +329,6 @@ def test_workers_need_a_picklable_model():
         ic.sample("z", Normal(0.0, 1.0))
 
     with pytest.raises(ic.ModelError, match="picklable"):
-        ic.importance(local_model, num_samples=10, vectorize=False, workers=2)
+        ic.importance(local_model, num_particles=10, vectorize=False, workers=2)
     with pytest.raises(ValueError, match="workers"):
-        ic.importance(g.gaussian, DATA, num_samples=10, workers=0)
+        ic.importance(g.gaussian, DATA, num_particles=10, workers=0)

@@ -78,7 +78,7 @@ def test_sites_without_a_head_are_named_or_proposed_from_the_prior_on_request():
     for prior_sites in (("counts",), ("*unsupported*",)):
         csis = ic.CSIS(allocation, network=NetworkConfig(prior_sites=prior_sites))
         csis.step(16)
-        post = csis.run({"y": 4.0}, num_samples=200)
+        post = csis.run({"y": 4.0}, num_particles=200)
         # Proposed from the prior: the weights are the likelihood alone.
         counts = post.values("counts")
         expected = Normal(counts[:, 0], 1.0).log_prob(torch.tensor(4.0)).double()
@@ -99,7 +99,7 @@ def gaussian_csis():
 
 
 def test_gaussian_automatic_network_is_nearly_exact(gaussian_csis):
-    post = gaussian_csis.run(g.DATA, num_samples=1000)
+    post = gaussian_csis.run(g.DATA, num_particles=1000)
     assert float(post.ess) >= 0.9 * 1000
     assert abs(float(post.mean("z")) - 7.25) < 4 * mean_error(post, "z")
     assert abs(float(post.log_evidence) - g.exact_log_evidence()) < 4 * float(
@@ -109,16 +109,16 @@ def test_gaussian_automatic_network_is_nearly_exact(gaussian_csis):
 
 def test_vectorized_and_sequential_network_proposals_agree(gaussian_csis):
     torch.manual_seed(1)
-    batched = gaussian_csis.run(g.DATA, num_samples=2000, vectorize=True)
+    batched = gaussian_csis.run(g.DATA, num_particles=2000, vectorize=True)
     torch.manual_seed(2)
-    single = gaussian_csis.run(g.DATA, num_samples=2000, vectorize=False)
+    single = gaussian_csis.run(g.DATA, num_particles=2000, vectorize=False)
     assert stats.ks_2samp(batched.values("z").numpy(), single.values("z").numpy()).pvalue > 1e-3
     assert stats.ks_2samp(batched.log_weights.numpy(), single.log_weights.numpy()).pvalue > 1e-3
 
 
 def test_defensive_mixture_bounds_the_weights(gaussian_csis):
     epsilon = 0.2
-    post = gaussian_csis.run(g.DATA, num_samples=2000, defensive=epsilon)
+    post = gaussian_csis.run(g.DATA, num_particles=2000, defensive=epsilon)
     z = post.values("z")
     likelihood = (
         Normal(z, 2**0.5).log_prob(torch.tensor(8.0))
@@ -128,7 +128,7 @@ def test_defensive_mixture_bounds_the_weights(gaussian_csis):
     assert (post.log_weights <= likelihood - math.log(epsilon) + 1e-4).all()
     assert abs(float(post.mean("z")) - 7.25) < 4 * mean_error(post, "z")
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        gaussian_csis.run(g.DATA, num_samples=10, defensive=1.5)
+        gaussian_csis.run(g.DATA, num_particles=10, defensive=1.5)
 
 
 def mixed():
@@ -159,8 +159,8 @@ def test_mixed_discrete_and_continuous_latents():
     csis = compiled(mixed, 500)
     data = {"y1": 1.0, "y2": 2.0}
     p1, mean_mu, log_evidence = mixed_exact(1.0, 2.0)
-    post = csis.run(data, num_samples=4000)
-    prior = ic.importance(mixed, data, num_samples=4000)
+    post = csis.run(data, num_particles=4000)
+    prior = ic.importance(mixed, data, num_particles=4000)
     ess = float(post.ess)
     assert ess > float(prior.ess)
     assert abs(float(post.mean("c")) - p1) < 4 * math.sqrt(p1 * (1 - p1) / ess)
@@ -194,8 +194,8 @@ def branching_exact(y, limit=80):
 def test_branching_model_with_poisson_latents_matches_enumeration():
     csis = compiled(branching, 300, batch_size=64)
     posterior_k, log_evidence = branching_exact(7.0)
-    post = csis.run({"y": 7.0}, num_samples=3000)
-    prior = ic.importance(branching, {"y": 7.0}, num_samples=3000)
+    post = csis.run({"y": 7.0}, num_particles=3000)
+    prior = ic.importance(branching, {"y": 7.0}, num_particles=3000)
     ess = float(post.ess)
     assert ess > float(prior.ess)
     exact_mean = float((posterior_k * torch.arange(80, dtype=torch.float64)).sum())
@@ -210,8 +210,8 @@ def test_hmm_with_one_categorical_site_per_step():
     torch.manual_seed(1)
     data = hmm.simulate_data(16)
     csis = compiled(hmm.hmm, 600, batch_size=128, args=(16,), learning_rate=3e-3)
-    post = csis.run(data, num_samples=4000)
-    prior = ic.importance(hmm.hmm, data, num_samples=4000, args=(16,))
+    post = csis.run(data, num_particles=4000)
+    prior = ic.importance(hmm.hmm, data, num_particles=4000, args=(16,))
     ess = float(post.ess)
     assert ess > 4 * float(prior.ess)
     assert abs(float(post.log_evidence) - hmm.forward_log_evidence(data, 16)) < 4 * float(
@@ -233,9 +233,9 @@ def test_marsaglia_with_a_varying_number_of_sites():
     assert csis.simulator.vectorize is False
     assert {family.base for family in csis.network.families.values()} == {"u", "v"}
     torch.manual_seed(3)
-    post = csis.run(g.DATA, num_samples=1500, vectorize=False)
+    post = csis.run(g.DATA, num_particles=1500, vectorize=False)
     torch.manual_seed(3)
-    prior = ic.importance(marsaglia, g.DATA, num_samples=1500, vectorize=False)
+    prior = ic.importance(marsaglia, g.DATA, num_particles=1500, vectorize=False)
     assert float(post.ess) > float(prior.ess)
     returned = lambda trace: trace.return_value
     assert abs(float(post.mean(returned)) - 7.25) < 4 * mean_error(post, returned)
@@ -281,7 +281,7 @@ def test_a_site_never_seen_in_training_is_proposed_from_its_prior(gaussian_csis)
         ic.observe("x1", Normal(z, 2**0.5))
         ic.observe("x2", Normal(z, 2**0.5))
 
-    post = ic.importance(extended, g.DATA, num_samples=4000, guide=gaussian_csis.network)
+    post = ic.importance(extended, g.DATA, num_particles=4000, guide=gaussian_csis.network)
     nuisance = post.values("nuisance")
     # The nuisance site is drawn from its prior and leaves the weights alone...
     assert stats.kstest(nuisance.numpy(), stats.norm(10, 2).cdf).pvalue > 1e-3
@@ -304,7 +304,7 @@ def test_prior_inflation_widens_simulated_latents_only():
     # N(8.2, 0.98) instead of N(7.25, 0.91); as a proposal for the true posterior that
     # still gives ESS/N near 0.4, against 0.008 for the prior.
     csis = compiled(g.gaussian, 300, batch_size=256, prior_inflation=2.0)
-    assert float(csis.run(g.DATA, num_samples=1000).ess) > 0.2 * 1000
+    assert float(csis.run(g.DATA, num_particles=1000).ess) > 0.2 * 1000
 
 
 def test_save_and_load_an_automatic_network(tmp_path):
@@ -344,12 +344,12 @@ def test_a_loaded_network_gives_the_same_proposal_in_a_fresh_process(gaussian_cs
         "from infcomp.examples.gaussian import gaussian, DATA\n"
         "csis = ic.CSIS.load(sys.argv[1], gaussian)\n"
         "torch.manual_seed(5)\n"
-        "post = csis.run(DATA, num_samples=5)\n"
+        "post = csis.run(DATA, num_particles=5)\n"
         "print(' '.join(repr(float(v)) for v in post.log_weights))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
     )
     torch.manual_seed(5)
-    expected = gaussian_csis.run(g.DATA, num_samples=5).log_weights
+    expected = gaussian_csis.run(g.DATA, num_particles=5).log_weights
     assert [float(v) for v in out.stdout.split()] == pytest.approx(expected.tolist(), abs=1e-9)

@@ -20,7 +20,8 @@ from infcomp import diagnostics
 from infcomp.empirical import Empirical
 from infcomp.errors import ModelError
 from infcomp.posterior import Posterior
-from infcomp.runtime import Site, Trace, group_traces, stack_traces
+from infcomp.runtime import Site, Trace
+from infcomp.traces import group_traces, stack_traces
 
 RTOL = 1e-12  # float64 sums of at most a few thousand terms, computed two ways
 

@@ -12,18 +12,41 @@ class Recorder(Messenger):
         self.label = label
         self.log = log
 
-    def process(self, site: Site) -> None:
+    def process_message(self, site: Site) -> None:
         self.log.append(f"process {self.label}")
 
-    def postprocess(self, site: Site) -> None:
+    def postprocess_message(self, site: Site) -> None:
         self.log.append(f"postprocess {self.label}")
 
 
-def test_handlers_process_innermost_first_and_postprocess_innermost_first():
+def test_handlers_process_innermost_first_and_postprocess_outermost_first_as_minipyro():
     log: list[str] = []
-    with Recorder("outer", log), Recorder("inner", log):
+    with Recorder("outer", log), Recorder("middle", log), Recorder("inner", log):
         apply_stack(Site("z", "sample", Normal(0.0, 1.0)))
-    assert log == ["process inner", "process outer", "postprocess inner", "postprocess outer"]
+    assert log == [
+        "process inner",
+        "process middle",
+        "process outer",
+        "postprocess outer",
+        "postprocess middle",
+        "postprocess inner",
+    ]
+
+
+def test_handlers_written_with_the_old_method_names_still_work_and_warn():
+    log: list[str] = []
+    with pytest.warns(DeprecationWarning, match="process_message"):
+
+        class Old(Messenger):
+            def process(self, site: Site) -> None:
+                log.append("process")
+
+            def postprocess(self, site: Site) -> None:
+                log.append("postprocess")
+
+    with Old():
+        apply_stack(Site("z", "sample", Normal(0.0, 1.0)))
+    assert log == ["process", "postprocess"]
 
 
 def test_a_stopped_site_is_hidden_from_outer_handlers():
@@ -35,7 +58,7 @@ def test_a_stopped_site_is_hidden_from_outer_handlers():
 
 def test_a_value_set_by_a_handler_is_not_resampled():
     class Fix(Messenger):
-        def process(self, site: Site) -> None:
+        def process_message(self, site: Site) -> None:
             site.value = torch.tensor(3.0)
 
     with Fix():

@@ -63,7 +63,7 @@ def test_the_kept_resample_is_multinomial_over_the_whole_stream():
 def test_streaming_the_gaussian():
     torch.manual_seed(2)
     post = ic.importance_stream(
-        g.gaussian, g.DATA, num_samples=2_000_000, chunk_size=500_000, keep=2000
+        g.gaussian, g.DATA, num_particles=2_000_000, chunk_size=500_000, keep=2000
     )
     assert post.num_samples == 2_000_000
     assert abs(float(post.log_evidence) - g.exact_log_evidence()) < 4 * float(
@@ -85,7 +85,7 @@ def test_streaming_a_model_run_trace_by_trace():
     torch.manual_seed(3)
     with pytest.warns(ic.VectorizationNotice):
         post = ic.importance_stream(
-            marsaglia, g.DATA, num_samples=3000, chunk_size=1000, sites=["u_0"]
+            marsaglia, g.DATA, num_particles=3000, chunk_size=1000, sites=["u_0"]
         )
     assert post.num_samples == 3000
     assert abs(float(post.log_evidence) - g.exact_log_evidence()) < 4 * float(
@@ -94,7 +94,7 @@ def test_streaming_a_model_run_trace_by_trace():
     # u_1 exists only where the first attempt was rejected.
     with pytest.raises(ic.ModelError, match="site 'u_1' is present in"):
         ic.importance_stream(
-            marsaglia, g.DATA, num_samples=200, chunk_size=100, sites=["u_1"], vectorize=False
+            marsaglia, g.DATA, num_particles=200, chunk_size=100, sites=["u_1"], vectorize=False
         )
 
 
@@ -105,13 +105,13 @@ def test_nan_weights_are_counted_and_reported_in_a_stream():
 
     torch.manual_seed(4)
     with pytest.warns(ic.InferenceWarning, match="NaN.*'bad'"):
-        post = ic.importance_stream(model, num_samples=200_000, chunk_size=50_000)
+        post = ic.importance_stream(model, num_particles=200_000, chunk_size=50_000)
     assert post.num_nan_weights > 0
     assert math.isnan(float(post.log_evidence)) and math.isnan(float(post.mean("z")))
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="chunk_size"):
-        ic.importance_stream(g.gaussian, g.DATA, num_samples=10, chunk_size=0)
+        ic.importance_stream(g.gaussian, g.DATA, num_particles=10, chunk_size=0)
     with pytest.raises(ValueError, match="hold the"):
         diagnostics.pareto_khat(torch.zeros(3, dtype=torch.float64), 10_000)

@@ -2,10 +2,13 @@
 
 Write a model with named :func:`sample` and :func:`observe` statements, then::
 
-    post = ic.importance(model, data, num_samples=100_000)
+    post = ic.importance(model, data, num_particles=100_000)
     post.mean("z"), post.std("z"), post.ess, post.log_evidence, post.khat
+
+``infcomp.nn`` holds the parts of neural proposals (embeddings, the inference network).
 """
 
+from infcomp import nn
 from infcomp.empirical import Empirical
 from infcomp.errors import (
     GuideError,
@@ -14,7 +17,17 @@ from infcomp.errors import (
     VectorizationError,
     VectorizationNotice,
 )
-from infcomp.handlers import block, condition, particles, replay, scale, simulate, trace
+from infcomp.handlers import (
+    block,
+    condition,
+    particles,
+    propose,
+    replay,
+    scale,
+    simulate,
+    trace,
+    uncondition,
+)
 from infcomp.inference import (
     CSIS,
     RWS,
@@ -25,9 +38,9 @@ from infcomp.inference import (
     iwae_bound,
     run_particles,
 )
-from infcomp.posterior import BatchPosterior, Posterior, StreamedPosterior
+from infcomp.posterior import BatchPosterior, EmpiricalMarginal, Posterior, StreamedPosterior
 from infcomp.primitives import factor, observe, sample
-from infcomp.runtime import Site, Trace
+from infcomp.runtime import Messenger, Site, Trace
 
 __version__ = "0.1.0"
 
@@ -36,9 +49,11 @@ __all__ = [
     "RWS",
     "BatchPosterior",
     "Empirical",
+    "EmpiricalMarginal",
     "GuideError",
     "InferenceWarning",
     "JointSimulator",
+    "Messenger",
     "ModelError",
     "Posterior",
     "Site",
@@ -54,12 +69,15 @@ __all__ = [
     "importance_batch",
     "importance_stream",
     "iwae_bound",
+    "nn",
     "observe",
     "particles",
+    "propose",
     "replay",
     "run_particles",
     "sample",
     "scale",
     "simulate",
     "trace",
+    "uncondition",
 ]

@@ -63,6 +63,10 @@ class Empirical(Distribution):
         index = multinomial_indices(self.weights, shape.numel())
         return self.values[index].reshape(shape + self.event_shape)
 
+    def __call__(self) -> Tensor:
+        """One draw, as Pyro's callable distributions give (``marginal()``)."""
+        return self.sample()
+
     def log_prob(self, value: Tensor) -> Tensor:
         # Compare in float64, so that 0.5 does not match an integer atom 0.
         value = torch.as_tensor(value, device=self.values.device).to(torch.float64)

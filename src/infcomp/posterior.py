@@ -28,7 +28,8 @@ from infcomp import diagnostics
 from infcomp.empirical import Empirical
 from infcomp.errors import ModelError
 from infcomp.resampling import multinomial_indices, systematic_indices
-from infcomp.runtime import Site, Trace, index_trace
+from infcomp.runtime import Site, Trace
+from infcomp.traces import index_trace
 
 Quantity = str | Callable[[Trace], Tensor]
 """A site name, or a function of a trace whose result has a leading particle dimension."""
@@ -539,3 +540,9 @@ class StreamedPosterior:
         if khat > self.khat_threshold:
             found.append(f"Pareto k-hat is {khat:.2f} > {self.khat_threshold:.2f}")
         return found
+
+
+def EmpiricalMarginal(posterior: Posterior, site: Quantity) -> Empirical:  # noqa: N802 (Pyro's name)
+    """Pyro's name for ``posterior.marginal(site)``: the weighted marginal of a site (or a
+    function of the trace) as a distribution."""
+    return posterior.marginal(site)

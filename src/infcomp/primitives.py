@@ -37,12 +37,26 @@ def _check_distribution(name: str, fn: Any, primitive: str) -> None:
         )
 
 
-def sample(name: str, fn: Distribution) -> Tensor:
+def sample(name: str, fn: Distribution, obs: Tensor | float | None = None) -> Tensor:
     """A latent random variable ``x ~ fn``, named ``name``.
 
     Returns the value chosen by the active handlers (a proposal's value, a replayed
-    value) or, if none chooses, a draw from ``fn``.
+    value) or, if none chooses, a draw from ``fn``. ``sample(name, fn, obs=y)`` is
+    ``observe(name, fn, value=y)``, Pyro's spelling of an observation.
+
+    Example:
+        >>> import torch
+        >>> from torch.distributions import Normal
+        >>> import infcomp as ic
+        >>> _ = torch.manual_seed(0)
+        >>> ic.sample("z", Normal(0.0, 1.0)).shape
+        torch.Size([])
+        >>> trace = ic.trace(lambda: ic.sample("y", Normal(0.0, 1.0), obs=2.0)).get_trace()
+        >>> trace["y"].kind, float(trace["y"].value)
+        ('observe', 2.0)
     """
+    if obs is not None:
+        return observe(name, fn, value=obs)
     _check_name(name, "sample")
     _check_distribution(name, fn, "sample")
     value = apply_stack(Site(name, "sample", fn)).value
@@ -55,7 +69,7 @@ def observe(name: str, fn: Distribution, value: Tensor | float | None = None) ->
 
     The observed value comes from the data handed to the inference call under
     ``name``; failing that, from ``value`` (a fixed observation). Under joint
-    simulation (:class:`infcomp.handlers.simulate`) and in a plain run without a value,
+    simulation (:class:`infcomp.handlers.uncondition`) and in a plain run without a value,
     the site samples instead: the sample/observe duality that lets inference
     compilation simulate (latents, observations) pairs from the model.
     """

@@ -2,11 +2,26 @@
 
 A probabilistic program is a plain Python function that calls :func:`infcomp.sample`,
 :func:`infcomp.observe` and :func:`infcomp.factor`. Each call builds a :class:`Site`
-and hands it to the handler stack, the only module-level state of the library. A run
-goes, as in minipyro: every handler's :meth:`Messenger.process`, innermost first (a
-handler may stop the walk, see :class:`infcomp.handlers.block`); then, if no handler gave
-the site a value, a value is sampled from its distribution; then
-:meth:`Messenger.postprocess` of the handlers that saw the site, outermost last.
+and hands it to the handler stack, the only module-level state of the library. A
+site's trip through the stack is minipyro's: every handler's
+:meth:`Messenger.process_message`, innermost first, until one sets ``site.stop`` (see
+:class:`infcomp.handlers.block`); then, if no handler gave the site a value, a draw
+from its distribution; then :meth:`Messenger.postprocess_message` of the handlers that
+saw the site, outermost first.
+
+Example:
+    >>> import torch
+    >>> from torch.distributions import Normal
+    >>> import infcomp as ic
+    >>> class Log(ic.Messenger):
+    ...     def process_message(self, site):
+    ...         print("process", site.name)
+    ...     def postprocess_message(self, site):
+    ...         print("postprocess", site.name, site.value.shape)
+    >>> with Log():
+    ...     x = ic.sample("x", Normal(torch.zeros(2), 1.0))
+    process x
+    postprocess x torch.Size([2])
 """
 
 from __future__ import annotations
@@ -14,7 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -22,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, constraints
 
-from infcomp.distributions import stack_distributions
+from infcomp._deprecation import warn_renamed
 from infcomp.errors import ModelError
 
 SiteKind = Literal["sample", "observe", "factor"]
@@ -179,124 +194,24 @@ def sum_rightmost(value: Tensor, keep_ndim: int) -> Tensor:
     return value.sum(dim=tuple(range(keep_ndim, value.dim())))
 
 
-def stack_traces(traces: Sequence[Trace], distributions: bool = True) -> Trace:
-    """Stack unbatched traces of one structure into one trace with a particle dimension.
-
-    Values (and tensor return values of equal shape) are stacked along a new leading
-    dimension. With ``distributions``, each site keeps its distribution, stacked too,
-    when the traces' distributions can be (same type, parameters of equal shapes; see
-    :func:`~infcomp.distributions.stack_distributions`); otherwise its ``fn`` is None.
-    """
-    first = traces[0]
-    stacked = Trace(batch_ndim=1)
-    for name, site in first.sites.items():
-        sites = [trace.sites[name] for trace in traces]
-        value = torch.stack([s.value for s in sites])  # type: ignore[misc]
-        fn = None
-        fns = [s.fn for s in sites]
-        if distributions and all(f is not None for f in fns):
-            fn = _stack_fns(fns)  # type: ignore[arg-type]
-        stacked.add(Site(name, site.kind, fn, value, site.scale))
-    stacked.return_value = _stack_returns([trace.return_value for trace in traces])
-    return stacked
-
-
-def _stack_fns(fns: list[Distribution]) -> Distribution | None:
-    if len(fns) == 1:
-        # One trace: a leading dimension of size one, which every torch distribution can add.
-        try:
-            expanded: Distribution = fns[0].expand(torch.Size([1]) + fns[0].batch_shape)
-            return expanded
-        except (NotImplementedError, RuntimeError, ValueError):
-            return None
-    return stack_distributions(fns)
-
-
-def _stack_returns(returns: list[Any]) -> Any:
-    if all(isinstance(r, (Tensor, int, float, bool)) for r in returns):
-        tensors = [torch.as_tensor(r) for r in returns]
-        if all(t.shape == tensors[0].shape for t in tensors):
-            return torch.stack(tensors)
-    return returns
-
-
-def structure_key(trace: Trace) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """A trace's structure: site names and value shapes, without particle dimensions.
-
-    Traces of one structure can be stacked into a batch.
-    """
-    return tuple(
-        (name, tuple(site.value.shape[trace.batch_ndim :]) if site.value is not None else ())
-        for name, site in trace.sites.items()
-    )
-
-
-def group_traces(
-    traces: Sequence[Trace], distributions: bool = True
-) -> tuple[list[Trace], list[int], Tensor]:
-    """Group unbatched traces by structure and stack each group.
-
-    With ``distributions``, a group whose distributions cannot be stacked (see
-    :func:`stack_traces`) is split into groups of one, so that every stacked site keeps
-    its distribution (what training a network needs); without, sites keep values
-    only (what a posterior needs, and faster). Returns the
-    stacked groups, their sizes, and the order: the index of the original trace behind
-    each particle of the concatenated groups (to reorder, e.g., weights).
-    """
-    members_by_key: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
-    for index, trace in enumerate(traces):
-        members_by_key.setdefault(structure_key(trace), []).append(index)
-    stacked, sizes, order = [], [], []
-    for members in members_by_key.values():
-        group = stack_traces([traces[i] for i in members], distributions)
-        if distributions and len(members) > 1 and _lost_distributions(group, traces[members[0]]):
-            parts = [[i] for i in members]
-            groups = [stack_traces([traces[i]]) for i in members]
-        else:
-            parts, groups = [members], [group]
-        for part, part_group in zip(parts, groups):
-            stacked.append(part_group)
-            sizes.append(len(part))
-            order.extend(part)
-    return stacked, sizes, torch.tensor(order, dtype=torch.long)
-
-
-def _lost_distributions(stacked: Trace, example: Trace) -> bool:
-    return any(
-        site.fn is None and example.sites[name].fn is not None
-        for name, site in stacked.sites.items()
-    )
-
-
-def index_trace(trace: Trace, index: Tensor | int) -> Trace:
-    """Particles of a trace with one leading particle dimension: a tensor of indices
-    keeps the dimension; an int gives that one particle, unbatched."""
-    selected = Trace(batch_ndim=0 if isinstance(index, int) else 1)
-    for name, site in trace.sites.items():
-        assert site.value is not None
-        selected.add(Site(name, site.kind, None, site.value[index]))
-    returned = trace.return_value
-    if isinstance(returned, Tensor) and returned.dim() > 0:
-        selected.return_value = returned[index]
-    elif isinstance(returned, list):
-        chosen = [index] if isinstance(index, int) else index.tolist()
-        picked = [returned[i] for i in chosen]
-        selected.return_value = picked[0] if isinstance(index, int) else picked
-    else:
-        selected.return_value = returned
-    return selected
-
-
 class Messenger:
     """Base of all handlers: a context manager that sits on the handler stack.
 
-    Subclasses override :meth:`process` (before a value is chosen) and/or
-    :meth:`postprocess` (after). A handler can also wrap a function:
+    Subclasses override :meth:`process_message` (before a value is chosen) and/or
+    :meth:`postprocess_message` (after). A handler can also wrap a function:
     ``handler(fn)(*args)`` runs ``fn`` inside the handler.
     """
 
     def __init__(self, fn: Callable[..., Any] | None = None) -> None:
         self.fn = fn
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Handlers written for the old method names keep working for one release.
+        for old, new in (("process", "process_message"), ("postprocess", "postprocess_message")):
+            if old in vars(cls) and new not in vars(cls):
+                warn_renamed(f"{cls.__name__}.{old}", f"{new} (the field's name)")
+                setattr(cls, new, vars(cls)[old])
 
     def __enter__(self: _M) -> _M:
         _STACK.append(self)
@@ -316,35 +231,34 @@ class Messenger:
         with self:
             return self.fn(*args, **kwargs)
 
-    def process(self, site: Site) -> None:
+    def process_message(self, site: Site) -> None:
         """Act on a site before its value is chosen (innermost handler first)."""
 
-    def postprocess(self, site: Site) -> None:
-        """Act on a site after its value is chosen (innermost handler first)."""
+    def postprocess_message(self, site: Site) -> None:
+        """Act on a site after its value is chosen (outermost handler first)."""
 
 
 _STACK: list[Messenger] = []
 
 
 def apply_stack(site: Site) -> Site:
-    """Send a site through the handler stack and give it a value.
+    """Send a site through the handler stack and give it a value, as minipyro does.
 
     Handlers process the site innermost first until one sets ``site.stop``; if none
     gave it a value, it is sampled from ``site.fn``; then the handlers that processed
-    it postprocess it, innermost first.
+    it postprocess it, outermost first.
     """
     stack = _STACK
-    depth = len(stack)
-    seen = depth
-    for position in range(depth - 1, -1, -1):
-        stack[position].process(site)
+    first = 0  # the outermost handler that sees the site
+    for position in range(len(stack) - 1, -1, -1):
+        stack[position].process_message(site)
         if site.stop:
-            seen = depth - position
+            first = position
             break
     if site.value is None:
         if site.fn is None:
             raise ModelError(f"{site.kind} site {site.name!r} has no value")
         site.value = site.fn.sample()
-    for position in range(depth - 1, depth - seen - 1, -1):
-        stack[position].postprocess(site)
+    for handler in stack[first:]:
+        handler.postprocess_message(site)
     return site

@@ -1,25 +1,50 @@
-"""Inference algorithms; each states its weight formula and returns a Posterior."""
+"""Inference algorithms; each states its weight formula and returns a posterior.
+
+They run particles through one engine (:mod:`infcomp.inference.particles`) under one
+proposal protocol (:mod:`infcomp.inference.proposals`).
+"""
 
 from infcomp.inference.csis import CSIS
-from infcomp.inference.importance import (
-    ParticleRun,
-    check_guide,
-    importance,
-    importance_batch,
-    run_particles,
-)
+from infcomp.inference.importance import importance, importance_batch, run_particles
 from infcomp.inference.objectives import iwae_bound, model_log_weights, wake_phi_loss
+from infcomp.inference.particles import (
+    Job,
+    JointBatch,
+    ParticleEngine,
+    ParticleRun,
+    Proposal,
+    SingleRun,
+)
+from infcomp.inference.proposals import (
+    NetworkProposal,
+    PriorProposal,
+    ProgramProposal,
+    ProposalFactory,
+    as_proposal,
+    check_guide,
+    engine_for,
+)
 from infcomp.inference.rws import RWS
-from infcomp.inference.simulation import JointBatch, JointSimulator
+from infcomp.inference.simulation import JointSimulator
 from infcomp.inference.streaming import importance_stream
 
 __all__ = [
     "CSIS",
     "RWS",
+    "Job",
     "JointBatch",
     "JointSimulator",
+    "NetworkProposal",
+    "ParticleEngine",
     "ParticleRun",
+    "PriorProposal",
+    "ProgramProposal",
+    "Proposal",
+    "ProposalFactory",
+    "SingleRun",
+    "as_proposal",
     "check_guide",
+    "engine_for",
     "importance",
     "importance_batch",
     "importance_stream",

@@ -1,18 +1,18 @@
-"""What the inference algorithms share: argument checks and the batch-or-loop choice."""
+"""What the inference algorithms share: argument checks, quiet probe runs, warnings."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
-from infcomp.errors import ModelError, VectorizationError, VectorizationNotice
-
 Program = Callable[..., Any]
-_T = TypeVar("_T")
+_PACKAGE_DIRECTORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -44,37 +44,11 @@ def program_name(program: Any) -> str:
     return repr(getattr(program, "__qualname__", type(program).__name__))
 
 
-def batched_or_sequential(
-    what: str,
-    vectorize: bool | None,
-    batched: Callable[[], _T],
-    sequential: Callable[[], _T],
-    stacklevel: int = 3,
-) -> tuple[_T, bool]:
-    """Run ``batched()``; if it fails and ``vectorize`` is None, run ``sequential()``.
-
-    ``vectorize=False`` runs ``sequential()`` directly; ``vectorize=True`` turns a
-    failure of ``batched()`` into a :class:`VectorizationError`. A
-    :class:`~infcomp.errors.ModelError` is never a reason to fall back: it propagates.
-    A fallback warns once per ``what`` (:class:`VectorizationNotice`). Returns the
-    result and whether it came from the batched path.
-    """
-    if vectorize is False:
-        return sequential(), False
-    try:
-        return batched(), True
-    except ModelError:
-        raise
-    except Exception as error:
-        if vectorize:
-            raise VectorizationError(
-                f"{what} cannot run with a leading batch dimension: {error}"
-            ) from error
-        warnings.warn(
-            f"{what} runs one trace at a time because it could not be vectorized "
-            f"({type(error).__name__}: {error}); pass vectorize=False to choose this path "
-            f"directly",
-            VectorizationNotice,
-            stacklevel=stacklevel + 1,
-        )
-    return sequential(), False
+def warn_user(message: str, category: type[Warning]) -> None:
+    """Warn, attributed to the first caller outside infcomp (the user's line)."""
+    frame = sys._getframe(1)
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIRECTORY):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

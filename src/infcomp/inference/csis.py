@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from infcomp._deprecation import renamed_argument, warn_renamed
 from infcomp.inference.common import (
     Program,
     check_positive_int,
@@ -27,8 +28,9 @@ from infcomp.inference.common import (
     untouched_random_state,
 )
 from infcomp.inference.importance import importance, importance_batch
-from infcomp.inference.scoring import ProposalScorer
-from infcomp.inference.simulation import JointBatch, JointSimulator
+from infcomp.inference.particles import JointBatch, data_argument
+from infcomp.inference.proposals import NetworkProposal, as_proposal
+from infcomp.inference.simulation import JointSimulator
 from infcomp.nn.network import InferenceNetwork, NetworkConfig
 from infcomp.posterior import BatchPosterior, Posterior
 
@@ -51,6 +53,10 @@ class CSIS:
     one call (one vectorized pass and one backward per step); a guide written for one
     trace at a time is detected and called trace by trace.
 
+    Pyro's calling conventions work too: ``CSIS(model, guide, optimizer,
+    num_inference_samples=..., training_batch_size=..., validation_batch_size=...)``,
+    model arguments at ``step(*args)`` and ``run(*args, observations=data)``.
+
     Args:
         model: the program to compile.
         guide: the proposal to train; None builds an
@@ -63,7 +69,9 @@ class CSIS:
         scheduler: a function that takes the optimizer and returns a learning-rate
             scheduler (``torch.optim.lr_scheduler``), stepped after every training step.
         validation_size: the size of a fixed batch of simulations whose loss is
-            reported during training (0: none).
+            reported during training (0: none; Pyro: ``validation_batch_size``).
+        training_batch_size: simulations per :meth:`step` when none is given (256).
+        num_inference_samples: particles per :meth:`run` when none is given (1000).
         vectorize: ``True``/``False`` forces batched / trace-by-trace simulation and
             guide calls; ``None`` chooses, with a one-time notice when it falls back.
         network: sizes and options of the automatic network
@@ -71,15 +79,20 @@ class CSIS:
         observation_embeddings: a module per observe site for the automatic network
             (e.g. :class:`~infcomp.nn.ConvEmbedding` for images).
         prior_inflation: train on simulations whose latent draws are widened by this
-            factor (see :class:`~infcomp.handlers.inflate`).
+            factor (see :class:`~infcomp.inference.particles.inflate`).
         device, dtype: where the automatic network lives and its precision (the model's
             tensors must be on that device too); inference moves the data there.
 
     Example:
-        >>> csis = CSIS(gaussian)                 # automatic network
-        >>> csis = CSIS(gaussian, Guide())        # or a guide of your own
-        >>> csis.train(num_steps=2000, batch_size=256)
-        >>> post = csis.run({"x1": 8.0, "x2": 9.0}, num_samples=100)
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.gaussian import gaussian
+        >>> _ = torch.manual_seed(0)
+        >>> csis = ic.CSIS(gaussian)                    # the automatic network
+        >>> losses = csis.train(num_steps=300, batch_size=256, progress=False)
+        >>> post = csis.run({"x1": 8.0, "x2": 9.0}, num_particles=1000)
+        >>> bool(post.ess > 500)                        # of 1000 particles
+        True
     """
 
     def __init__(
@@ -92,13 +105,16 @@ class CSIS:
         kwargs: Mapping[str, Any] | None = None,
         learning_rate: float = 1e-3,
         scheduler: SchedulerFactory | None = None,
-        validation_size: int = 256,
+        validation_size: int | None = None,
+        training_batch_size: int = 256,
+        num_inference_samples: int = 1000,
         vectorize: bool | None = None,
         network: NetworkConfig | None = None,
         observation_embeddings: Mapping[str, nn.Module] | None = None,
         prior_inflation: float = 1.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        validation_batch_size: int | None = None,
     ) -> None:
         if not callable(model):
             raise TypeError("CSIS needs a callable model")
@@ -106,10 +122,17 @@ class CSIS:
             raise TypeError("the guide must be callable (a function or an nn.Module)")
         if guide is not None and (network is not None or observation_embeddings is not None):
             raise ValueError("network options apply to the automatic network, not to a guide")
+        if validation_size is not None and validation_batch_size is not None:
+            raise TypeError("give validation_size or Pyro's validation_batch_size, not both")
+        validation = validation_size if validation_batch_size is None else validation_batch_size
         self.model = model
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
         self.device = device
+        self.training_batch_size = check_positive_int("training_batch_size", training_batch_size)
+        self.num_inference_samples = check_positive_int(
+            "num_inference_samples", num_inference_samples
+        )
         self.simulator = JointSimulator(
             model, self.args, self.kwargs, vectorize, prior_inflation=prior_inflation
         )
@@ -134,10 +157,12 @@ class CSIS:
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
         self.guide = guide
+        self.proposal = as_proposal(guide, vectorize)
         self.optimizer = optimizer
         self.scheduler = scheduler(optimizer) if scheduler is not None else None
-        self.validation_size = check_positive_int("validation_size", validation_size, minimum=0)
-        self.scorer = ProposalScorer(guide, self.args, self.kwargs, vectorize)
+        self.validation_size = check_positive_int(
+            "validation_size", 256 if validation is None else validation, minimum=0
+        )
         self.num_steps = 0
         self.loss_history: list[float] = []
         self.validation_history: list[tuple[int, float]] = []
@@ -150,23 +175,47 @@ class CSIS:
 
     # -- the objective -----------------------------------------------------------------
 
-    def loss(self, batch: JointBatch) -> Tensor:
-        """``-1/B Σ_i log q(x_i; y_i)`` over a batch of joint simulations."""
-        return -self.scorer.log_prob(batch) / batch.size
+    def loss(
+        self,
+        batch: JointBatch,
+        args: tuple[Any, ...] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Tensor:
+        """``-1/B Σ_i log q(x_i; y_i)`` over a batch of joint simulations (the guide
+        called with the model's arguments, by default the constructor's)."""
+        log_q = self.proposal.log_prob(
+            batch, self.args if args is None else args, self.kwargs if kwargs is None else kwargs
+        )
+        return -log_q.sum() / batch.size
 
     # -- training ----------------------------------------------------------------------
 
-    def step(self, batch_size: int = 256) -> float:
-        """One gradient step on ``batch_size`` fresh joint simulations; returns the loss."""
-        batch = self.simulator(check_positive_int("batch_size", batch_size))
+    def step(self, *args: Any, batch_size: int | None = None, **kwargs: Any) -> float:
+        """One gradient step on ``batch_size`` fresh joint simulations (default
+        :attr:`training_batch_size`); returns the loss.
+
+        Positional and other keyword arguments go to the model and the guide, as in
+        Pyro (``csis.step(prior_mean)``); without them, the constructor's are used. A
+        single positional ``int`` is still read as the batch size, the deprecated
+        calling convention (pass ``batch_size=`` by keyword).
+        """
+        if len(args) == 1 and type(args[0]) is int and batch_size is None:
+            warn_renamed("step(batch_size) with the batch size positional", "step(batch_size=...)")
+            batch_size, args = args[0], ()
+        size = check_positive_int(
+            "batch_size", self.training_batch_size if batch_size is None else batch_size
+        )
+        model_args = tuple(args) if args else self.args
+        model_kwargs = kwargs if kwargs else self.kwargs
+        batch = self.simulator(size, model_args, model_kwargs)
         self._train_mode(True)
         self.optimizer.zero_grad()
-        loss = self.loss(batch)
+        loss = self.loss(batch, model_args, model_kwargs)
         # With every latent site proposed from its prior, log q does not depend on the
         # parameters: there is nothing to learn from this batch.
         if loss.requires_grad:
             loss.backward()
-        self.scorer.adopt_new_parameters(self.optimizer)
+        adopt_new_parameters(self.guide, self.optimizer)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -180,7 +229,7 @@ class CSIS:
         if self.validation_size == 0:
             raise ValueError("this CSIS has no validation batch (validation_size=0)")
         if self._validation_batch is None:
-            self._validation_batch = self.simulator(self.validation_size)
+            self._validation_batch = self.simulator(self.validation_size, self.args, self.kwargs)
         self._train_mode(False)
         with torch.no_grad():
             return float(self.loss(self._validation_batch))
@@ -188,24 +237,27 @@ class CSIS:
     def train(
         self,
         num_steps: int,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         *,
         validate_every: int = 100,
         progress: bool = True,
     ) -> list[float]:
-        """Run ``num_steps`` training steps; returns their losses.
+        """Run ``num_steps`` training steps of ``batch_size`` simulations (default
+        :attr:`training_batch_size`); returns their losses.
 
         Every ``validate_every`` steps (and after the last) the validation loss is
         recorded in :attr:`validation_history` as ``(step, loss)`` and shown on the
         progress bar (tqdm; ``progress=False`` hides it).
         """
         check_positive_int("num_steps", num_steps)
-        check_positive_int("batch_size", batch_size)
+        size = check_positive_int(
+            "batch_size", self.training_batch_size if batch_size is None else batch_size
+        )
         check_positive_int("validate_every", validate_every)
         bar = tqdm(range(num_steps), desc="compiling", disable=not progress, leave=False)
         postfix: dict[str, str] = {}
         for done in bar:
-            postfix["loss"] = f"{self.step(batch_size):.4f}"
+            postfix["loss"] = f"{self.step(batch_size=size):.4f}"
             last = done == num_steps - 1
             if self.validation_size and (self.num_steps % validate_every == 0 or last):
                 validation = self.validation_loss()
@@ -223,60 +275,106 @@ class CSIS:
 
     def run(
         self,
-        data: Mapping[str, Any],
-        num_samples: int = 1000,
-        *,
+        *args: Any,
+        observations: Mapping[str, Any] | None = None,
+        num_particles: int | None = None,
         vectorize: bool | None = None,
         defensive: float = 0.0,
+        num_samples: int | None = None,
+        **kwargs: Any,
     ) -> Posterior:
-        """Importance sampling on ``data`` with the trained guide as proposal.
+        """Importance sampling on the data with the trained guide as proposal.
 
         ``log w_i = log p(x_i, y) - log q(x_i; y)`` with ``x_i ~ q(x; y)``; see
-        :func:`~infcomp.inference.importance.importance`. With the automatic network,
-        ``defensive = ε > 0`` proposes each site from ``(1 - ε) q + ε p`` (p its prior),
-        which bounds each site's weight factor by 1/ε.
+        :func:`~infcomp.importance`. Call it as ``run(data, num_particles)`` (the model
+        arguments are the constructor's) or, as in Pyro, ``run(*model_args,
+        observations=data)``. ``num_particles`` defaults to
+        :attr:`num_inference_samples` (``num_samples=`` is its deprecated name). With the
+        automatic network, ``defensive = ε > 0`` proposes each site from
+        ``(1 - ε) q + ε p`` (p its prior), which bounds each site's weight factor by 1/ε.
         """
+        data, model_args, model_kwargs, count = self._inference_call(
+            args, kwargs, observations, num_particles, num_samples
+        )
         return importance(
             self.model,
             data,
-            num_samples,
+            count,
             guide=self._proposal(defensive),
-            args=self.args,
-            kwargs=self.kwargs,
+            args=model_args,
+            kwargs=model_kwargs,
             vectorize=vectorize,
             device=self.device,
         )
 
     def run_batch(
         self,
-        datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-        num_samples: int = 1000,
-        *,
+        *args: Any,
+        observations: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        num_particles: int | None = None,
         vectorize: bool | None = None,
         defensive: float = 0.0,
+        num_samples: int | None = None,
+        **kwargs: Any,
     ) -> BatchPosterior:
-        """:meth:`run` for many data sets at once (see
-        :func:`~infcomp.inference.importance.importance_batch`): B × N particles in one
-        vectorized call when the model broadcasts."""
+        """:meth:`run` for many data sets at once (see :func:`~infcomp.importance_batch`):
+        B × N particles in one vectorized call when the model broadcasts; the data sets
+        are a list of dicts or one dict of stacked values."""
+        datasets, model_args, model_kwargs, count = self._inference_call(
+            args, kwargs, observations, num_particles, num_samples
+        )
         return importance_batch(
             self.model,
             datasets,
-            num_samples,
+            count,
             guide=self._proposal(defensive),
-            args=self.args,
-            kwargs=self.kwargs,
+            args=model_args,
+            kwargs=model_kwargs,
             vectorize=vectorize,
             device=self.device,
+        )
+
+    def _inference_call(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        observations: Any,
+        num_particles: int | None,
+        num_samples: int | None,
+    ) -> tuple[Any, tuple[Any, ...], Mapping[str, Any], int]:
+        """Sort ``run``'s arguments: ``(data, model args, model kwargs, N)``."""
+        count = renamed_argument("num_samples", num_samples, "num_particles", num_particles, 5)
+        if observations is None:
+            # Our convention: run(data, num_particles), model arguments from the constructor.
+            if not args or not isinstance(args[0], (Mapping, list, tuple)):
+                raise TypeError(
+                    "run needs the observations: run(data) or, as in Pyro, "
+                    "run(*model_args, observations=data)"
+                )
+            observations, args = args[0], args[1:]
+            if len(args) == 1 and isinstance(args[0], int) and count is None:
+                count, args = args[0], ()
+            if args:
+                raise TypeError(f"unexpected positional arguments after the data: {args!r}")
+        data = data_argument(None, observations)
+        model_args = tuple(args) if args else self.args
+        model_kwargs = kwargs if kwargs else self.kwargs
+        return (
+            data,
+            model_args,
+            model_kwargs,
+            self.num_inference_samples if count is None else count,
         )
 
     def _proposal(self, defensive: float) -> Any:
         self._train_mode(False)
         if not defensive:
-            return self.guide
-        network = self.network
-        if network is None:
+            return self.proposal
+        if self.network is None:
             raise ValueError("defensive proposals need the automatic network")
-        return network.defensive(defensive)
+        if not 0 < defensive < 1:
+            raise ValueError(f"the defensive weight must lie in (0, 1), got {defensive}")
+        return NetworkProposal(self.network, defensive)
 
     # -- artifacts ---------------------------------------------------------------------
 
@@ -379,3 +477,12 @@ def default_optimizer(parameters: list[nn.Parameter], learning_rate: float) -> t
         return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.Adam(parameters, lr=learning_rate)
+
+
+def adopt_new_parameters(guide: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Give ``optimizer`` the parameters of an automatic network's modules made for sites
+    first seen in the last batch, leaving its state for the others as it is."""
+    if isinstance(guide, InferenceNetwork):
+        new = guide.pop_new_parameters()
+        if new:
+            optimizer.add_param_group({"params": new})

@@ -26,10 +26,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from infcomp.inference.common import Program, check_positive_int, untouched_random_state
-from infcomp.inference.csis import NETWORK_PROBE_SIZE, default_optimizer
-from infcomp.inference.importance import importance_batch, run_particles, stack_datasets
+from infcomp.inference.csis import NETWORK_PROBE_SIZE, adopt_new_parameters, default_optimizer
+from infcomp.inference.importance import importance_batch
 from infcomp.inference.objectives import iwae_bound, model_log_weights, wake_phi_loss
-from infcomp.inference.scoring import ProposalScorer
+from infcomp.inference.particles import Job, ParticleEngine, stack_datasets
+from infcomp.inference.proposals import as_proposal
 from infcomp.inference.simulation import JointSimulator
 from infcomp.nn.network import InferenceNetwork, NetworkConfig
 
@@ -83,7 +84,7 @@ class RWS:
         if not 0 <= insomnia <= 1:
             raise ValueError(f"insomnia must lie in [0, 1], got {insomnia}")
         self.model = model
-        self.data = {name: value.to(device) for name, value in stack_datasets(data).items()}
+        self.data = stack_datasets(data, device)
         self.num_datasets = next(iter(self.data.values())).shape[0]
         self.num_particles = check_positive_int("num_particles", num_particles)
         self.insomnia = float(insomnia)
@@ -98,7 +99,10 @@ class RWS:
             guide = InferenceNetwork.from_traces(traces, network, observation_embeddings)
             guide.to(device=device)
         self.guide = guide
-        self.scorer = ProposalScorer(guide, self.args, self.kwargs, vectorize)
+        self.proposal = as_proposal(guide, vectorize)
+        # One engine for every wake step: the model is probed and its way of running
+        # (vectorized or not) decided once, for minibatches of one data structure.
+        self.engine = ParticleEngine(Job(model, self.proposal, self.args, self.kwargs), vectorize)
         model_parameters = list(model.parameters()) if isinstance(model, nn.Module) else []
         if model_optimizer is None and model_parameters:
             model_optimizer = default_optimizer(model_parameters, model_learning_rate)
@@ -108,7 +112,6 @@ class RWS:
                 raise TypeError("pass a guide_optimizer over the guide's parameters")
             guide_optimizer = default_optimizer(list(guide.parameters()), learning_rate)
         self.guide_optimizer = guide_optimizer
-        self._probe_cache: dict[str, Any] = {}
         self.num_steps = 0
         self.history: dict[str, list[float]] = {"iwae_bound": [], "wake_phi": [], "sleep_phi": []}
 
@@ -127,24 +130,15 @@ class RWS:
         if self.model_optimizer is not None or self.insomnia > 0:
             chosen = torch.randperm(self.num_datasets)[:count]
             minibatch = {name: value[chosen] for name, value in self.data.items()}
-            run = run_particles(
-                self.model,
-                minibatch,
-                self.num_particles,
-                guide=self.guide,
-                args=self.args,
-                kwargs=self.kwargs,
-                vectorize=self.vectorize,
-                batched_data=True,
-                probe_cache=self._probe_cache,
-            )
+            run = self.engine.run(minibatch, self.num_particles, batched_data=True)
             assert run.log_proposal is not None
             bound = iwae_bound(model_log_weights(run.log_weights, run.log_proposal))
             losses["iwae_bound"] = bound.mean()
             losses["wake_phi"] = wake_phi_loss(run.log_weights, run.log_proposal).mean()
         if self.insomnia < 1:
             batch = self.simulator(self.sleep_batch_size or count)
-            losses["sleep_phi"] = -self.scorer.log_prob(batch) / batch.size
+            log_q = self.proposal.log_prob(batch, self.args, self.kwargs)
+            losses["sleep_phi"] = -log_q.sum() / batch.size
         total = torch.zeros((), dtype=torch.float64)
         if self.model_optimizer is not None:
             total = total - losses["iwae_bound"]
@@ -157,7 +151,7 @@ class RWS:
                 optimizer.zero_grad()
         if total.requires_grad:
             total.backward()
-        self.scorer.adopt_new_parameters(self.guide_optimizer)
+        adopt_new_parameters(self.guide, self.guide_optimizer)
         for optimizer in (self.model_optimizer, self.guide_optimizer):
             if optimizer is not None:
                 optimizer.step()
@@ -198,7 +192,7 @@ class RWS:
             self.model,
             self.data if data is None else data,
             num_particles,
-            guide=self.guide,
+            guide=self.proposal,
             args=self.args,
             kwargs=self.kwargs,
             vectorize=self.vectorize,

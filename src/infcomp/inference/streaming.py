@@ -17,7 +17,6 @@ summaries, so memory stays that of one chunk however many particles there are:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,10 +24,11 @@ import torch
 from torch import Tensor
 
 from infcomp import diagnostics
+from infcomp._deprecation import renamed_argument
 from infcomp.errors import InferenceWarning, ModelError
-from infcomp.handlers import ProposalFactory
-from infcomp.inference.common import Program, check_positive_int
-from infcomp.inference.importance import run_particles
+from infcomp.inference.common import Program, check_positive_int, warn_user
+from infcomp.inference.particles import as_data, data_argument
+from infcomp.inference.proposals import engine_for
 from infcomp.posterior import Posterior, StreamedPosterior
 from infcomp.resampling import multinomial_indices
 from infcomp.runtime import Site, Trace
@@ -37,24 +37,27 @@ from infcomp.runtime import Site, Trace
 def importance_stream(
     model: Program,
     data: Mapping[str, Any] | None = None,
-    num_samples: int = 10**8,
+    num_particles: int | None = None,
     *,
     chunk_size: int = 10**6,
     keep: int = 1000,
     sites: Sequence[str] | None = None,
-    guide: Program | ProposalFactory | None = None,
+    guide: Any = None,
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
     vectorize: bool | None = None,
     device: torch.device | str | None = None,
+    observations: Mapping[str, Any] | None = None,
+    num_samples: int | None = None,
 ) -> StreamedPosterior:
-    """Importance sampling with ``num_samples`` particles in chunks of ``chunk_size``.
+    """Importance sampling with ``num_particles`` particles in chunks of ``chunk_size``.
 
     The weights are those of :func:`~infcomp.importance`; what is kept is summarized in
-    the module docstring. Memory is bounded by one chunk, whatever ``num_samples``.
+    the module docstring. Memory is bounded by one chunk, whatever ``num_particles``.
 
     Args:
-        num_samples: the total number of particles N.
+        num_particles: the total number of particles N (default 10⁸; ``num_samples=`` is
+            its deprecated name).
         chunk_size: particles per chunk (the last may be smaller).
         keep: the size K of the equally weighted resample kept from the whole stream.
         sites: the latent sites whose moments and resampled values are kept (default:
@@ -62,34 +65,31 @@ def importance_stream(
         Others: as in :func:`~infcomp.importance`.
 
     Example:
-        >>> post = importance_stream(gaussian, {"x1": 8.0, "x2": 9.0}, num_samples=10**8)
-        >>> post.log_evidence, post.mean("z"), post.samples.values("z").shape
+        >>> import infcomp as ic
+        >>> from infcomp.examples.gaussian import gaussian
+        >>> post = ic.importance_stream(gaussian, {"x1": 8.0, "x2": 9.0}, 10**6, chunk_size=10**5)
+        >>> post.samples.values("z").shape
+        torch.Size([1000])
     """
-    check_positive_int("num_samples", num_samples)
+    data = data_argument(data, observations)
+    num_particles = renamed_argument("num_samples", num_samples, "num_particles", num_particles)
+    num_particles = 10**8 if num_particles is None else num_particles
+    check_positive_int("num_particles", num_particles)
     check_positive_int("chunk_size", chunk_size)
     check_positive_int("keep", keep)
-    summary = _Accumulator(num_samples, keep, sites)
+    summary = _Accumulator(num_particles, keep, sites)
+    observed = as_data(data, device)
+    engine = engine_for(model, guide, args, kwargs, vectorize)
     done = 0
     with torch.no_grad():
-        while done < num_samples:
-            size = min(chunk_size, num_samples - done)
-            run = run_particles(
-                model,
-                data,
-                size,
-                guide=guide,
-                args=args,
-                kwargs=kwargs,
-                vectorize=vectorize,
-                device=device,
-            )
-            chunk = Posterior(run.traces, run.sizes, run.log_weights, run.nonfinite_sites)
-            summary.add(chunk)
+        while done < num_particles:
+            size = min(chunk_size, num_particles - done)
+            run = engine.run(observed, size)
+            summary.add(Posterior(run.traces, run.sizes, run.log_weights, run.nonfinite_sites))
             done += size
-            vectorize = run.vectorized  # no second attempt, nor a second notice
     result = summary.result()
     for problem in result.problems():
-        warnings.warn(problem, InferenceWarning, stacklevel=2)
+        warn_user(problem, InferenceWarning)
     return result
 
 

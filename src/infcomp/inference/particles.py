@@ -1,0 +1,701 @@
+"""The particle engine: runs a program for many particles, vectorized or one by one.
+
+Every inference algorithm runs particles through one :class:`ParticleEngine`. Given a
+:class:`Job` (a program, a proposal, the program's arguments), it
+
+1. probes: one unbatched run (in a random state it leaves untouched) checks the data
+   and the proposal against the program, with errors that name the site, and gives
+   each site's *natural shape*, its batch shape in a single run;
+2. runs every particle at once, each site's distribution expanded to
+   ``particles + natural shape`` (:class:`~infcomp.handlers.particles`), when the
+   program broadcasts; if it does not (control flow on sampled values), it says so
+   once (:class:`~infcomp.errors.VectorizationNotice`) and from then on runs particle
+   by particle, in worker processes when asked, grouping the traces by structure.
+
+It has three modes: :meth:`ParticleEngine.run` (proposal and model on observed data,
+for importance sampling), :meth:`ParticleEngine.simulate` (joint simulation, for
+training proposals) and :meth:`ParticleEngine.replay` (a program run on given latent
+values, for scoring a guide). What a proposal does inside a run is the
+:class:`Proposal` protocol's business (see :mod:`infcomp.inference.proposals`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from typing import Any, Protocol, TypeVar
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+
+from infcomp.errors import GuideError, ModelError, VectorizationError, VectorizationNotice
+from infcomp.handlers import condition, particles, replay, trace, uncondition
+from infcomp.inference.common import (
+    Program,
+    check_positive_int,
+    check_vectorize,
+    program_name,
+    untouched_random_state,
+    warn_user,
+)
+from infcomp.runtime import Messenger, Site, Trace, sum_rightmost, support_depends_on_parameters
+from infcomp.traces import group_traces, index_trace, structure_key
+
+_T = TypeVar("_T")
+
+
+# -- records -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SingleRun:
+    """One run of a proposal and the model (one particle, or a batch of them).
+
+    Attributes:
+        model_trace: the model's sites, observations included.
+        proposal_trace: the proposal's sites (their ``fn`` is q); None when the prior
+            is the proposal.
+    """
+
+    model_trace: Trace
+    proposal_trace: Trace | None
+
+
+class Proposal(Protocol):
+    """How the latent sites of a run are proposed: the prior, a program, a network.
+
+    Implementations are in :mod:`infcomp.inference.proposals`.
+    """
+
+    #: How messages name the proposal after the model's name ("" for the prior).
+    label: str
+
+    def run(
+        self,
+        job: Job,
+        data: dict[str, Tensor],
+        batch_shape: tuple[int, ...],
+        probe: SingleRun | None,
+    ) -> SingleRun:
+        """One run of the proposal and ``job.program`` under ``data``: unbatched when
+        ``batch_shape`` is ``()``, else for particles ``batch_shape`` with the natural
+        shapes of ``probe`` (an unbatched run of the same job)."""
+        ...
+
+    def log_prob(
+        self, batch: JointBatch, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Tensor:
+        """``log q(x_i; y_i)`` of joint simulations, shape ``(batch.size,)``, in the order
+        of the batch's groups (differentiable in the proposal's parameters)."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What to run: a program, its proposal, and the program's arguments."""
+
+    program: Program
+    proposal: Proposal
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def call(self, **extra: Any) -> Any:
+        """Call the program with the job's arguments (and ``extra`` keywords)."""
+        return self.program(*self.args, **self.kwargs, **extra)
+
+
+@dataclasses.dataclass
+class ParticleRun:
+    """The particles of one run, before any summary.
+
+    With one data set, particles have shape ``(N,)``; with a batch of B data sets,
+    ``(N, B)``: N particles for each data set.
+
+    Attributes:
+        traces: model traces whose values carry the particle dimensions, one per group
+            of particles that share a structure (one group when vectorized).
+        sizes: the number of particles in each group.
+        log_weights: ``log w = log p(x, y) - log q(x)``, float64, shape ``(N,)`` in
+            group order, or ``(N, B)``.
+        log_proposal: ``log q(x)`` (None with the prior as proposal), as ``log_weights``.
+        vectorized: whether the particles ran as one batch.
+        nonfinite_sites: per site, how many particles got a NaN or +inf log density
+            (filled only when some log weight is NaN or +inf).
+        per_dataset: with batched data run particle by particle, one run per data set
+            (then ``traces`` is empty and ``log_weights`` stacks theirs).
+    """
+
+    traces: list[Trace]
+    sizes: list[int]
+    log_weights: Tensor
+    log_proposal: Tensor | None
+    vectorized: bool
+    nonfinite_sites: dict[str, int]
+    per_dataset: list[ParticleRun] | None = None
+
+
+@dataclasses.dataclass
+class JointBatch:
+    """Joint simulations (x_i, y_i) ~ p(x, y), grouped by structure.
+
+    Attributes:
+        traces: one trace per group, values with a leading dimension of the group's size.
+        sizes: the number of simulations in each group.
+        vectorized: whether the model ran once for the whole batch.
+    """
+
+    traces: list[Trace]
+    sizes: list[int]
+    vectorized: bool
+
+    @property
+    def size(self) -> int:
+        """The total number of simulations."""
+        return sum(self.sizes)
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def as_data(
+    data: Mapping[str, Any] | None, device: torch.device | str | None = None
+) -> dict[str, Tensor]:
+    """Observations by site name as tensors; numbers, lists and booleans become floats
+    (of the default dtype). With ``device``, every value is moved there."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ModelError(
+            f"data must be a mapping from observe-site names to values, got {type(data).__name__}"
+        )
+    result = {}
+    for name, value in data.items():
+        if not isinstance(name, str):
+            raise ModelError(f"data keys must be site names (str), got {name!r}")
+        if not isinstance(value, Tensor) or value.dtype == torch.bool:
+            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        result[name] = value if device is None else value.to(device)
+    return result
+
+
+def data_argument(data: Any, observations: Any) -> Any:
+    """The data, given positionally or by Pyro's keyword ``observations=``."""
+    if observations is not None:
+        if data is not None:
+            raise TypeError("give the data once: positionally or as observations=")
+        return observations
+    return data
+
+
+def stack_datasets(
+    datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """Data sets as one dict whose values share a leading dimension B (checked)."""
+    if isinstance(datasets, Mapping):
+        stacked = as_data(datasets, device)
+    else:
+        if not datasets:
+            raise ModelError("no data sets given")
+        sets = [as_data(d, device) for d in datasets]
+        names = set(sets[0])
+        for index, d in enumerate(sets):
+            if set(d) != names:
+                raise ModelError(
+                    f"data set {index} names {sorted(d)}, data set 0 names {sorted(names)}"
+                )
+        try:
+            stacked = {name: torch.stack([d[name] for d in sets]) for name in sets[0]}
+        except RuntimeError as error:
+            raise ModelError(f"data sets of different shapes cannot be batched: {error}") from error
+    sizes = {name: (value.shape[0] if value.dim() else None) for name, value in stacked.items()}
+    if not sizes or None in sizes.values() or len(set(sizes.values())) != 1:
+        raise ModelError(
+            f"batched data need one leading dimension (the data set) of the same size "
+            f"for every observation; got shapes "
+            f"{ {name: tuple(v.shape) for name, v in stacked.items()} }"
+        )
+    return stacked
+
+
+def check_value(
+    site: Site, value: Tensor, source: str, error: type[ModelError], dependent_support: bool
+) -> None:
+    """Check that ``value`` fits a site's distribution in an unbatched run.
+
+    The value's shape must equal the distribution's ``batch_shape + event_shape`` and
+    the value must lie in its support; otherwise ``error`` names the site and ``source``
+    (e.g. "the observed value"). A support computed from the distribution's parameters
+    (``Uniform(r, r + 1)``) is checked only with ``dependent_support``: an observation
+    outside it in one run is a zero weight, not bad data.
+    """
+    fn = site.fn
+    assert fn is not None
+    expected = fn.batch_shape + fn.event_shape
+    if value.shape != expected:
+        hint = ""
+        if site.kind == "observe":
+            hint = (
+                f"; for independent repeated observations expand the distribution, e.g. "
+                f"{type(fn).__name__}(...).expand({list(value.shape)})"
+            )
+        raise error(
+            f"{site.kind} site {site.name!r}: {source} has shape {tuple(value.shape)} but "
+            f"{type(fn).__name__} has shape {tuple(expected)} (batch_shape + event_shape){hint}"
+        )
+    support = fn.support
+    if support is None or constraints.is_dependent(support):
+        return
+    if support_depends_on_parameters(fn) and not dependent_support:
+        return
+    if not bool(support.check(value).all()):
+        raise error(
+            f"{site.kind} site {site.name!r}: {source} lies outside the support ({support}) "
+            f"of {type(fn).__name__}"
+        )
+
+
+class validate(Messenger):  # noqa: N801 (a handler)
+    """Check, in an unbatched run, every observation (and with ``latents``, every latent
+    value a guide proposed) against its site's distribution; a missing observation is
+    an error. Sits outside ``condition`` and ``replay``, so it sees their values."""
+
+    def __init__(self, data: Mapping[str, Tensor], latents: bool = False) -> None:
+        super().__init__()
+        self.data = data
+        self.latents = latents
+
+    def process_message(self, site: Site) -> None:
+        if site.kind == "observe":
+            if site.value is None:
+                raise ModelError(
+                    f"observe site {site.name!r} has no observed value: pass it in data "
+                    f"(data={{{site.name!r}: ...}}) or give observe(..., value=...)"
+                )
+            source = "the observed value" if site.name in self.data else "the fixed value"
+            check_value(site, site.value, source, ModelError, False)
+        elif site.kind == "sample" and self.latents and site.value is not None:
+            check_value(site, site.value, "the proposal's value", GuideError, True)
+
+
+def run_model(
+    job: Job,
+    data: dict[str, Tensor],
+    batch_shape: tuple[int, ...],
+    probe: SingleRun | None,
+    proposal_handler: Messenger | None = None,
+    check_latents: bool = False,
+) -> Trace:
+    """One run of ``job.program`` conditioned on ``data``, its latent sites chosen by
+    ``proposal_handler`` (a replay or propose handler; none: the prior). Unbatched runs
+    are validated; batched ones use the probe's natural shapes."""
+    with ExitStack() as stack:
+        tracer = stack.enter_context(trace(batch_ndim=len(batch_shape)))
+        if not batch_shape:
+            stack.enter_context(validate(data, check_latents))
+        if proposal_handler is not None:
+            stack.enter_context(proposal_handler)
+        stack.enter_context(condition(data=data))
+        if batch_shape:
+            assert probe is not None
+            natural = particles.natural_shapes_of(probe.model_trace)
+            stack.enter_context(particles(batch_shape=batch_shape, natural_shapes=natural))
+        tracer.trace.return_value = job.call()
+    return tracer.trace
+
+
+# -- the engine --------------------------------------------------------------------------
+
+
+class ParticleEngine:
+    """Runs a :class:`Job` for many particles (see the module docstring).
+
+    The engine remembers what it learned: the probe runs (per data structure, per
+    simulation structure) and, once a program has fallen back to running particle by
+    particle, that it cannot be vectorized (announced once).
+
+    Args:
+        job: the program, its proposal and arguments.
+        vectorize: ``True`` runs particles as one batch (a failure is a
+            :class:`~infcomp.errors.VectorizationError`), ``False`` one by one, ``None``
+            tries the batch and falls back.
+        workers: processes for the particle-by-particle path of :meth:`run`, each with
+            its own random stream seeded from this process's generator.
+        what: how messages name the program (default: "model <name>").
+    """
+
+    def __init__(
+        self, job: Job, vectorize: bool | None = None, workers: int = 1, what: str | None = None
+    ) -> None:
+        self.job = job
+        self.vectorize = check_vectorize(vectorize)
+        self.workers = check_positive_int("workers", workers)
+        self.what = what or f"model {program_name(job.program)}{job.proposal.label}"
+        self._probes: dict[Any, Any] = {}
+
+    def with_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ParticleEngine:
+        """This engine for other program arguments; it keeps what it learned about
+        vectorizing, not the probes (shapes may depend on the arguments)."""
+        if _same_objects(args, self.job.args) and _same_objects(kwargs, self.job.kwargs):
+            return self
+        job = dataclasses.replace(self.job, args=tuple(args), kwargs=dict(kwargs))
+        return ParticleEngine(job, self.vectorize, self.workers, self.what)
+
+    # -- the shared mechanism ----------------------------------------------------------
+
+    def _probe(self, key: Any, single: Callable[[], _T]) -> _T:
+        """An unbatched run, once per key, leaving the random state as it was."""
+        if key not in self._probes:
+            with untouched_random_state(), torch.no_grad():
+                self._probes[key] = single()
+        return self._probes[key]  # type: ignore[no-any-return]
+
+    def _choose(self, batched: Callable[[], _T], sequential: Callable[[], _T]) -> _T:
+        """Run ``batched()``, or ``sequential()`` when the program cannot be vectorized.
+
+        A :class:`~infcomp.errors.ModelError` is never a reason to fall back: it is the
+        user's error and propagates.
+        """
+        if self.vectorize is False:
+            return sequential()
+        try:
+            return batched()
+        except ModelError:
+            raise
+        except Exception as error:
+            if self.vectorize:
+                raise VectorizationError(
+                    f"{self.what} cannot run with a leading batch dimension: {error}"
+                ) from error
+            warn_user(
+                f"{self.what} runs one trace at a time because it could not be vectorized "
+                f"({type(error).__name__}: {error}); pass vectorize=False to choose this "
+                f"path directly",
+                VectorizationNotice,
+            )
+        # Keep to the path that works from now on (and say so only once).
+        self.vectorize = False
+        return sequential()
+
+    # -- importance sampling -----------------------------------------------------------
+
+    def run(
+        self, data: Mapping[str, Tensor], num_particles: int, batched_data: bool = False
+    ) -> ParticleRun:
+        """``num_particles`` particles of the proposal and the model on ``data``
+        (tensors, see :func:`as_data`), weighed by ``log w = log p(x, y) - log q(x)``.
+
+        With ``batched_data`` every observation has a leading data-set dimension B and
+        the particles have shape ``(N, B)``. The probe runs on the first data set, once
+        per data structure (names and shapes), so minibatches of one collection are
+        checked once. Gradients flow through the log weights when the caller allows.
+        """
+        check_positive_int("num_particles", num_particles)
+        data = dict(data)
+        first = {name: value[0] for name, value in data.items()} if batched_data else data
+        key = ("run", tuple((name, tuple(value.shape)) for name, value in data.items()))
+        probe = self._probe(key, lambda: self._single(first))
+        batch_shape: tuple[int, ...] = (num_particles,)
+        if batched_data:
+            batch_shape += (next(iter(data.values())).shape[0],)
+        return self._choose(
+            lambda: self._vectorized(data, batch_shape, probe),
+            lambda: self._each_dataset(data, batch_shape, probe),
+        )
+
+    def _single(
+        self,
+        data: dict[str, Tensor],
+        batch_shape: tuple[int, ...] = (),
+        probe: SingleRun | None = None,
+    ) -> SingleRun:
+        return self.job.proposal.run(self.job, data, batch_shape, probe)
+
+    def _vectorized(
+        self, data: dict[str, Tensor], batch_shape: tuple[int, ...], probe: SingleRun
+    ) -> ParticleRun:
+        run = self._single(data, batch_shape, probe)
+        _check_data_used(data, [probe, run])
+        log_weights, log_proposal = _log_weight(run)
+        log_weights = torch.broadcast_to(log_weights, batch_shape)
+        if log_proposal is not None:
+            log_proposal = torch.broadcast_to(log_proposal, batch_shape)
+        for site in run.model_trace.sites.values():
+            # Observed values carry no particle dimension; give them one (a view) so that
+            # every value of the posterior's trace is indexed by particle.
+            if site.kind == "observe" and site.value is not None and site.fn is not None:
+                site.value = site.value.expand(site.fn.batch_shape + site.fn.event_shape)
+        nonfinite = _nonfinite_sites([run], len(batch_shape)) if _bad(log_weights) else {}
+        return ParticleRun(
+            [run.model_trace], [batch_shape[0]], log_weights, log_proposal, True, nonfinite
+        )
+
+    def _each_dataset(
+        self, data: dict[str, Tensor], batch_shape: tuple[int, ...], probe: SingleRun
+    ) -> ParticleRun:
+        """Particle by particle; with batched data, one data set after another."""
+        if len(batch_shape) == 1:
+            return self._sequential(data, batch_shape[0], probe)
+        runs = [
+            self._sequential({n: v[b] for n, v in data.items()}, batch_shape[0], probe)
+            for b in range(batch_shape[1])
+        ]
+        merged = _concatenate(runs, dim=1)
+        merged.per_dataset = runs
+        return merged
+
+    def _sequential(
+        self, data: dict[str, Tensor], num_particles: int, probe: SingleRun
+    ) -> ParticleRun:
+        if self.workers > 1 and num_particles > 1:
+            return self._in_workers(data, num_particles)
+        runs = [self._single(data) for _ in range(num_particles)]
+        _check_data_used(data, [probe, *runs])
+        weights = [_log_weight(run) for run in runs]
+        log_weights = torch.stack([w for w, _ in weights])
+        traces, sizes, order = group_traces([run.model_trace for run in runs], distributions=False)
+        log_proposal = None
+        if weights[0][1] is not None:
+            log_proposal = torch.stack([q for _, q in weights])[order]  # type: ignore[misc]
+        nonfinite = _nonfinite_sites(runs, 0) if _bad(log_weights) else {}
+        return ParticleRun(traces, sizes, log_weights[order], log_proposal, False, nonfinite)
+
+    def _in_workers(self, data: dict[str, Tensor], num_particles: int) -> ParticleRun:
+        """The particle-by-particle path split over spawned worker processes, each with
+        its own random stream seeded from this process's generator (so seeded runs
+        repeat); job must be picklable (model and guide defined at module level)."""
+        workers = self.workers
+        shares = [num_particles // workers + (i < num_particles % workers) for i in range(workers)]
+        shares = [share for share in shares if share > 0]
+        seeds = torch.randint(0, 2**62, (len(shares),)).tolist()
+        try:
+            pickle.dumps(self.job)
+        except (pickle.PicklingError, AttributeError, TypeError) as error:
+            raise ModelError(
+                f"workers > 1 runs the model in other processes, so model, guide and "
+                f"arguments must be picklable (defined at module level): {error}"
+            ) from error
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:
+            futures = [
+                pool.submit(_worker, self.job, data, share, seed)
+                for share, seed in zip(shares, seeds)
+            ]
+            return _concatenate([future.result() for future in futures], dim=0)
+
+    # -- joint simulation --------------------------------------------------------------
+
+    def simulate(self, batch_size: int, prior_inflation: float = 1.0) -> JointBatch:
+        """``batch_size`` joint simulations (x, y) ~ p(x, y): the program runs with its
+        observe statements sampling (no gradients: it is never differentiated). With
+        ``prior_inflation`` > 1, latent draws come from priors widened by that factor
+        (see :class:`inflate`)."""
+        check_positive_int("batch_size", batch_size)
+        with torch.no_grad():
+            probe = self._probe(
+                ("simulate", prior_inflation), lambda: self._joint((), None, prior_inflation)
+            )
+            return self._choose(
+                lambda: JointBatch(
+                    [self._joint((batch_size,), probe, prior_inflation)], [batch_size], True
+                ),
+                lambda: self._joint_sequential(batch_size, prior_inflation),
+            )
+
+    def _joint(
+        self, batch_shape: tuple[int, ...], probe: Trace | None, prior_inflation: float
+    ) -> Trace:
+        with ExitStack() as stack:
+            tracer = stack.enter_context(trace(batch_ndim=len(batch_shape)))
+            stack.enter_context(uncondition())
+            stack.enter_context(inflate(factor=prior_inflation))
+            if batch_shape:
+                assert probe is not None
+                natural = particles.natural_shapes_of(probe)
+                stack.enter_context(particles(batch_shape=batch_shape, natural_shapes=natural))
+            tracer.trace.return_value = self.job.call()
+        factors = tracer.trace.names("factor")
+        if factors:
+            raise ModelError(
+                f"the model has factor site {factors[0]!r}: running its statements forward "
+                f"does not sample p(x, y) when factors reweigh it, so it cannot be simulated "
+                f"jointly"
+            )
+        return tracer.trace
+
+    def _joint_sequential(self, batch_size: int, prior_inflation: float) -> JointBatch:
+        singles = [self._joint((), None, prior_inflation) for _ in range(batch_size)]
+        traces, sizes, _ = group_traces(singles)
+        return JointBatch(traces, sizes, False)
+
+    # -- replaying given values --------------------------------------------------------
+
+    def replay(
+        self, joint: Trace, size: int, score: Callable[[Trace, Trace, int], Tensor]
+    ) -> Tensor:
+        """Run the program on each of ``size`` simulations' latent values (``joint``, a
+        group of one structure, values with one leading dimension), the simulation's
+        observations passed as ``observations=``, and reduce each run with
+        ``score(simulations, program_trace, batch_ndim)``: batched over the group (one
+        call, ``batch_ndim`` 1) or simulation by simulation (``batch_ndim`` 0, results
+        stacked). The probe (per structure) scores one simulation first."""
+
+        def run_one(index: int) -> tuple[Trace, Trace]:
+            one = index_trace(joint, index)
+            with trace() as tracer, replay(trace=one):
+                self.job.call(observations=observations_of(one))
+            return one, tracer.trace
+
+        def natural_shapes() -> dict[str, torch.Size]:
+            one, program_trace = run_one(0)
+            score(one, program_trace, 0)  # checks the program on one simulation first
+            return particles.natural_shapes_of(program_trace)
+
+        def batched() -> Tensor:
+            natural = self._probe(("replay", structure_key(joint)), natural_shapes)
+            with (
+                trace(batch_ndim=1) as tracer,
+                replay(trace=joint),
+                particles(batch_shape=(size,), natural_shapes=natural),
+            ):
+                self.job.call(observations=observations_of(joint))
+            return score(joint, tracer.trace, 1)
+
+        def sequential() -> Tensor:
+            return torch.stack([score(*run_one(index), 0) for index in range(size)])
+
+        return self._choose(batched, sequential)
+
+
+def observations_of(joint_trace: Trace) -> dict[str, Tensor]:
+    """The observe sites' values of a (joint) trace, by name."""
+    values = {}
+    for name, site in joint_trace.sites.items():
+        if site.kind == "observe":
+            assert site.value is not None
+            values[name] = site.value
+    return values
+
+
+class inflate(Messenger):  # noqa: N801
+    """Draw every latent site from its prior widened by ``factor`` (≥ 1), for simulation.
+
+    Location-scale families (Normal, Laplace, Cauchy, StudentT, Gumbel, LogNormal and the
+    half families) get ``scale × factor``; Bernoulli, Categorical and OneHotCategorical
+    get ``logits / factor`` (tempered towards uniform); other distributions are left as
+    they are. Training a proposal on inflated simulations makes it cover more than the
+    prior's typical set (pyprob's "prior inflation").
+    """
+
+    def __init__(self, fn: Callable[..., Any] | None = None, factor: float = 1.0) -> None:
+        super().__init__(fn)
+        if not factor >= 1:
+            raise ValueError(f"the inflation factor must be at least 1, got {factor}")
+        self.factor = factor
+
+    def process_message(self, site: Site) -> None:
+        # Only the draw is widened: the site keeps its true prior, which is what a
+        # proposal is later scored and parametrized against.
+        if (
+            site.kind == "sample"
+            and site.value is None
+            and site.fn is not None
+            and self.factor != 1
+        ):
+            site.value = inflated(site.fn, self.factor).sample()
+
+
+def inflated(fn: Distribution, factor: float) -> Distribution:
+    """``fn`` widened by ``factor`` (see :class:`inflate`); unchanged when not supported."""
+    D = torch.distributions  # noqa: N806
+    if isinstance(fn, D.Independent):
+        return D.Independent(inflated(fn.base_dist, factor), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, (D.Normal, D.Laplace, D.Cauchy, D.Gumbel, D.LogNormal)):
+        return type(fn)(fn.loc, fn.scale * factor)
+    if isinstance(fn, D.StudentT):
+        return D.StudentT(fn.df, fn.loc, fn.scale * factor)
+    if isinstance(fn, (D.HalfNormal, D.HalfCauchy)):
+        return type(fn)(fn.scale * factor)
+    if isinstance(fn, (D.Bernoulli, D.Categorical, D.OneHotCategorical)):
+        return type(fn)(logits=fn.logits / factor)
+    return fn
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _worker(job: Job, data: dict[str, Tensor], num_particles: int, seed: int) -> ParticleRun:
+    """One worker's share of the particle-by-particle path (in a spawned process)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    engine = ParticleEngine(job, vectorize=False)
+    with torch.no_grad():
+        return engine.run(data, num_particles)
+
+
+def _concatenate(runs: list[ParticleRun], dim: int) -> ParticleRun:
+    """Runs of particles (``dim`` 0) or of data sets (``dim`` 1) as one."""
+    nonfinite: dict[str, int] = {}
+    for run in runs:
+        for name, count in run.nonfinite_sites.items():
+            nonfinite[name] = nonfinite.get(name, 0) + count
+    log_proposals = [run.log_proposal for run in runs]
+    join = torch.cat if dim == 0 else torch.stack
+    return ParticleRun(
+        [trace for run in runs for trace in run.traces] if dim == 0 else [],
+        [size for run in runs for size in run.sizes] if dim == 0 else [],
+        join([run.log_weights for run in runs], dim=dim),
+        None if log_proposals[0] is None else join(log_proposals, dim=dim),  # type: ignore[arg-type]
+        False,
+        nonfinite,
+    )
+
+
+def _log_weight(run: SingleRun) -> tuple[Tensor, Tensor | None]:
+    """``(log w, log q)``; with the prior as proposal ``(log p(y | x) + factors, None)``."""
+    if run.proposal_trace is None:
+        # Prior as proposal: log p(x) - log q(x) = 0 for every latent site.
+        return run.model_trace.log_prob_sum(("observe", "factor")), None
+    log_proposal = run.proposal_trace.log_prob_sum()
+    return run.model_trace.log_prob_sum() - log_proposal, log_proposal
+
+
+def _check_data_used(data: Mapping[str, Tensor], runs: Sequence[SingleRun]) -> None:
+    observed = {name for run in runs for name in run.model_trace.names("observe")}
+    unknown = sorted(set(data) - observed)
+    if unknown:
+        raise ModelError(
+            f"data names {unknown}, but the model has no such site; its observe sites are "
+            f"{runs[0].model_trace.names('observe')}"
+        )
+
+
+def _bad(log_weights: Tensor) -> bool:
+    return bool((torch.isnan(log_weights) | torch.isposinf(log_weights)).any())
+
+
+def _nonfinite_sites(runs: list[SingleRun], batch_ndim: int) -> dict[str, int]:
+    """How many particles got a NaN or +inf log density at each site (for reports)."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        for prefix, tr in (("", run.model_trace), ("guide ", run.proposal_trace)):
+            if tr is None:
+                continue
+            for name, site in tr.sites.items():
+                log_density = sum_rightmost(site.log_prob(), batch_ndim)
+                bad = int((torch.isnan(log_density) | torch.isposinf(log_density)).sum())
+                if bad:
+                    counts[prefix + name] = counts.get(prefix + name, 0) + bad
+    return counts
+
+
+def _same_objects(a: Any, b: Any) -> bool:
+    """Whether two argument tuples or dicts hold the very same objects."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))

@@ -1,0 +1,246 @@
+"""Proposals: the prior, a program (a guide), or an inference network, behind one protocol.
+
+Each implements :class:`~infcomp.inference.particles.Proposal`: it runs under a model
+(proposing the latent sites, for importance sampling) and scores joint simulations
+(``log q(x_i; y_i)``, for training it). :func:`as_proposal` chooses the implementation
+once, from what the user passed as ``guide``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from infcomp.errors import GuideError
+from infcomp.handlers import Proposer, particles, propose, replay, trace
+from infcomp.inference.common import Program, program_name
+from infcomp.inference.particles import (
+    Job,
+    JointBatch,
+    ParticleEngine,
+    Proposal,
+    SingleRun,
+    run_model,
+)
+from infcomp.runtime import Trace, sum_rightmost
+
+
+@runtime_checkable
+class ProposalFactory(Protocol):
+    """Something that makes a :class:`~infcomp.handlers.Proposer` per run, e.g. an
+    :class:`~infcomp.nn.InferenceNetwork`."""
+
+    def proposer(
+        self,
+        observations: Mapping[str, Tensor],
+        batch_shape: tuple[int, ...],
+        data_batch_ndim: int = 0,
+        defensive: float = 0.0,
+    ) -> Proposer: ...
+
+
+class PriorProposal:
+    """The prior as proposal (likelihood weighting): ``log w = log p(y | x)`` + factors."""
+
+    label = ""
+
+    def run(
+        self,
+        job: Job,
+        data: dict[str, Tensor],
+        batch_shape: tuple[int, ...],
+        probe: SingleRun | None,
+    ) -> SingleRun:
+        return SingleRun(run_model(job, data, batch_shape, probe), None)
+
+    def log_prob(
+        self, batch: JointBatch, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Tensor:
+        """The latent sites' prior log density (it has no parameters to train)."""
+        return torch.cat([group.log_prob_sum(("sample",)) for group in batch.traces])
+
+    def __repr__(self) -> str:
+        return "PriorProposal()"
+
+
+class ProgramProposal:
+    """A guide: a function or ``nn.Module`` called as
+    ``guide(*args, observations=data, **kwargs)`` that samples every latent site of the
+    model. Its values are replayed into the model: ``log w = log p(x, y) - log q(x)``.
+
+    For scoring simulations it runs on a whole group at once when it broadcasts over
+    a leading batch dimension; one written for a single trace is detected (with a
+    one-time notice) and called trace by trace.
+    """
+
+    def __init__(self, guide: Program, vectorize: bool | None = None) -> None:
+        self.guide = guide
+        self.label = f" with guide {program_name(guide)}"
+        self._scoring = ParticleEngine(
+            Job(guide, PriorProposal()), vectorize, what=f"guide {program_name(guide)}"
+        )
+
+    @property
+    def vectorize(self) -> bool | None:
+        """Whether the guide is scored on whole groups of simulations (True), trace by
+        trace (False), or not yet decided (None)."""
+        return self._scoring.vectorize
+
+    def run(
+        self,
+        job: Job,
+        data: dict[str, Tensor],
+        batch_shape: tuple[int, ...],
+        probe: SingleRun | None,
+    ) -> SingleRun:
+        with trace(batch_ndim=len(batch_shape)) as tracer:
+            if batch_shape:
+                assert probe is not None and probe.proposal_trace is not None
+                natural = particles.natural_shapes_of(probe.proposal_trace)
+                with particles(batch_shape=batch_shape, natural_shapes=natural):
+                    self.guide(*job.args, observations=data, **job.kwargs)
+            else:
+                self.guide(*job.args, observations=data, **job.kwargs)
+        model_trace = run_model(
+            job, data, batch_shape, probe, replay(trace=tracer.trace), check_latents=True
+        )
+        check_guide(model_trace, tracer.trace)
+        return SingleRun(model_trace, tracer.trace)
+
+    def log_prob(
+        self, batch: JointBatch, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Tensor:
+        """``log q(x_i; y_i)`` with the simulated values replayed into the guide, so that
+        gradients reach its parameters; a GuideError where q misses a simulated value."""
+        engine = self._scoring.with_arguments(args, kwargs)
+        self._scoring = engine
+        return torch.cat(
+            [engine.replay(group, size, _score) for group, size in zip(batch.traces, batch.sizes)]
+        )
+
+    def __repr__(self) -> str:
+        return f"ProgramProposal({program_name(self.guide)})"
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkProposal:
+    """An inference network (any :class:`ProposalFactory`) proposing each latent site as
+    the model reaches it; ``defensive = ε > 0`` mixes each proposal with its prior,
+    ``(1 - ε) q + ε p``, which bounds each site's weight factor by 1/ε."""
+
+    network: ProposalFactory
+    defensive: float = 0.0
+    label = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.defensive < 1:
+            raise ValueError(f"the defensive weight must lie in [0, 1), got {self.defensive}")
+
+    def run(
+        self,
+        job: Job,
+        data: dict[str, Tensor],
+        batch_shape: tuple[int, ...],
+        probe: SingleRun | None,
+    ) -> SingleRun:
+        data_batch_ndim = max(len(batch_shape) - 1, 0)
+        proposer = self.network.proposer(data, batch_shape, data_batch_ndim, self.defensive)
+        handler = propose(proposer=proposer, batch_ndim=len(batch_shape))
+        return SingleRun(run_model(job, data, batch_shape, probe, handler), handler.trace)
+
+    def log_prob(
+        self, batch: JointBatch, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Tensor:
+        """``log q(x_i; y_i)`` by teacher forcing through the network, site by site."""
+        log_prob_trace = getattr(self.network, "log_prob_trace", None)
+        if log_prob_trace is None:
+            raise TypeError(f"{type(self.network).__name__} cannot score simulations")
+        return torch.cat([log_prob_trace(group) for group in batch.traces])
+
+
+def as_proposal(guide: Any, vectorize: bool | None = None) -> Proposal:
+    """The proposal for what a user passed as ``guide``: None is the prior, a
+    :class:`ProposalFactory` (an inference network) a :class:`NetworkProposal`, any
+    other callable a :class:`ProgramProposal`; a proposal is returned as it is."""
+    if guide is None:
+        return PriorProposal()
+    if isinstance(guide, (PriorProposal, ProgramProposal, NetworkProposal)):
+        return guide
+    if isinstance(guide, ProposalFactory):
+        return NetworkProposal(guide)
+    if not callable(guide):
+        raise TypeError(f"a guide must be callable (a function or an nn.Module), got {guide!r}")
+    return ProgramProposal(guide, vectorize)
+
+
+def engine_for(
+    model: Program,
+    guide: Any = None,
+    args: tuple[Any, ...] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    vectorize: bool | None = None,
+    workers: int = 1,
+) -> ParticleEngine:
+    """The particle engine that runs ``model`` with what a user passed as ``guide``."""
+    job = Job(model, as_proposal(guide, vectorize), tuple(args), dict(kwargs or {}))
+    return ParticleEngine(job, vectorize, workers)
+
+
+def check_guide(model_trace: Trace, guide_trace: Trace) -> None:
+    """Raise :class:`GuideError` unless the guide sampled exactly the model's latent sites."""
+    for name, site in guide_trace.sites.items():
+        if site.kind != "sample":
+            raise GuideError(
+                f"the guide has {site.kind} site {name!r}; a guide may only sample the "
+                f"model's latent sites"
+            )
+    latent = model_trace.names("sample")
+    missing = [name for name in latent if name not in guide_trace]
+    if missing:
+        name = missing[0]
+        raise GuideError(
+            f"the guide did not sample latent site {name!r} of the model (which samples it "
+            f"from {model_trace[name].fn}); the guide must sample every latent site"
+        )
+    for name in guide_trace:
+        if name in model_trace and model_trace[name].kind == "observe":
+            raise GuideError(
+                f"the guide samples {name!r}, which the model observes; a guide proposes "
+                f"latent sites only"
+            )
+        if name not in model_trace or model_trace[name].kind != "sample":
+            raise GuideError(
+                f"the guide samples {name!r}, which is not a latent site of the model; the "
+                f"model's latent sites are {latent}"
+            )
+
+
+def _score(joint: Trace, guide_trace: Trace, batch_ndim: int) -> Tensor:
+    """Check the guide's sites against the simulation's and return log q per simulation."""
+    check_guide(joint, guide_trace)
+    if batch_ndim == 0:
+        for name, site in guide_trace.sites.items():
+            value, fn = joint[name].value, site.fn
+            assert value is not None and fn is not None
+            expected = fn.batch_shape + fn.event_shape
+            if value.shape != expected:
+                raise GuideError(
+                    f"guide site {name!r}: the model's value has shape {tuple(value.shape)} "
+                    f"but the guide's {type(fn).__name__} has shape {tuple(expected)}"
+                )
+    log_q = guide_trace.log_prob_sum()
+    if not bool(torch.isfinite(log_q).all()):
+        bad = []
+        for name, site in guide_trace.sites.items():
+            count = int((~torch.isfinite(sum_rightmost(site.log_prob(), batch_ndim))).sum())
+            if count:
+                bad.append(f"{name!r} ({count} of {log_q.numel()})")
+        raise GuideError(
+            f"the guide's log density is not finite at sites {', '.join(bad)} for simulated "
+            f"values: its distributions must cover the prior's support"
+        )
+    return log_q
