@@ -1,6 +1,6 @@
 # Two commands that work on a fresh machine; each installs what it needs into .venv.
 #   make demo   the main job: importance sampling on the Gaussian, next to the exact answer
-#   make test   lint, type check and the test suite
+#   make test   lint, type check, the core's size (tools/core_lines.py) and the test suite
 #   make bench  the benchmark table (installs Pyro as the peer to compare with)
 #   make bench-compare REV=fba5945  infcomp's figures for REV (default HEAD) and this tree
 PYTHON ?= python3
@@ -26,9 +26,10 @@ demo: install-run
 	$(BIN)/python -m infcomp.demo
 
 test: install-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 	$(BIN)/mypy
+	$(BIN)/python tools/core_lines.py
 	$(BIN)/python -m pytest -q
 
 test-all: install-dev

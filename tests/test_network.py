@@ -191,6 +191,7 @@ def branching_exact(y, limit=80):
     return (log_k - log_evidence).exp(), float(log_evidence)
 
 
+@pytest.mark.slow  # minutes of training; the fast path: test_the_slow_models_compile_briefly
 def test_branching_model_with_poisson_latents_matches_enumeration():
     csis = compiled(branching, 300, batch_size=64)
     posterior_k, log_evidence = branching_exact(7.0)
@@ -206,6 +207,7 @@ def test_branching_model_with_poisson_latents_matches_enumeration():
     assert abs(float(post.log_evidence) - log_evidence) < 4 * float(post.log_evidence_stderr)
 
 
+@pytest.mark.slow  # minutes of training; the fast path: test_the_slow_models_compile_briefly
 def test_hmm_with_one_categorical_site_per_step():
     torch.manual_seed(1)
     data = hmm.simulate_data(16)
@@ -228,6 +230,7 @@ def test_hmm_with_one_categorical_site_per_step():
             assert abs(estimate - p) < 4.5 * math.sqrt(max(p * (1 - p), 1e-3) / ess), (t, k)
 
 
+@pytest.mark.slow  # minutes of training; the fast path: test_the_slow_models_compile_briefly
 def test_marsaglia_with_a_varying_number_of_sites():
     csis = compiled(marsaglia, 200, batch_size=64, learning_rate=3e-3)
     assert csis.simulator.vectorize is False
@@ -240,6 +243,35 @@ def test_marsaglia_with_a_varying_number_of_sites():
     returned = lambda trace: trace.return_value
     assert abs(float(post.mean(returned)) - 7.25) < 4 * mean_error(post, returned)
     assert abs(float(post.log_evidence) - g.exact_log_evidence()) < 4 * float(
+        post.log_evidence_stderr
+    )
+
+
+# The three tests above are slow (they train until the proposal is good). The same code
+# paths, briefly: a categorical site family over a loop (HMM), Poisson count heads in a
+# branching structure, and a varying number of sites run particle by particle (Marsaglia).
+# A barely trained network is still a valid proposal: the evidence estimate must hold.
+@pytest.mark.parametrize(
+    ("model", "args", "data", "families", "exact_log_evidence"),
+    [
+        (
+            hmm.hmm,
+            (4,),
+            {f"y_{t}": y for t, y in enumerate((-1.0, 0.2, 1.4, 1.6))},
+            {"x"},
+            lambda data: hmm.forward_log_evidence(data, 4),
+        ),
+        (branching, (), {"y": 7.0}, {"k", "m"}, lambda data: branching_exact(7.0)[1]),
+        (marsaglia, (), g.DATA, {"u", "v"}, lambda data: g.exact_log_evidence()),
+    ],
+    ids=["hmm", "branching", "marsaglia"],
+)
+def test_the_slow_models_compile_briefly(model, args, data, families, exact_log_evidence):
+    csis = compiled(model, 20, batch_size=32, args=args)
+    assert {family.base for family in csis.network.families.values()} == families
+    post = csis.run(data, num_samples=300)
+    assert post.num_samples == 300
+    assert abs(float(post.log_evidence) - exact_log_evidence(data)) < 4 * float(
         post.log_evidence_stderr
     )
 

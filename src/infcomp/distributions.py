@@ -125,11 +125,17 @@ class DiscretizedLogisticMixture(Distribution):
         validate_args: check the parameters (and, in ``log_prob``, the values).
 
     Example:
-        >>> q = DiscretizedLogisticMixture(
-        ...     torch.zeros(2), torch.tensor([2.0, 9.0]), torch.tensor([1.0, 2.0])
-        ... )
+        >>> import torch
+        >>> from infcomp.distributions import DiscretizedLogisticMixture
+        >>> logits, loc, scale = torch.zeros(2), torch.tensor([2.0, 9.0]), torch.tensor([1.0, 2.0])
+        >>> q = DiscretizedLogisticMixture(logits, loc, scale, lower=0)
         >>> q.sample((3,)).shape
         torch.Size([3])
+        >>> unchecked = DiscretizedLogisticMixture(logits, loc, scale, lower=0, validate_args=False)
+        >>> unchecked.log_prob(torch.tensor([-1.0, 2.5])).exp()  # below lower, not an integer
+        tensor([0., 0.])
+        >>> float(q.log_prob(torch.arange(200.0)).exp().sum())
+        1.0000...
     """
 
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
@@ -386,6 +392,16 @@ class DefensiveMixture(Distribution):
     Raises:
         ValueError: ε outside (0, 1), shapes that differ, or a discrete proposal for a
             continuous prior (or the reverse).
+
+    Example:
+        >>> import torch
+        >>> from torch.distributions import Normal
+        >>> from infcomp.distributions import DefensiveMixture
+        >>> prior, proposal = Normal(0.0, 1.0), Normal(3.0, 0.1)
+        >>> q = DefensiveMixture(proposal, prior, epsilon=0.1)
+        >>> x = torch.tensor(-4.0)  # far in the prior's tail, where q alone is ~0
+        >>> float((prior.log_prob(x) - q.log_prob(x)).exp())  # the weight, at most 1/ε
+        10.0...
     """
 
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
@@ -498,6 +514,15 @@ def stack_distributions(distributions: Sequence[Distribution]) -> Distribution |
     Returns ``None`` (it never raises) when the distributions cannot be stacked: an
     empty sequence, different types or shapes, parameters that are neither tensors nor
     numbers, or constructors that need arguments the instances do not reveal.
+
+    Example:
+        >>> from torch.distributions import Normal, Poisson
+        >>> from infcomp.distributions import stack_distributions
+        >>> stacked = stack_distributions([Normal(0.0, 1.0), Normal(2.0, 3.0)])
+        >>> stacked.batch_shape, stacked.loc, stacked.scale
+        (torch.Size([2]), tensor([0., 2.]), tensor([1., 3.]))
+        >>> stack_distributions([Normal(0.0, 1.0), Poisson(2.0)]) is None
+        True
     """
     try:
         items = list(distributions)

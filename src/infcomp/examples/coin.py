@@ -19,7 +19,15 @@ DATA = {f"flip_{i}": float(flip) for i, flip in enumerate(FLIPS)}
 
 
 def coin(num_flips: int = len(FLIPS)) -> torch.Tensor:
-    """r ~ Uniform(0, 1); flip_i ~ Bernoulli(r) for i < num_flips, observed."""
+    """r ~ Uniform(0, 1); flip_i ~ Bernoulli(r) for i < num_flips, observed.
+
+    Example:
+        >>> import infcomp as ic
+        >>> from infcomp.examples.coin import DATA, coin
+        >>> trace = ic.trace(ic.condition(coin, data=DATA)).get_trace()
+        >>> [(name, trace[name].kind) for name in trace]
+        [('r', 'sample'), ('flip_0', 'observe'), ('flip_1', 'observe'), ('flip_2', 'observe')]
+    """
     r = ic.sample("r", Uniform(0.0, 1.0))
     for i in range(num_flips):
         ic.observe(f"flip_{i}", Bernoulli(r))
@@ -27,7 +35,15 @@ def coin(num_flips: int = len(FLIPS)) -> torch.Tensor:
 
 
 def exact_posterior(flips: tuple[bool, ...] = FLIPS) -> Beta:
-    """Beta(1 + heads, 1 + tails)."""
+    """Beta(1 + heads, 1 + tails).
+
+    Example:
+        >>> from infcomp.examples.coin import exact_log_evidence, exact_posterior
+        >>> float(exact_posterior((True, True, False)).mean)  # Beta(3, 2)
+        0.6
+        >>> round(1 / math.exp(exact_log_evidence((True, True, False))), 6)  # evidence 1/12
+        12.0
+    """
     heads = sum(flips)
     return Beta(
         torch.tensor(1.0 + heads, dtype=torch.float64),

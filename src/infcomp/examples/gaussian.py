@@ -30,7 +30,14 @@ def gaussian(prior_mean: float = PRIOR_MEAN) -> torch.Tensor:
 
 
 def exact_posterior(x1: float = 8.0, x2: float = 9.0, prior_mean: float = PRIOR_MEAN) -> Normal:
-    """p(z | x1, x2): precision 1/5 + 2/2, mean (μ0/5 + (x1 + x2)/2) / precision."""
+    """p(z | x1, x2): precision 1/5 + 2/2, mean (μ0/5 + (x1 + x2)/2) / precision.
+
+    Example:
+        >>> from infcomp.examples.gaussian import exact_posterior
+        >>> posterior = exact_posterior(8.0, 9.0)
+        >>> float(posterior.mean), float(posterior.stddev) ** 2  # N(7.25, √(5/6))
+        (7.25, 0.8333...)
+    """
     precision = 1 / PRIOR_VARIANCE + 2 / NOISE_VARIANCE
     mean = (prior_mean / PRIOR_VARIANCE + (x1 + x2) / NOISE_VARIANCE) / precision
     return Normal(
@@ -39,7 +46,13 @@ def exact_posterior(x1: float = 8.0, x2: float = 9.0, prior_mean: float = PRIOR_
 
 
 def exact_log_evidence(x1: float = 8.0, x2: float = 9.0, prior_mean: float = PRIOR_MEAN) -> float:
-    """log p(x1, x2) = log N([x1, x2]; [μ0, μ0], 5·11ᵀ + 2·I)."""
+    """log p(x1, x2) = log N([x1, x2]; [μ0, μ0], 5·11ᵀ + 2·I).
+
+    Example:
+        >>> from infcomp.examples.gaussian import exact_log_evidence
+        >>> round(exact_log_evidence(8.0, 9.0), 4)
+        -8.2394
+    """
     covariance = PRIOR_VARIANCE * torch.ones(
         2, 2, dtype=torch.float64
     ) + NOISE_VARIANCE * torch.eye(2, dtype=torch.float64)

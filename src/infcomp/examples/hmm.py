@@ -42,7 +42,17 @@ def _emission_log_probs(data: dict[str, Tensor], num_steps: int) -> Tensor:
 
 
 def forward_log_evidence(data: dict[str, Tensor], num_steps: int) -> float:
-    """log p(y_{0:T-1}) by the forward algorithm."""
+    """log p(y_{0:T-1}) by the forward algorithm.
+
+    Example: one step is a mixture of the three emissions, weighted by the initial law.
+
+        >>> import torch
+        >>> from torch.distributions import Normal
+        >>> from infcomp.examples.hmm import INITIAL, MEANS, forward_log_evidence
+        >>> mixture = (INITIAL * Normal(MEANS, 1.0).log_prob(torch.tensor(0.5)).exp()).sum()
+        >>> abs(forward_log_evidence({"y_0": torch.tensor(0.5)}, 1) - float(mixture.log())) < 1e-6
+        True
+    """
     return float(_forward(data, num_steps).logsumexp(-1)[-1])
 
 

@@ -17,6 +17,13 @@ class MLPEmbedding(nn.Module):
 
     Values are squashed by ``sign(y)·log1p(|y|)`` first, so that observations of any
     scale give well-conditioned inputs.
+
+    Example:
+        >>> import torch
+        >>> from infcomp.nn.embeddings import MLPEmbedding
+        >>> embed = MLPEmbedding((3, 4), features=16)
+        >>> embed(torch.randn(5, 3, 4)).shape  # 5 observations of shape (3, 4)
+        torch.Size([5, 16])
     """
 
     def __init__(self, shape: tuple[int, ...], features: int = 64) -> None:
