@@ -5,7 +5,7 @@ from infcomp import demo
 
 def test_the_demo_prints_estimates_next_to_the_exact_answer_and_writes_the_figure(capsys, tmp_path):
     figure = tmp_path / "figure.png"
-    demo.main(["--num-samples", "50", "20000", "--compile-steps", "100", "--figure", str(figure)])
+    demo.main(["--num-particles", "50", "20000", "--compile-steps", "100", "--figure", str(figure)])
     out = capsys.readouterr().out
     assert "prior IS, N = 50" in out and "prior IS, N = 20,000" in out
     assert "CSIS, N = 50" in out and "2. Compiled inference: 100 steps, batch 10" in out
@@ -18,11 +18,11 @@ def test_the_demo_prints_estimates_next_to_the_exact_answer_and_writes_the_figur
 
 
 def test_the_demo_without_compilation(capsys):
-    demo.main(["--num-samples", "100", "--compile-steps", "0"])
+    demo.main(["--num-particles", "100", "--compile-steps", "0"])
     out = capsys.readouterr().out
     assert "prior IS, N = 100" in out and "CSIS" not in out
 
 
 def test_the_demo_rejects_bad_arguments():
     with pytest.raises(SystemExit):
-        demo.main(["--num-samples", "many"])
+        demo.main(["--num-particles", "many"])

@@ -75,7 +75,7 @@ def table(columns: Sequence[tuple[str, ic.Posterior, float]]) -> list[str]:
 
 
 def report(
-    num_samples: Sequence[int] = (50, 1_000_000),
+    num_particles: Sequence[int] = (50, 1_000_000),
     seed: int = 0,
     compile_steps: int = 2000,
     compile_batch_size: int = 10,
@@ -87,7 +87,7 @@ def report(
     lines = ["Gaussian with unknown mean: z ~ N(1, √5), x1, x2 ~ N(z, √2), data (8, 9)", ""]
     lines.append("1. Importance sampling with the prior as proposal")
     columns = []
-    for n in num_samples:
+    for n in num_particles:
         torch.manual_seed(seed)
         label = f"prior IS, N = {n:,}"
         post, seconds = timed(functools.partial(ic.importance, gaussian, DATA, n), notes, label)
@@ -124,7 +124,7 @@ def report(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--num-samples", type=int, nargs="+", default=[50, 1_000_000], help="prior IS particles"
+        "--num-particles", type=int, nargs="+", default=[50, 1_000_000], help="prior IS particles"
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--compile-steps", type=int, default=2000, help="0 skips compilation")
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = parser.parse_args(argv)
     print(
         report(
-            options.num_samples,
+            options.num_particles,
             options.seed,
             options.compile_steps,
             options.compile_batch_size,

@@ -103,7 +103,7 @@ def save_figure(csis_posterior: ic.Posterior, prior_posterior: ic.Posterior, pat
             fill=True,
             alpha=0.45,
             color=color,
-            label=f"{label}, {posterior.num_samples} samples (ESS {ess:.1f})",
+            label=f"{label}, {posterior.num_particles} particles (ESS {ess:.1f})",
         )
     axes.set_xlabel("z")
     axes.set_ylabel("density")
@@ -118,13 +118,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Reproduce the CSIS seed notebook.")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--num-samples", type=int, default=50)
+    parser.add_argument("--num-particles", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--figure", type=Path, default=Path("csis_gaussian.png"))
     options = parser.parse_args(argv)
     csis = compile_gaussian(options.steps, options.batch_size, options.seed, progress=True)
-    csis_posterior = csis.run(DATA, options.num_samples)
-    prior_posterior = ic.importance(gaussian, DATA, options.num_samples)
+    csis_posterior = csis.run(DATA, options.num_particles)
+    prior_posterior = ic.importance(gaussian, DATA, options.num_particles)
     for name, posterior in (("CSIS", csis_posterior), ("prior", prior_posterior)):
         print(f"{name:>6}: {posterior!r}, mean {float(posterior.mean('z')):.4f}")
     save_figure(csis_posterior, prior_posterior, options.figure)

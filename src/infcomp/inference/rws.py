@@ -56,9 +56,16 @@ class RWS:
         device: where the data (and the automatic network) go: the model's device.
 
     Example:
-        >>> rws = RWS(MixtureModel(), data, num_particles=10)
-        >>> rws.train(2000, batch_size=100)
-        >>> rws.log_evidence(num_particles=1000)
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.rws_mixture import Mixture, simulate_data
+        >>> _ = torch.manual_seed(0)
+        >>> data = {"y": simulate_data(200)}               # 200 data sets of one point
+        >>> rws = ic.RWS(Mixture(), data, num_particles=10)
+        >>> history = rws.train(20, batch_size=50, progress=False)
+        >>> log_evidence, stderr = rws.log_evidence(num_particles=100)
+        >>> len(history["iwae_bound"]), stderr < 1
+        (20, True)
     """
 
     def __init__(

@@ -1,0 +1,83 @@
+"""The particle engine: probe, vectorized or sequential runs, remembered fallback."""
+
+import warnings
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+import infcomp as ic
+from infcomp.examples.gaussian import DATA, exact_log_evidence, gaussian
+from infcomp.examples.marsaglia import marsaglia
+from infcomp.inference import Job, ParticleEngine, PriorProposal, engine_for
+from infcomp.inference.particles import as_data, inflated
+
+
+def test_the_vectorized_run_weighs_by_the_likelihood():
+    engine = ParticleEngine(Job(gaussian, PriorProposal()))
+    run = engine.run(as_data(DATA), 5000)
+    assert run.vectorized and run.sizes == [5000] and run.log_weights.shape == (5000,)
+    z = run.traces[0]["z"].value
+    expected = Normal(z, 2**0.5).log_prob(DATA["x1"]) + Normal(z, 2**0.5).log_prob(DATA["x2"])
+    assert torch.allclose(run.log_weights, expected.double(), atol=1e-5)
+    assert run.log_proposal is None
+
+
+def test_a_fallback_is_announced_once_and_remembered():
+    engine = engine_for(marsaglia)
+    data = as_data(DATA)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = engine.run(data, 20)
+        second = engine.run(data, 20)
+    notices = [w for w in caught if issubclass(w.category, ic.VectorizationNotice)]
+    assert len(notices) == 1 and "marsaglia" in str(notices[0].message)
+    assert engine.vectorize is False and not first.vectorized and not second.vectorized
+    assert notices[0].filename == __file__  # attributed to the user's line
+
+
+def test_forcing_vectorization_of_a_model_that_cannot_is_an_error():
+    with pytest.raises(ic.VectorizationError, match="marsaglia"):
+        engine_for(marsaglia, vectorize=True).run(as_data(DATA), 10)
+
+
+def test_the_probe_leaves_the_random_state_alone():
+    engine = engine_for(gaussian)
+    torch.manual_seed(3)
+    probed = engine.run(as_data(DATA), 100).log_weights
+    torch.manual_seed(3)
+    again = engine.run(as_data(DATA), 100).log_weights  # the probe is cached now
+    assert torch.equal(probed, again)
+
+
+def test_joint_simulation_and_inflation():
+    engine = engine_for(gaussian)
+    torch.manual_seed(0)
+    batch = engine.simulate(20_000)
+    z = batch.traces[0]["z"].value
+    assert batch.vectorized and z.shape == (20_000,)
+    # z ~ N(1, √5): the mean within 4 standard errors, the variance within 4 of its own.
+    assert abs(float(z.mean()) - 1.0) < 4 * (5 / 20_000) ** 0.5
+    assert abs(float(z.var()) - 5.0) < 4 * 5 * (2 / 20_000) ** 0.5
+    wide = engine.simulate(20_000, prior_inflation=2.0).traces[0]["z"].value
+    assert abs(float(wide.var()) - 20.0) < 4 * 20 * (2 / 20_000) ** 0.5
+    assert inflated(Normal(0.0, 1.0), 3.0).scale == 3.0
+
+
+def test_other_arguments_keep_what_was_learned_about_vectorizing():
+    engine = engine_for(marsaglia, vectorize=False)
+    other = engine.with_arguments((2.0,), {})
+    assert other is not engine and other.vectorize is False and other.job.args == (2.0,)
+    assert engine.with_arguments((), {}) is engine
+
+
+def test_batched_data_give_particles_by_data_set_with_exact_evidences():
+    engine = engine_for(gaussian)
+    data = {"x1": torch.tensor([8.0, 0.0]), "x2": torch.tensor([9.0, 1.0])}
+    run = engine.run(data, 200_000, batched_data=True)
+    assert run.log_weights.shape == (200_000, 2)
+    log_evidence = torch.logsumexp(run.log_weights, 0) - torch.log(torch.tensor(200_000.0))
+    for b, (x1, x2) in enumerate([(8.0, 9.0), (0.0, 1.0)]):
+        weights = run.log_weights[:, b]
+        ess = float(torch.exp(2 * torch.logsumexp(weights, 0) - torch.logsumexp(2 * weights, 0)))
+        assert abs(float(log_evidence[b]) - exact_log_evidence(x1, x2)) < 4 / ess**0.5
