@@ -53,7 +53,7 @@ def test_data_move_to_the_requested_device():
     moved = as_data({"x": 1.0, "y": torch.zeros(2)}, device="cpu")
     assert all(v.device.type == "cpu" for v in moved.values())
     post = ic.importance(g.gaussian, g.DATA, num_samples=100, device=torch.device("cpu"))
-    assert post.num_samples == 100
+    assert post.num_particles == 100
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
