@@ -34,7 +34,7 @@ def exact(data):
 def test_each_data_set_gets_its_exact_answer():
     data = datasets(40)
     batch = ic.importance_batch(g.gaussian, data, num_particles=20_000)
-    assert len(batch) == batch.num_datasets == 40 and batch.num_samples == 20_000
+    assert len(batch) == batch.num_datasets == 40 and batch.num_particles == 20_000
     assert batch.weights.shape == (20_000, 40)
     log_evidence, means = exact(data)
     # 40 comparisons each: 4.5 standard errors (two-sided tail 7e-6 each).

@@ -15,6 +15,7 @@ import torch
 from scipy import stats
 
 from infcomp.diagnostics import (
+    MIN_ESS_FRACTION,
     _gpd_fit_zhang_stephens,
     effective_sample_size,
     khat_threshold,
@@ -22,6 +23,10 @@ from infcomp.diagnostics import (
     log_evidence_stderr,
     normalized_weights,
     pareto_khat,
+    weight_problems,
+    weighted_mean,
+    weighted_quantile,
+    weighted_variance,
 )
 
 # Deterministic float64 computations done in two different ways agree to rounding error; with
@@ -416,3 +421,138 @@ def test_khat_threshold() -> None:
     assert khat_threshold(1) == -math.inf
     with pytest.raises(ValueError):
         khat_threshold(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weighted statistics: against float64 numpy, batch column by batch column
+# ----------------------------------------------------------------------------------------------
+
+
+def np_weights(log_weights: np.ndarray) -> np.ndarray:
+    w = np.exp(log_weights - log_weights.max())
+    return w / w.sum()
+
+
+def np_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The smallest value v with sum_{x_i <= v} w_i >= q sum w (weights rescaled by the max)."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    return float(
+        values[order][min(np.searchsorted(cumulative, q * cumulative[-1]), len(values) - 1)]
+    )
+
+
+def test_weighted_moments_match_numpy_per_batch_column() -> None:
+    log_weights = random_log_weights(30, (200, 3))
+    values = torch.randn(200, 3, 2, generator=torch.Generator().manual_seed(31)).float()
+    mean, variance = weighted_mean(values, log_weights), weighted_variance(values, log_weights)
+    assert mean.dtype == variance.dtype == torch.float64
+    assert mean.shape == variance.shape == (3, 2)
+    for b in range(3):
+        w = np_weights(log_weights[:, b].numpy())
+        for e in range(2):
+            x = values[:, b, e].double().numpy()
+            m = float(np.sum(w * x))
+            assert float(mean[b, e]) == pytest.approx(m, rel=RTOL_ROUNDING)
+            v = float(np.sum(w * (x - m) ** 2))
+            assert float(variance[b, e]) == pytest.approx(v, rel=RTOL_ROUNDING)
+    # a known mean gives the same variance
+    assert torch.equal(weighted_variance(values, log_weights, mean), variance)
+
+
+def test_weighted_moments_of_equal_weights_are_the_plain_ones() -> None:
+    values = torch.arange(10, dtype=torch.float64)
+    assert float(weighted_mean(values, torch.zeros(10))) == pytest.approx(4.5, rel=RTOL_ROUNDING)
+    assert float(weighted_variance(values, torch.full((10,), -3.0))) == pytest.approx(
+        float(values.var(unbiased=False)), rel=RTOL_ROUNDING
+    )
+
+
+def test_weighted_statistics_check_shapes() -> None:
+    with pytest.raises(ValueError, match="do not start with"):
+        weighted_mean(torch.zeros(5, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match="do not start with"):
+        weighted_quantile(torch.zeros(5), torch.zeros(5, 2), 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        weighted_quantile(torch.zeros(5), torch.zeros(5), [0.5, 1.5])
+
+
+def test_weighted_quantile_matches_the_definition_per_batch_column() -> None:
+    log_weights = random_log_weights(32, (150, 4))
+    values = torch.randn(150, 4, 3, generator=torch.Generator().manual_seed(33))
+    levels = [0.0, 0.05, 0.37, 0.5, 0.95, 1.0]
+    result = weighted_quantile(values, log_weights, levels)
+    assert result.shape == (6, 4, 3)
+    for b in range(4):
+        w = np.exp(log_weights[:, b].numpy() - log_weights[:, b].numpy().max())
+        for e in range(3):
+            expected = [np_quantile(values[:, b, e].numpy(), w, q) for q in levels]
+            assert result[:, b, e].tolist() == expected
+
+
+def test_weighted_quantile_is_exact_at_equal_weights() -> None:
+    # With equal weights the q quantile is the ceil(q N)-th smallest value, with no rounding
+    # at levels that fall on a particle (1/2 of 10 particles: the 5th smallest).
+    values = torch.tensor([9.0, 2.0, 7.0, 0.0, 5.0, 3.0, 8.0, 1.0, 6.0, 4.0])
+    levels = [0.1, 0.2, 0.5, 0.7, 0.71, 1.0]
+    result = weighted_quantile(values, torch.full((10,), 0.3), levels)
+    assert result.tolist() == [0.0, 1.0, 4.0, 6.0, 7.0, 9.0]
+    assert weighted_quantile(values, torch.zeros(10), 0.5).shape == ()
+
+
+# ----------------------------------------------------------------------------------------------
+# The problems report
+# ----------------------------------------------------------------------------------------------
+
+
+def test_no_problems_for_healthy_weights() -> None:
+    assert weight_problems(1000, ess=500.0, khat=0.2) == []
+    assert weight_problems(1000, ess=torch.tensor([500.0, 800.0]), khat=torch.zeros(2)) == []
+
+
+def test_nonfinite_weights_end_the_report_and_name_the_sites() -> None:
+    problems = weight_problems(
+        10, ess=math.nan, khat=math.inf, num_nan=2, num_infinite=1, nonfinite_sites={"x": 3}
+    )
+    assert problems == [
+        "2 NaN and 1 +inf log weights out of 10; estimates are NaN; "
+        "sites with non-finite log densities: 'x' (3)"
+    ]
+    assert "sites" not in weight_problems(10, ess=math.nan, khat=math.nan, num_nan=1)[0]
+
+
+def test_all_zero_weights_end_the_report() -> None:
+    assert weight_problems(30, ess=math.nan, khat=math.nan, num_zero=30) == [
+        "all 30 weights are zero: no particle is consistent with the data"
+    ]
+
+
+def test_low_ess_and_high_khat_are_both_reported() -> None:
+    n = 5000
+    low = MIN_ESS_FRACTION * n
+    problems = weight_problems(n, ess=low * 0.99, khat=khat_threshold(n) + 0.01)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"ESS is {low * 0.99:.1f} of {n} particles (")
+    assert problems[1].startswith(f"Pareto k-hat is {khat_threshold(n) + 0.01:.2f} > ")
+    assert weight_problems(n, ess=low, khat=khat_threshold(n)) == []  # both limits allowed
+
+
+def test_batched_report_counts_each_problem_once() -> None:
+    # Columns: healthy, NaN (and +inf), all zero, low ESS and high k-hat, +inf only.  Checks
+    # after a non-finite or all-zero column are not counted for it (its k-hat is +inf or NaN).
+    n = 1000
+    threshold = khat_threshold(n)
+    problems = weight_problems(
+        n,
+        ess=torch.tensor([500.0, math.nan, math.nan, 0.5, math.nan]),
+        khat=torch.tensor([0.1, math.nan, math.nan, 0.9, math.inf]),
+        num_nan=torch.tensor([0, 3, 0, 0, 0]),
+        num_infinite=torch.tensor([0, 1, 0, 0, 2]),
+        num_zero=torch.tensor([0, 0, n, 0, 0]),
+    )
+    assert problems == [
+        "2 with NaN or +inf weights",
+        "1 with all weights zero",
+        f"1 with ESS/N below {MIN_ESS_FRACTION}",
+        f"1 with Pareto k-hat above {threshold:.2f}",
+    ]

@@ -127,6 +127,17 @@ def test_sample_shapes_vector_event_keep_rows_together():
     assert torch.all(matches.sum(-1) == 1)
 
 
+def test_calling_draws_a_sample_as_in_pyro():
+    # Pyro's distributions are callable (``marginal()`` draws); the same seed gives the same
+    # draws as sample().
+    dist = Empirical(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 2.0]))
+    torch.manual_seed(14)
+    expected = dist.sample((7,))
+    torch.manual_seed(14)
+    assert torch.equal(dist((7,)), expected)
+    assert dist().shape == ()
+
+
 def test_sample_with_empty_sample_shape_is_empty():
     # torch distributions return an empty tensor for a sample shape with a zero in it,
     # e.g. Normal(0., 1.).sample((0,)).shape == (0,).

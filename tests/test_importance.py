@@ -143,7 +143,7 @@ def test_a_model_that_cannot_be_vectorized_falls_back_once_with_a_notice():
     assert len(notices) == 1
     assert "model 'marsaglia' runs one trace at a time" in str(notices[0].message)
     assert notices[0].filename == __file__
-    assert post.num_samples == 20
+    assert post.num_particles == 20
 
 
 def test_forcing_the_vectorized_path_on_such_a_model_raises():
@@ -282,7 +282,7 @@ def test_nan_and_infinite_weights_are_counted_reported_and_kept(vectorize):
     z = post.values("z")
     assert post.num_nan_weights == int((z < 0).sum()) > 0
     assert post.num_infinite_weights == int((z > 2).sum()) > 0
-    assert post.num_samples == 400
+    assert post.num_particles == 400
     assert torch.isnan(post.log_evidence) or torch.isinf(post.log_evidence)
     assert len(record) == 1
 

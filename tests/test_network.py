@@ -270,7 +270,7 @@ def test_the_slow_models_compile_briefly(model, args, data, families, exact_log_
     csis = compiled(model, 20, batch_size=32, args=args)
     assert {family.base for family in csis.network.families.values()} == families
     post = csis.run(data, num_samples=300)
-    assert post.num_samples == 300
+    assert post.num_particles == 300
     assert abs(float(post.log_evidence) - exact_log_evidence(data)) < 4 * float(
         post.log_evidence_stderr
     )

@@ -19,7 +19,7 @@ import infcomp as ic
 from infcomp import diagnostics
 from infcomp.empirical import Empirical
 from infcomp.errors import ModelError
-from infcomp.posterior import Posterior
+from infcomp.posterior import BatchPosterior, EmpiricalMarginal, Posterior, StreamedPosterior
 from infcomp.runtime import Site, Trace
 from infcomp.traces import group_traces, stack_traces
 
@@ -114,7 +114,7 @@ def test_constructor_checks_sizes():
 def test_weights_are_softmax_in_float64():
     post, (_, _, _, lw) = random_posterior(0)
     post32 = make_posterior({"a": torch.zeros(200)}, lw.float())
-    assert post.num_samples == 200
+    assert post.num_particles == 200
     assert post32.log_weights.dtype == torch.float64
     np.testing.assert_allclose(post.weights.numpy(), np_softmax(lw), rtol=RTOL)
     np.testing.assert_allclose(post32.weights.numpy(), np_softmax(lw.float()), rtol=RTOL)
@@ -381,7 +381,7 @@ def test_high_khat_is_reported():
 def test_groups_of_varying_structure():
     post, _, log_weights = varying_posterior()
     assert len(post.traces) == 4
-    assert sum(post.sizes) == post.num_samples == len(STEPS)
+    assert sum(post.sizes) == post.num_particles == len(STEPS)
     # groups in order of first appearance: loop lengths 2, 0, 1, 3
     assert post.sizes == [STEPS.count(k) for k in (2, 0, 1, 3)]
     ids = post.values("id")
@@ -478,14 +478,14 @@ LABEL_LOG_WEIGHTS = torch.log(torch.tensor([0.05, 1.0, 2.5, 0.3, 1.7, 0.9, 0.6, 
 
 
 @pytest.mark.parametrize("method", ["systematic", "multinomial"])
-@pytest.mark.parametrize("num_samples", [None, 1, 5, 37])
-def test_resample_gives_equally_weighted_posterior(method, num_samples):
+@pytest.mark.parametrize("num_particles", [None, 1, 5, 37])
+def test_resample_gives_equally_weighted_posterior(method, num_particles):
     torch.manual_seed(13)
     post = labelled_posterior(LABEL_LOG_WEIGHTS)
-    resampled = post.resample(num_samples, method=method)
-    n = post.num_samples if num_samples is None else num_samples
+    resampled = post.resample(num_particles, method=method)
+    n = post.num_particles if num_particles is None else num_particles
     assert isinstance(resampled, Posterior)
-    assert resampled.num_samples == n
+    assert resampled.num_particles == n
     assert resampled.values("i").shape == (n,)
     assert torch.all(resampled.log_weights == post.log_evidence)
     assert float(resampled.log_evidence) == pytest.approx(float(post.log_evidence), rel=RTOL)
@@ -558,7 +558,7 @@ def test_resample_across_groups_keeps_each_particle_whole():
         torch.manual_seed(17)
         n = 5000
         resampled = post.resample(n, method=method)
-        assert resampled.num_samples == n
+        assert resampled.num_particles == n
         assert torch.all(resampled.log_weights == post.log_evidence)
         # every resampled particle is one original particle, with all its sites
         for group in resampled.traces:
@@ -586,9 +586,9 @@ def test_resample_across_groups_keeps_each_particle_whole():
 def test_select_maps_global_indices_to_group_and_particle():
     post, traces, _ = varying_posterior()
     ids = post.values("id")
-    for k in range(post.num_samples):
+    for k in range(post.num_particles):
         one = post.select(torch.tensor([k]))
-        assert one.num_samples == 1
+        assert one.num_particles == 1
         assert torch.equal(one.values("id"), ids[k : k + 1])
         assert torch.equal(one.log_weights, post.log_weights[k : k + 1])
         assert torch.equal(
@@ -597,7 +597,7 @@ def test_select_maps_global_indices_to_group_and_particle():
     # many indices, repeated and out of order: each selected particle keeps its weight
     index = torch.tensor([13, 0, 5, 5, 2, 13, 7, 1, 1, 1])
     chosen = post.select(index)
-    assert chosen.num_samples == index.numel()
+    assert chosen.num_particles == index.numel()
     pairs = sorted(zip(chosen.values("id").tolist(), chosen.log_weights.tolist()))
     expected = sorted(zip(ids[index].tolist(), post.log_weights[index].tolist()))
     assert pairs == expected
@@ -610,11 +610,11 @@ def test_resample_bad_method_raises(method):
         post.resample(4, method=method)
 
 
-@pytest.mark.parametrize("num_samples", [0, -3, 2.5, "10", True])
-def test_resample_bad_num_samples_raises(num_samples):
+@pytest.mark.parametrize("num_particles", [0, -3, 2.5, "10", True])
+def test_resample_bad_num_particles_raises(num_particles):
     post = labelled_posterior(LABEL_LOG_WEIGHTS)
-    with pytest.raises(ValueError, match="num_samples"):
-        post.resample(num_samples)
+    with pytest.raises(ValueError, match="num_particles"):
+        post.resample(num_particles)
 
 
 def test_resample_all_zero_weights_raises():
@@ -654,6 +654,116 @@ def test_marginal_of_a_function_across_groups():
     assert float(marginal.log_prob(value)) == pytest.approx(math.log(float(mass)), rel=RTOL)
 
 
+def test_empirical_marginal_is_pyros_name_for_marginal():
+    post, _ = random_posterior(19)
+    marginal = EmpiricalMarginal(post, "a")
+    assert isinstance(marginal, Empirical)
+    assert torch.equal(marginal.values, post.values("a"))
+    assert torch.equal(marginal.log_weights, post.log_weights)
+
+
+# ---------------------------------------------------------------------------------------
+# the particle count: num_particles, and num_samples as its deprecated name
+# ---------------------------------------------------------------------------------------
+
+
+def streamed_posterior(**counts) -> StreamedPosterior:
+    log_sum = torch.tensor(0.0, dtype=torch.float64)
+    return StreamedPosterior(
+        num_particles=counts.pop("num_particles", 100),
+        log_sum_weights=log_sum,
+        log_sum_squared_weights=log_sum,  # ESS = 1
+        khat=torch.tensor(counts.pop("khat", 0.2), dtype=torch.float64),
+        means={},
+        variances={},
+        samples=None,
+        **counts,
+    )
+
+
+def test_deprecated_num_samples_still_answers_and_warns():
+    post = make_posterior({"a": torch.zeros(7)}, torch.zeros(7))
+    batch = BatchPosterior(torch.zeros(5, 3), posteriors=[post] * 3)
+    streamed = streamed_posterior(num_particles=9)
+    for posterior, n in ((post, 7), (batch, 5), (streamed, 9)):
+        assert posterior.num_particles == n
+        with pytest.warns(DeprecationWarning, match=r"num_samples is deprecated.*num_particles"):
+            assert posterior.num_samples == n
+
+
+def test_resample_accepts_the_deprecated_num_samples_argument():
+    post = labelled_posterior(LABEL_LOG_WEIGHTS)
+    torch.manual_seed(20)
+    expected = post.resample(num_particles=6)
+    torch.manual_seed(20)
+    with pytest.warns(DeprecationWarning, match="num_samples="):
+        resampled = post.resample(num_samples=6)
+    assert torch.equal(resampled.values("i"), expected.values("i"))
+    with pytest.raises(TypeError, match="num_particles= only"):
+        post.resample(num_particles=6, num_samples=6)
+
+
+def test_reprs_name_the_particle_count():
+    post = make_posterior({"a": torch.zeros(7)}, torch.zeros(7))
+    batch = BatchPosterior(torch.zeros(5, 3), posteriors=[post] * 3)
+    assert repr(post).startswith("Posterior(num_particles=7,")
+    assert repr(batch) == "BatchPosterior(num_datasets=3, num_particles=5)"
+
+
+# ---------------------------------------------------------------------------------------
+# one problems report for every posterior type
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {"num_nan_weights": 2, "num_infinite_weights": 1, "nonfinite_sites": {"x": 3}},
+        {"num_zero_weights": 100},
+        {},  # ESS = 1 < 0.001 N is no problem at N = 100: nothing
+        {"num_particles": 5000},  # ESS = 1 < 5
+        {"num_particles": 5000, "khat": 0.9},
+    ],
+)
+def test_streamed_and_stored_posteriors_report_the_same_problems(counts):
+    streamed = streamed_posterior(**dict(counts))
+    expected = diagnostics.weight_problems(
+        streamed.num_particles,
+        streamed.ess,
+        streamed.khat,
+        streamed.num_nan_weights,
+        streamed.num_infinite_weights,
+        streamed.num_zero_weights,
+        streamed.nonfinite_sites,
+    )
+    assert streamed.problems() == expected
+    if counts.get("num_particles") == 5000:
+        assert expected[0].endswith("use more particles or a better proposal")
+
+
+def test_batch_problems_count_the_checks_of_one_posterior():
+    # Data sets: healthy, one NaN weight, one +inf weight, all zero, one dominant weight (a
+    # tiny ESS and a heavy tail).
+    n = 5000
+    log_weights = 0.1 * torch.randn(n, 5, dtype=torch.float64)
+    log_weights[0, 1] = math.nan
+    log_weights[0, 2] = math.inf
+    log_weights[:, 3] = -math.inf
+    log_weights[:, 4] -= 60.0
+    log_weights[17, 4] = 0.0
+    batch = BatchPosterior(log_weights, posteriors=[make_posterior({}, log_weights[:, 0])] * 5)
+    singles = [
+        make_posterior({"a": torch.zeros(n)}, log_weights[:, b]).problems() for b in range(5)
+    ]
+    assert [len(found) for found in singles] == [0, 1, 1, 1, 2]
+    # the +inf data set counts once, as non-finite, not also for its k-hat of +inf
+    assert batch.problems() == (
+        f"of 5 data sets: 2 with NaN or +inf weights, 1 with all weights zero, "
+        f"1 with ESS/N below {diagnostics.MIN_ESS_FRACTION}, "
+        f"1 with Pareto k-hat above {diagnostics.khat_threshold(n):.2f}"
+    )
+
+
 @pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
 def test_summary_lists_scalar_latent_sites_and_the_diagnostics():
     torch.manual_seed(0)
@@ -667,4 +777,4 @@ def test_summary_lists_scalar_latent_sites_and_the_diagnostics():
     assert row[0] == "z" and float(row[1]) == pytest.approx(float(post.mean("z")), abs=1e-4)
     assert f"N = 2000, ESS = {float(post.ess):.1f}" in lines[-1]
     assert "x1" not in text  # observed sites are not summarized
-    assert repr(post).startswith("Posterior(num_samples=2000")
+    assert repr(post).startswith("Posterior(num_particles=2000")

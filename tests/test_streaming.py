@@ -65,7 +65,7 @@ def test_streaming_the_gaussian():
     post = ic.importance_stream(
         g.gaussian, g.DATA, num_particles=2_000_000, chunk_size=500_000, keep=2000
     )
-    assert post.num_samples == 2_000_000
+    assert post.num_particles == 2_000_000
     assert abs(float(post.log_evidence) - g.exact_log_evidence()) < 4 * float(
         post.log_evidence_stderr
     )
@@ -87,7 +87,7 @@ def test_streaming_a_model_run_trace_by_trace():
         post = ic.importance_stream(
             marsaglia, g.DATA, num_particles=3000, chunk_size=1000, sites=["u_0"]
         )
-    assert post.num_samples == 3000
+    assert post.num_particles == 3000
     assert abs(float(post.log_evidence) - g.exact_log_evidence()) < 4 * float(
         post.log_evidence_stderr
     )

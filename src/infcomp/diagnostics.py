@@ -1,4 +1,4 @@
-"""Diagnostics for self-normalised importance sampling.
+"""Weighted statistics and diagnostics for self-normalised importance sampling.
 
 Every function takes a tensor of importance *log* weights ``log w_i = log p(x_i) - log q(x_i)``
 (``p`` possibly unnormalised) whose dimension 0 indexes the ``N`` particles.  Any trailing
@@ -10,24 +10,47 @@ shape ``(N, B1, B2, ...)`` gives a result of shape ``(B1, B2, ...)`` (except
 A log weight of ``-inf`` is a legitimate zero weight (e.g. a particle outside the support of
 the target) and is counted in ``N``.  ``NaN`` log weights propagate to ``NaN`` results.
 
+The weighted statistics (:func:`weighted_mean`, :func:`weighted_variance`,
+:func:`weighted_quantile`) also take the particles' values, of shape ``(N, *batch, *event)``,
+and give results of shape ``(*batch, *event)``.  :func:`weight_problems` turns the
+diagnostics into the report every posterior type gives.
+
 The functions are pure: they never modify their input, print, or warn.
+
+Example:
+    >>> import torch
+    >>> from infcomp import diagnostics
+    >>> log_weights = torch.tensor([0.0, 0.0, 2.0])
+    >>> round(float(diagnostics.effective_sample_size(log_weights)), 3)
+    1.558
+    >>> diagnostics.weighted_mean(torch.tensor([1.0, 2.0, 3.0]), log_weights)
+    tensor(2.6805, dtype=torch.float64)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "MIN_ESS_FRACTION",
     "effective_sample_size",
     "khat_threshold",
     "log_evidence",
     "log_evidence_stderr",
     "normalized_weights",
     "pareto_khat",
+    "weight_problems",
+    "weighted_mean",
+    "weighted_quantile",
+    "weighted_variance",
 ]
+
+#: Below this ESS/N the problems report says that almost all the weight sits on few particles.
+MIN_ESS_FRACTION = 0.001
 
 # Weakly informative prior of the Pareto k-hat estimate (Vehtari et al., 2024, Appendix C):
 # the Zhang & Stephens estimate is shrunk towards this value with the weight of this many
@@ -338,3 +361,185 @@ def pareto_khat(log_weights: Tensor, num_samples: int | None = None) -> Tensor:
 def pareto_tail_length(num_samples: int) -> int:
     """How many of the largest weights the k-hat fit uses: ``ceil(min(0.2 N, 3 sqrt(N)))``."""
     return _pareto_tail_length(num_samples)
+
+
+# -- weighted statistics -----------------------------------------------------------------
+
+
+def _shaped_weights(values: Tensor, log_weights: Tensor) -> Tensor:
+    """Normalized weights with trailing singleton dimensions, to multiply ``values``."""
+    weights = normalized_weights(log_weights)
+    if values.shape[: weights.dim()] != weights.shape:
+        raise ValueError(
+            f"values of shape {tuple(values.shape)} do not start with the log weights' shape "
+            f"{tuple(weights.shape)}"
+        )
+    return weights.reshape(weights.shape + (1,) * (values.dim() - weights.dim()))
+
+
+def weighted_mean(values: Tensor, log_weights: Tensor) -> Tensor:
+    """Self-normalised estimate of an expectation: ``E[f] ≈ sum_i wbar_i f(x_i)``.
+
+    ``values`` holds ``f(x_i)``, shape ``(N, *batch, *event)``; the result, in float64, has
+    shape ``(*batch, *event)``.  A ``ValueError`` says when ``values`` does not start with the
+    shape of ``log_weights``.
+
+    Example:
+        >>> import torch
+        >>> from infcomp.diagnostics import weighted_mean
+        >>> weighted_mean(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]))
+        tensor(0.5000, dtype=torch.float64)
+    """
+    return (_shaped_weights(values, log_weights) * values.to(torch.float64)).sum(0)
+
+
+def weighted_variance(values: Tensor, log_weights: Tensor, mean: Tensor | None = None) -> Tensor:
+    """Self-normalised variance: ``Var[f] ≈ sum_i wbar_i (f(x_i) - E[f])^2``.
+
+    Shapes as for :func:`weighted_mean`, whose result may be passed as ``mean`` where it is
+    already known (the streaming merge needs both).
+
+    Example:
+        >>> import torch
+        >>> from infcomp.diagnostics import weighted_variance
+        >>> values, log_weights = torch.tensor([[0.0, 2.0], [1.0, 4.0]]), torch.zeros(2)
+        >>> weighted_variance(values, log_weights)  # per element of the event
+        tensor([0.2500, 1.0000], dtype=torch.float64)
+    """
+    weights = _shaped_weights(values, log_weights)
+    values = values.to(torch.float64)
+    if mean is None:
+        mean = (weights * values).sum(0)
+    return (weights * (values - mean) ** 2).sum(0)
+
+
+def weighted_quantile(
+    values: Tensor, log_weights: Tensor, probs: float | Sequence[float] | Tensor
+) -> Tensor:
+    """Weighted quantiles, elementwise: the smallest ``v`` with ``sum_{x_i <= v} wbar_i >= q``.
+
+    The cumulative weights are sums of the weights rescaled by the largest one, so that equal
+    weights add up exactly and a level such as ``1/2`` falls exactly on a particle's cumulative
+    weight: with equal weights the ``q`` quantile is the ``ceil(q N)``-th smallest value.
+
+    Args:
+        values: The particles' values, shape ``(N, *batch, *event)``.
+        log_weights: Log importance weights, shape ``(N, *batch)``.
+        probs: Levels ``q`` in ``[0, 1]``.
+
+    Returns:
+        Float64 tensor of shape ``(*probs.shape, *batch, *event)``.
+
+    Raises:
+        ValueError: If a level lies outside ``[0, 1]``, the shapes do not match, or
+            ``log_weights`` has no particles.
+
+    Example:
+        >>> import torch
+        >>> from infcomp.diagnostics import weighted_quantile
+        >>> values = torch.tensor([3.0, 1.0, 2.0, 4.0])
+        >>> weighted_quantile(values, torch.zeros(4), [0.25, 0.5, 0.75, 1.0])
+        tensor([1., 2., 3., 4.], dtype=torch.float64)
+    """
+    q = torch.as_tensor(probs, dtype=torch.float64)
+    if not bool(((q >= 0) & (q <= 1)).all()):
+        raise ValueError(f"quantile levels must lie in [0, 1], got {q.tolist()}")
+    lw = _as_float64(log_weights)
+    _shaped_weights(values, lw)  # checks the shapes
+    n, batch, event = lw.shape[0], lw.shape[1:], values.shape[lw.dim() :]
+    columns, elements = batch.numel(), event.numel()
+    flat = values.to(torch.float64).reshape(n, columns, elements)
+    ordered, order = flat.sort(dim=0)
+    shifted = (lw - lw.amax(dim=0)).exp().reshape(n, columns, 1).expand(n, columns, elements)
+    cumulative = shifted.gather(0, order).reshape(n, -1).T.contiguous().cumsum(-1)
+    targets = (q.to(lw.device).reshape(1, -1) * cumulative[:, -1:]).contiguous()
+    index = torch.searchsorted(cumulative, targets).clamp_(max=n - 1)  # (columns * elements, Q)
+    result = ordered.reshape(n, -1).gather(0, index.T.contiguous())
+    return result.reshape(q.shape + batch + event)
+
+
+# -- the problems report -----------------------------------------------------------------
+
+
+def weight_problems(
+    num_particles: int,
+    ess: Tensor | float,
+    khat: Tensor | float,
+    num_nan: Tensor | int = 0,
+    num_infinite: Tensor | int = 0,
+    num_zero: Tensor | int = 0,
+    nonfinite_sites: Mapping[str, int] | None = None,
+) -> list[str]:
+    """Reasons not to trust importance-sampling estimates; empty when none are found.
+
+    The checks, in order; the first two end the report, since the later ones are then
+    undefined:
+
+    1. NaN or +inf log weights: every estimate is NaN (``nonfinite_sites`` names the sites
+       whose log densities were NaN or +inf, with how many particles each).
+    2. All ``N`` weights zero: no particle is consistent with the data.
+    3. ``ESS < MIN_ESS_FRACTION * N``: almost all the weight sits on few particles.
+    4. ``k-hat > khat_threshold(N)``: the weights are heavy-tailed.
+
+    For one set of weights (scalar ``ess``, ``khat`` and counts) each problem is a sentence
+    with its numbers. With batch dimensions (the arguments are tensors of the batch shape,
+    e.g. one entry per data set) each problem is reported once, with how many entries have
+    it: ``"3 with ESS/N below 0.001"``.
+
+    Args:
+        num_particles: ``N``.
+        ess: :func:`effective_sample_size` of the weights.
+        khat: :func:`pareto_khat` of the weights.
+        num_nan, num_infinite, num_zero: how many log weights are NaN, +inf and -inf.
+        nonfinite_sites: for the first check, particles with a NaN or +inf log density, by
+            site.
+
+    Example:
+        >>> from infcomp.diagnostics import weight_problems
+        >>> for problem in weight_problems(1000, ess=0.5, khat=0.9):  # doctest: +ELLIPSIS
+        ...     print(problem)
+        ESS is 0.5 of 1000 particles (0.05%): the proposal is poor for these data; ...
+        Pareto k-hat is 0.90 > 0.67: the weights are heavy-tailed and estimates may be far off
+        >>> weight_problems(10, ess=float("nan"), khat=float("nan"), num_zero=10)
+        ['all 10 weights are zero: no particle is consistent with the data']
+    """
+    n = num_particles
+    threshold = khat_threshold(n)
+    ess_t = torch.as_tensor(ess, dtype=torch.float64)
+    khat_t = torch.as_tensor(khat, dtype=torch.float64)
+    nan_t, inf_t, zero_t = (torch.as_tensor(c) for c in (num_nan, num_infinite, num_zero))
+    nonfinite = (nan_t + inf_t) > 0
+    all_zero = ~nonfinite & (zero_t == n)
+    checked = ~(nonfinite | all_zero)
+    low_ess = checked & (ess_t < MIN_ESS_FRACTION * n)
+    heavy = checked & (khat_t > threshold)
+    if torch.broadcast_shapes(ess_t.shape, khat_t.shape, nonfinite.shape):
+        found = [
+            (nonfinite, "NaN or +inf weights"),
+            (all_zero, "all weights zero"),
+            (low_ess, f"ESS/N below {MIN_ESS_FRACTION}"),
+            (heavy, f"Pareto k-hat above {threshold:.2f}"),
+        ]
+        return [f"{int(mask.sum())} with {what}" for mask, what in found if bool(mask.any())]
+    if bool(nonfinite):
+        sites = ", ".join(f"{name!r} ({count})" for name, count in (nonfinite_sites or {}).items())
+        where = f"; sites with non-finite log densities: {sites}" if sites else ""
+        return [
+            f"{int(nan_t)} NaN and {int(inf_t)} +inf log weights out of {n}; "
+            f"estimates are NaN{where}"
+        ]
+    if bool(all_zero):
+        return [f"all {n} weights are zero: no particle is consistent with the data"]
+    problems = []
+    if bool(low_ess):
+        value = float(ess_t)
+        problems.append(
+            f"ESS is {value:.1f} of {n} particles ({value / n:.2%}): the proposal is poor for "
+            f"these data; use more particles or a better proposal"
+        )
+    if bool(heavy):
+        problems.append(
+            f"Pareto k-hat is {float(khat_t):.2f} > {threshold:.2f}: the weights are "
+            f"heavy-tailed and estimates may be far off"
+        )
+    return problems

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from infcomp import diagnostics
 from infcomp.resampling import multinomial_indices
 
 
@@ -15,17 +16,25 @@ class Empirical(Distribution):
     """The weighted point masses ``sum_i w̄_i δ(x - x_i)``, ``w̄ = softmax(log_weights)``.
 
     torch has no weighted empirical distribution, so this one is written here. It
-    samples, scores values (``log_prob(x) = log sum_{i: x_i = x} w̄_i``, ``-inf`` off the
-    atoms), and gives weighted moments and histograms.
+    samples (``sample()``, or calling it as Pyro's distributions are called), scores
+    values (``log_prob(x) = log sum_{i: x_i = x} w̄_i``, ``-inf`` off the atoms), and
+    gives weighted moments (:mod:`infcomp.diagnostics`) and histograms.
 
     Args:
         values: the atoms, shape ``(N, *event_shape)``.
         log_weights: unnormalized log weights, shape ``(N,)``.
 
     Example:
+        >>> import torch
+        >>> from infcomp.empirical import Empirical
         >>> marginal = Empirical(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]))
-        >>> float(marginal.mean)
+        >>> float(marginal.mean), float(marginal.variance)
+        (0.5, 0.25)
+        >>> float(marginal.log_prob(torch.tensor(1.0)).exp())
         0.5
+        >>> _ = torch.manual_seed(0)
+        >>> marginal((4,))
+        tensor([1., 1., 0., 1.])
     """
 
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
@@ -40,21 +49,18 @@ class Empirical(Distribution):
             )
         self.values = values
         self.log_weights = log_weights.to(torch.float64)
-        self.weights = torch.softmax(self.log_weights, dim=0)
+        self.weights = diagnostics.normalized_weights(self.log_weights)
         super().__init__(torch.Size(), values.shape[1:], validate_args=False)
-
-    def _weighted(self, tensor: Tensor) -> Tensor:
-        weights = self.weights.reshape((-1,) + (1,) * (tensor.dim() - 1))
-        return (weights * tensor).sum(0)
 
     @property
     def mean(self) -> Tensor:
-        return self._weighted(self.values.to(torch.float64))
+        """``sum_i w̄_i x_i``, in float64."""
+        return diagnostics.weighted_mean(self.values, self.log_weights)
 
     @property
     def variance(self) -> Tensor:
-        values = self.values.to(torch.float64)
-        return self._weighted((values - self.mean) ** 2)
+        """``sum_i w̄_i (x_i - mean)^2``, in float64."""
+        return diagnostics.weighted_variance(self.values, self.log_weights)
 
     def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
         shape = torch.Size(sample_shape)
@@ -63,9 +69,9 @@ class Empirical(Distribution):
         index = multinomial_indices(self.weights, shape.numel())
         return self.values[index].reshape(shape + self.event_shape)
 
-    def __call__(self) -> Tensor:
-        """One draw, as Pyro's callable distributions give (``marginal()``)."""
-        return self.sample()
+    def __call__(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
+        """A draw, as Pyro's distributions give when called: ``sample(sample_shape)``."""
+        return self.sample(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         # Compare in float64, so that 0.5 does not match an integer atom 0.

@@ -11,6 +11,10 @@ answers, with normalized weights ``w̄ = softmax(log w)``:
 
 Particles whose traces have the same structure are stored together, batched along a
 leading dimension; a program with varying structure gives several such groups.
+
+The statistics themselves (weighted moments and quantiles, the diagnostics and the
+problems report) are the pure functions of :mod:`infcomp.diagnostics`; the classes here
+hold the particles and say which values to give them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from torch import Tensor
 
 from infcomp import diagnostics
+from infcomp._deprecation import renamed_argument, warn_renamed
 from infcomp.empirical import Empirical
 from infcomp.errors import ModelError
 from infcomp.resampling import multinomial_indices, systematic_indices
@@ -34,8 +39,9 @@ from infcomp.traces import index_trace
 Quantity = str | Callable[[Trace], Tensor]
 """A site name, or a function of a trace whose result has a leading particle dimension."""
 
-#: Below this ESS/N a posterior warns that almost all its weight sits on few particles.
-MIN_ESS_FRACTION = 0.001
+#: Below this ESS/N a posterior warns that almost all its weight sits on few particles
+#: (defined in :mod:`infcomp.diagnostics`, with the rest of the problems report).
+MIN_ESS_FRACTION = diagnostics.MIN_ESS_FRACTION
 
 
 class WeightedParticles:
@@ -43,6 +49,18 @@ class WeightedParticles:
     dimension 0 of :attr:`log_weights`, trailing dimensions (data sets) are kept."""
 
     log_weights: Tensor
+
+    @property
+    def num_particles(self) -> int:
+        """The number of particles N (per data set, for a batch)."""
+        return self.log_weights.shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        """Deprecated name of :attr:`num_particles`."""
+        name = type(self).__name__
+        warn_renamed(f"{name}.num_samples", f"{name}.num_particles")
+        return self.num_particles
 
     @functools.cached_property
     def weights(self) -> Tensor:
@@ -88,8 +106,19 @@ class Posterior(WeightedParticles):
             density at each site.
 
     Example:
-        >>> post = ic.importance(gaussian, data, num_samples=10_000)
-        >>> post.mean("z"), post.std("z"), post.ess, post.log_evidence
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.gaussian import gaussian, DATA
+        >>> _ = torch.manual_seed(0)
+        >>> post = ic.importance(gaussian, DATA, 50_000)
+        >>> post  # doctest: +ELLIPSIS
+        Posterior(num_particles=50000, ess=..., log_evidence=...)
+        >>> print(f"{float(post.mean('z')):.2f} ± {float(post.std('z')):.2f}")
+        7.27 ± 0.91
+        >>> post.quantile("z", [0.05, 0.95]).round(decimals=1)
+        tensor([5.8000, 8.7000], dtype=torch.float64)
+        >>> post.problems()
+        []
     """
 
     def __init__(
@@ -114,11 +143,6 @@ class Posterior(WeightedParticles):
     # -- weights and diagnostics -------------------------------------------------------
 
     @property
-    def num_samples(self) -> int:
-        """The number of particles N."""
-        return self.log_weights.numel()
-
-    @property
     def num_nan_weights(self) -> int:
         """How many log weights are NaN (kept: they make the estimates NaN)."""
         return int(torch.isnan(self.log_weights).sum())
@@ -137,35 +161,10 @@ class Posterior(WeightedParticles):
         """Reasons not to trust this posterior as it is; empty when none are found.
 
         Checks NaN and +inf weights (naming the sites that produced them), weights
-        that are all zero, ``ESS/N < MIN_ESS_FRACTION`` and ``k̂`` above its threshold.
+        that are all zero, ``ESS/N < MIN_ESS_FRACTION`` and ``k̂`` above its threshold:
+        :func:`~infcomp.diagnostics.weight_problems`.
         """
-        found = []
-        n = self.num_samples
-        bad = self.num_nan_weights + self.num_infinite_weights
-        if bad:
-            sites = ", ".join(f"{name!r} ({count})" for name, count in self.nonfinite_sites.items())
-            where = f"; sites with non-finite log densities: {sites}" if sites else ""
-            found.append(
-                f"{self.num_nan_weights} NaN and {self.num_infinite_weights} +inf log weights "
-                f"out of {n}; estimates are NaN{where}"
-            )
-            return found
-        if self.num_zero_weights == n:
-            found.append(f"all {n} weights are zero: no particle is consistent with the data")
-            return found
-        ess = float(self.ess)
-        if ess < MIN_ESS_FRACTION * n:
-            found.append(
-                f"ESS is {ess:.1f} of {n} particles ({ess / n:.2%}): the proposal is poor for "
-                f"these data; use more particles or a better proposal"
-            )
-        khat = float(self.khat)
-        if khat > self.khat_threshold:
-            found.append(
-                f"Pareto k-hat is {khat:.2f} > {self.khat_threshold:.2f}: the weights are "
-                f"heavy-tailed and estimates may be far off"
-            )
-        return found
+        return _problems(self)
 
     # -- quantities --------------------------------------------------------------------
 
@@ -194,7 +193,7 @@ class Posterior(WeightedParticles):
             if quantity not in trace:
                 having = sum(s for t, s in zip(self.traces, self.sizes) if quantity in t)
                 raise ModelError(
-                    f"site {quantity!r} is present in {having} of {self.num_samples} particles; "
+                    f"site {quantity!r} is present in {having} of {self.num_particles} particles; "
                     f"for programs whose sites vary between particles, ask for a function of "
                     f"the trace, e.g. post.mean(lambda trace: ...)"
                 )
@@ -209,20 +208,15 @@ class Posterior(WeightedParticles):
             )
         return value
 
-    def _weighted_sum(self, values: Tensor) -> Tensor:
-        weights = self.weights.reshape((-1,) + (1,) * (values.dim() - 1))
-        return (weights * values).sum(0)
-
     def mean(self, quantity: Quantity) -> Tensor:
         """Self-normalized estimate ``E[f] ≈ sum_i w̄_i f(x_i)``, in float64."""
-        return self._weighted_sum(self.values(quantity).to(torch.float64))
+        return diagnostics.weighted_mean(self.values(quantity), self.log_weights)
 
     expectation = mean
 
     def variance(self, quantity: Quantity) -> Tensor:
         """``Var[f] ≈ sum_i w̄_i (f(x_i) - E[f])^2``, in float64."""
-        values = self.values(quantity).to(torch.float64)
-        return self._weighted_sum((values - self._weighted_sum(values)) ** 2)
+        return diagnostics.weighted_variance(self.values(quantity), self.log_weights)
 
     def std(self, quantity: Quantity) -> Tensor:
         """Square root of :meth:`variance`."""
@@ -231,22 +225,10 @@ class Posterior(WeightedParticles):
     def quantile(self, quantity: Quantity, probs: float | Sequence[float] | Tensor) -> Tensor:
         """Weighted quantiles, elementwise: the smallest value v with ``sum_{x_i <= v} w̄_i >= q``.
 
-        Returns shape ``probs.shape + value shape``.
+        Returns shape ``probs.shape + value shape``; see
+        :func:`~infcomp.diagnostics.weighted_quantile`.
         """
-        q = torch.as_tensor(probs, dtype=torch.float64)
-        if not bool(((q >= 0) & (q <= 1)).all()):
-            raise ValueError(f"quantile levels must lie in [0, 1], got {q.tolist()}")
-        values = self.values(quantity).to(torch.float64)
-        flat = values.reshape(values.shape[0], -1)
-        ordered, order = flat.sort(dim=0)
-        # Unnormalized weights scaled by the largest: equal weights sum exactly, so a
-        # level such as 1/2 falls exactly on the cumulative weight of a particle.
-        shifted = (self.log_weights - self.log_weights.max()).exp()
-        cumulative = shifted[order].T.contiguous().cumsum(-1)  # (value elements, N)
-        targets = (q.reshape(1, -1) * cumulative[:, -1:]).contiguous()
-        index = torch.searchsorted(cumulative, targets).clamp_(max=flat.shape[0] - 1)
-        result = ordered.gather(0, index.T.contiguous().reshape(-1, flat.shape[1]))
-        return result.reshape(q.shape + values.shape[1:])
+        return diagnostics.weighted_quantile(self.values(quantity), self.log_weights, probs)
 
     def marginal(self, quantity: Quantity) -> Empirical:
         """The weighted marginal of a site or function, as a distribution."""
@@ -256,18 +238,22 @@ class Posterior(WeightedParticles):
 
     def resample(
         self,
-        num_samples: int | None = None,
+        num_particles: int | None = None,
         method: Literal["systematic", "multinomial"] = "systematic",
+        *,
+        num_samples: int | None = None,
     ) -> Posterior:
-        """An equally weighted posterior of ``num_samples`` particles (default N).
+        """An equally weighted posterior of ``num_particles`` particles (default N).
 
         Particles are drawn in proportion to their weights, systematically (less
         variance) or multinomially (independent draws). The result keeps the log
-        evidence estimate: all its log weights equal ``log Ẑ``.
+        evidence estimate: all its log weights equal ``log Ẑ``. ``num_samples`` is the
+        deprecated name of ``num_particles``.
         """
-        n = self.num_samples if num_samples is None else num_samples
+        num_particles = renamed_argument("num_samples", num_samples, "num_particles", num_particles)
+        n = self.num_particles if num_particles is None else num_particles
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         if method == "systematic":
             index = systematic_indices(self.weights, n)
         elif method == "multinomial":
@@ -305,7 +291,7 @@ class Posterior(WeightedParticles):
                 + " ".join(f"{float(v):10.4f}" for v in q)
             )
         lines.append(
-            f"N = {self.num_samples}, ESS = {float(self.ess):.1f}, "
+            f"N = {self.num_particles}, ESS = {float(self.ess):.1f}, "
             f"log Z = {float(self.log_evidence):.4f} ± {float(self.log_evidence_stderr):.4f}, "
             f"k-hat = {float(self.khat):.2f}"
         )
@@ -322,9 +308,42 @@ class Posterior(WeightedParticles):
 
     def __repr__(self) -> str:
         return (
-            f"Posterior(num_samples={self.num_samples}, ess={float(self.ess):.1f}, "
+            f"Posterior(num_particles={self.num_particles}, ess={float(self.ess):.1f}, "
             f"log_evidence={float(self.log_evidence):.4f})"
         )
+
+
+def EmpiricalMarginal(posterior: Posterior, site: Quantity) -> Empirical:  # noqa: N802
+    """Pyro's name for a posterior's marginal: ``posterior.marginal(site)``.
+
+    Pyro's ``EmpiricalMarginal(trace_posterior, sites)`` makes the weighted
+    distribution of a site's values; here that is :meth:`Posterior.marginal`, which
+    this calls, so that code ported from Pyro keeps working.
+
+    Example:
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.gaussian import gaussian, DATA
+        >>> from infcomp.posterior import EmpiricalMarginal
+        >>> _ = torch.manual_seed(0)
+        >>> marginal = EmpiricalMarginal(ic.importance(gaussian, DATA, 50_000), "z")
+        >>> round(float(marginal.mean), 2), round(float(marginal.variance), 2)
+        (7.27, 0.84)
+    """
+    return posterior.marginal(site)
+
+
+def _problems(posterior: Posterior | StreamedPosterior) -> list[str]:
+    """The problems report of one posterior, from its counts and diagnostics."""
+    return diagnostics.weight_problems(
+        posterior.num_particles,
+        posterior.ess,
+        posterior.khat,
+        posterior.num_nan_weights,
+        posterior.num_infinite_weights,
+        posterior.num_zero_weights,
+        posterior.nonfinite_sites,
+    )
 
 
 def _describe(quantity: Quantity) -> str:
@@ -362,11 +381,6 @@ class BatchPosterior(WeightedParticles):
         self._posteriors = list(posteriors) if posteriors is not None else None
 
     @property
-    def num_samples(self) -> int:
-        """Particles per data set, N."""
-        return self.log_weights.shape[0]
-
-    @property
     def num_datasets(self) -> int:
         """The number of data sets, B."""
         return self.log_weights.shape[1]
@@ -388,7 +402,7 @@ class BatchPosterior(WeightedParticles):
         returned = self.trace.return_value
         if isinstance(returned, Tensor) and returned.dim() >= 2:
             single.return_value = returned[:, index]
-        return Posterior([single], [self.num_samples], self.log_weights[:, index])
+        return Posterior([single], [self.num_particles], self.log_weights[:, index])
 
     __getitem__ = posterior
 
@@ -412,47 +426,42 @@ class BatchPosterior(WeightedParticles):
         if self.trace is None:
             assert self._posteriors is not None
             return torch.stack([p.mean(quantity) for p in self._posteriors])
-        values = self.values(quantity).to(torch.float64)
-        weights = self.weights.reshape(self.weights.shape + (1,) * (values.dim() - 2))
-        return (weights * values).sum(0)
+        return diagnostics.weighted_mean(self.values(quantity), self.log_weights)
 
     def variance(self, quantity: Quantity) -> Tensor:
         """``Var_b[f]`` for every data set, shape ``(B, ...)``."""
         if self.trace is None:
             assert self._posteriors is not None
             return torch.stack([p.variance(quantity) for p in self._posteriors])
-        values = self.values(quantity).to(torch.float64)
-        weights = self.weights.reshape(self.weights.shape + (1,) * (values.dim() - 2))
-        mean = (weights * values).sum(0)
-        return (weights * (values - mean) ** 2).sum(0)
+        return diagnostics.weighted_variance(self.values(quantity), self.log_weights)
 
     def std(self, quantity: Quantity) -> Tensor:
         """Square root of :meth:`variance`."""
         return self.variance(quantity).sqrt()
 
     def problems(self) -> str:
-        """One line summarizing the data sets whose results look unreliable, or ``""``."""
-        n = self.num_samples
-        bad = torch.isnan(self.log_weights) | torch.isposinf(self.log_weights)
-        counts = []
-        nonfinite = int(bad.any(0).sum())
-        if nonfinite:
-            counts.append(f"{nonfinite} with NaN or +inf weights")
-        zero = int(torch.isneginf(self.log_weights).all(0).sum())
-        if zero:
-            counts.append(f"{zero} with all weights zero")
-        low = int((self.ess < MIN_ESS_FRACTION * n).sum())
-        if low:
-            counts.append(f"{low} with ESS/N below {MIN_ESS_FRACTION}")
-        high = int((self.khat > diagnostics.khat_threshold(n)).sum())
-        if high:
-            counts.append(f"{high} with Pareto k-hat above {diagnostics.khat_threshold(n):.2f}")
+        """One line summarizing the data sets whose results look unreliable, or ``""``.
+
+        The checks of :meth:`Posterior.problems`, counted over the data sets
+        (:func:`~infcomp.diagnostics.weight_problems` with a batch dimension).
+        """
+        log_weights = self.log_weights
+        counts = diagnostics.weight_problems(
+            self.num_particles,
+            self.ess,
+            self.khat,
+            torch.isnan(log_weights).sum(0),
+            torch.isposinf(log_weights).sum(0),
+            torch.isneginf(log_weights).sum(0),
+        )
         if not counts:
             return ""
         return f"of {self.num_datasets} data sets: " + ", ".join(counts)
 
     def __repr__(self) -> str:
-        return f"BatchPosterior(num_datasets={self.num_datasets}, num_samples={self.num_samples})"
+        return (
+            f"BatchPosterior(num_datasets={self.num_datasets}, num_particles={self.num_particles})"
+        )
 
 
 @dataclass
@@ -462,7 +471,7 @@ class StreamedPosterior:
     weighted moments per site, k-hat, and an equally weighted resample.
 
     Attributes:
-        num_samples: N.
+        num_particles: N (``num_samples`` is its deprecated name).
         log_sum_weights, log_sum_squared_weights: ``log Σ w`` and ``log Σ w²``.
         khat: Pareto k-hat of all N weights (from the largest ones).
         means, variances: weighted moments per kept site.
@@ -472,7 +481,7 @@ class StreamedPosterior:
             :class:`Posterior`; nonfinite_sites names where NaN or +inf arose.
     """
 
-    num_samples: int
+    num_particles: int
     log_sum_weights: Tensor
     log_sum_squared_weights: Tensor
     khat: Tensor
@@ -485,9 +494,15 @@ class StreamedPosterior:
     nonfinite_sites: dict[str, int] = field(default_factory=dict)
 
     @property
+    def num_samples(self) -> int:
+        """Deprecated name of :attr:`num_particles`."""
+        warn_renamed("StreamedPosterior.num_samples", "StreamedPosterior.num_particles")
+        return self.num_particles
+
+    @property
     def log_evidence(self) -> Tensor:
         """``log Ẑ = log Σ w - log N``."""
-        return self.log_sum_weights - math.log(self.num_samples)
+        return self.log_sum_weights - math.log(self.num_particles)
 
     @property
     def ess(self) -> Tensor:
@@ -497,11 +512,11 @@ class StreamedPosterior:
     @property
     def log_evidence_stderr(self) -> Tensor:
         """``sqrt(1/ESS - 1/N)``, as for :class:`Posterior`."""
-        return (1 / self.ess - 1 / self.num_samples).clamp(min=0).sqrt()
+        return (1 / self.ess - 1 / self.num_particles).clamp(min=0).sqrt()
 
     @property
     def khat_threshold(self) -> float:
-        return diagnostics.khat_threshold(self.num_samples)
+        return diagnostics.khat_threshold(self.num_particles)
 
     def _moment(self, table: dict[str, Tensor], name: str) -> Tensor:
         if name not in table:
@@ -521,28 +536,5 @@ class StreamedPosterior:
         return self.variance(name).sqrt()
 
     def problems(self) -> list[str]:
-        """As :meth:`Posterior.problems`."""
-        n = self.num_samples
-        if self.num_nan_weights or self.num_infinite_weights:
-            sites = ", ".join(f"{k!r} ({v})" for k, v in self.nonfinite_sites.items())
-            where = f"; sites with non-finite log densities: {sites}" if sites else ""
-            return [
-                f"{self.num_nan_weights} NaN and {self.num_infinite_weights} +inf log weights "
-                f"out of {n}; estimates are NaN{where}"
-            ]
-        if self.num_zero_weights == n:
-            return [f"all {n} weights are zero: no particle is consistent with the data"]
-        found = []
-        ess = float(self.ess)
-        if ess < MIN_ESS_FRACTION * n:
-            found.append(f"ESS is {ess:.1f} of {n} particles ({ess / n:.2%})")
-        khat = float(self.khat)
-        if khat > self.khat_threshold:
-            found.append(f"Pareto k-hat is {khat:.2f} > {self.khat_threshold:.2f}")
-        return found
-
-
-def EmpiricalMarginal(posterior: Posterior, site: Quantity) -> Empirical:  # noqa: N802 (Pyro's name)
-    """Pyro's name for ``posterior.marginal(site)``: the weighted marginal of a site (or a
-    function of the trace) as a distribution."""
-    return posterior.marginal(site)
+        """As :meth:`Posterior.problems`, with the same messages."""
+        return _problems(self)

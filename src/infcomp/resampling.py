@@ -34,6 +34,13 @@ def multinomial_indices(weights: Tensor, num_samples: int) -> Tensor:
 
     Each index is ``min{i : F_i > u}`` for ``u ~ U(0, 1)``, where F is the normalized
     cumulative weight.
+
+    Example:
+        >>> import torch
+        >>> from infcomp.resampling import multinomial_indices
+        >>> _ = torch.manual_seed(0)
+        >>> multinomial_indices(torch.tensor([0.5, 0.25, 0.25]), 6)
+        tensor([2, 1, 0, 2, 1, 2])
     """
     cdf = _cumulative(weights)
     return _invert(cdf, torch.rand(num_samples, dtype=torch.float64, device=cdf.device))
@@ -44,6 +51,12 @@ def systematic_indices(weights: Tensor, num_samples: int) -> Tensor:
 
     Each particle i is kept ``floor(n w̄_i)`` or ``ceil(n w̄_i)`` times, so the
     resampled set varies less than a multinomial one; the indices come out sorted.
+
+    Example:
+        >>> import torch
+        >>> from infcomp.resampling import systematic_indices
+        >>> systematic_indices(torch.tensor([0.5, 0.25, 0.25]), 4)  # any u: n w̄ = (2, 1, 1)
+        tensor([0, 0, 1, 2])
     """
     cdf = _cumulative(weights)
     offset = torch.rand((), dtype=torch.float64, device=cdf.device)

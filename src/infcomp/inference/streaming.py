@@ -96,8 +96,8 @@ def importance_stream(
 class _Accumulator:
     """Running summaries of a stream of weighted particles (see the module docstring)."""
 
-    def __init__(self, num_samples: int, keep: int, sites: Sequence[str] | None) -> None:
-        self.num_samples = num_samples
+    def __init__(self, num_particles: int, keep: int, sites: Sequence[str] | None) -> None:
+        self.num_particles = num_particles
         self.keep = keep
         self.sites = list(sites) if sites is not None else None
         self.count = 0
@@ -109,13 +109,13 @@ class _Accumulator:
         self.squares: dict[str, Tensor] = {}  # Σ w (f - mean)², scaled like total
         self.kept: dict[str, Tensor] = {}
         self.top = torch.empty(0, dtype=torch.float64)
-        self.tail = min(diagnostics.pareto_tail_length(num_samples) + 1, num_samples)
+        self.tail = min(diagnostics.pareto_tail_length(num_particles) + 1, num_particles)
         self.nan = self.posinf = self.neginf = 0
         self.nonfinite_sites: dict[str, int] = {}
 
     def add(self, chunk: Posterior) -> None:
         log_weights = chunk.log_weights
-        self.count += chunk.num_samples
+        self.count += chunk.num_particles
         self.nan += chunk.num_nan_weights
         self.posinf += chunk.num_infinite_weights
         self.neginf += chunk.num_zero_weights
@@ -146,10 +146,11 @@ class _Accumulator:
         chunk_total = float(weights.sum())
         combined = seen + chunk_total
         for name in self.sites:
-            values = chunk.values(name).to(torch.float64)
-            shaped = weights.reshape((-1,) + (1,) * (values.dim() - 1))
-            chunk_mean = (shaped * values).sum(0) / chunk_total
-            chunk_squares = (shaped * (values - chunk_mean) ** 2).sum(0)
+            # The chunk's own weighted moments, then Chan's update merges them.
+            values = chunk.values(name)
+            chunk_mean = diagnostics.weighted_mean(values, log_weights)
+            chunk_variance = diagnostics.weighted_variance(values, log_weights, chunk_mean)
+            chunk_squares = chunk_variance * chunk_total  # Σ w (f - mean)², scaled like total
             if name not in self.means or not seen:
                 self.means[name], self.squares[name] = chunk_mean, chunk_squares
             else:
@@ -206,7 +207,7 @@ class _Accumulator:
             else torch.tensor(math.nan if self.nan else math.inf, dtype=torch.float64)
         )
         return StreamedPosterior(
-            num_samples=self.count,
+            num_particles=self.count,
             log_sum_weights=log_sum,
             log_sum_squared_weights=log_sum_squares,
             khat=khat,
