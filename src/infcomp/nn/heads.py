@@ -137,8 +137,10 @@ def head_spec(name: str, prior: Distribution, max_categories: int = 256, lead: i
             return spec
     raise UnsupportedSiteError(
         f"sample site {name!r}: no proposal head for {type(prior).__name__} with support "
-        f"{prior.support}; propose it from the prior instead (prior_sites={{{name!r}}} or "
-        f"prior_sites='unsupported')"
+        f"{prior.support}; propose it from the prior instead, with "
+        f"network=NetworkConfig(prior_sites=({name!r},)) for this site or "
+        f"network=NetworkConfig(prior_sites=('*unsupported*',)) for every site "
+        f"no head covers"
     )
 
 

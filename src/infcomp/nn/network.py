@@ -114,15 +114,28 @@ class _ObservationSlot:
 class InferenceNetwork(nn.Module):
     """The proposal network q(x; y) of inference compilation (see the module docstring).
 
-    Build it with :meth:`from_model`, which simulates the model to find its observe
-    sites and latent site families; modules for sites first seen later are added by
-    :meth:`register` during training (their parameters come out of
-    :meth:`pop_new_parameters`, for the optimizer).
+    :class:`~infcomp.inference.CSIS` and :class:`~infcomp.inference.RWS` build it when
+    given no guide, by simulating the model: :meth:`from_traces` makes modules for the
+    observe sites and latent site families of some joint traces; modules for sites first
+    seen later are added by :meth:`register` during training (their parameters come out
+    of :meth:`pop_new_parameters`, for the optimizer).
 
     Args:
         config: sizes and options.
         embeddings: a module per observe-site name to embed that observation (values
             ``(M, *shape)`` to features ``(M, F)``); others get :class:`MLPEmbedding`.
+
+    Example:
+        >>> from torch.distributions import Normal
+        >>> import infcomp as ic
+        >>> from infcomp.nn import InferenceNetwork
+        >>> def model():
+        ...     z = ic.sample("z", Normal(0.0, 1.0))
+        ...     ic.observe("y", Normal(z, 1.0))
+        >>> trace = ic.trace(ic.simulate(model)).get_trace()  # one joint simulation
+        >>> network = InferenceNetwork.from_traces([trace])
+        >>> sorted(network.observations), [f.spec.kind for f in network.families.values()]
+        (['y'], ['real'])
     """
 
     def __init__(
