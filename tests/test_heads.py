@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.distributions as D
 
+import infcomp.nn
 from infcomp.nn.heads import (
     HEADS,
     HeadSpec,
@@ -130,6 +131,19 @@ def test_specs_saved_before_the_registry_still_load():
         assert head_class(kind).kind == kind
     with pytest.raises(ValueError, match="unknown head kind 'wishart'"):
         head_class("wishart")
+
+
+def test_nn_exports_a_chosen_api_and_keeps_the_old_names_with_a_warning():
+    assert infcomp.nn.HEADS is HEADS
+    assert "NetworkProposer" not in infcomp.nn.__all__
+    for name in infcomp.nn.__all__:
+        assert getattr(infcomp.nn, name) is not None
+    with pytest.warns(DeprecationWarning, match=r"infcomp.nn.heads.make_head"):
+        assert infcomp.nn.make_head is make_head
+    with pytest.warns(DeprecationWarning, match=r"infcomp.nn.network.NetworkProposer"):
+        from infcomp.nn import NetworkProposer  # noqa: F401
+    with pytest.raises(AttributeError):
+        infcomp.nn.nothing  # noqa: B018
 
 
 @pytest.mark.parametrize(
