@@ -60,6 +60,9 @@ EXAMPLES = [
 def test_every_registered_head_has_an_example_prior_and_its_own_kind(head):
     assert issubclass(head, ProposalHead)
     assert head.examples(), f"{head.__name__} gives no example prior for the contract test"
+    for prior in head.examples():  # e.g. examples inherited from the head it extends
+        kind = head_spec("site", prior).kind
+        assert kind == head.kind, f"{head.__name__}'s example {prior} gets the {kind!r} head"
     assert [other.kind for other in HEADS].count(head.kind) == 1
     assert head_class(head.kind) is head
 
