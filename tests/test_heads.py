@@ -6,8 +6,20 @@ import pytest
 import torch
 import torch.distributions as D
 
-from infcomp.nn.heads import UnsupportedSiteError, head_spec, location_and_spread, make_head
+import infcomp.nn
+from infcomp.nn.heads import (
+    HEADS,
+    HeadSpec,
+    ProposalHead,
+    UnsupportedSiteError,
+    head_class,
+    head_spec,
+    location_and_spread,
+    make_head,
+)
 
+# Which head each prior got before the heads became a registry: the registry must keep
+# choosing the same ones (saved networks and results for a seed depend on it).
 PRIORS = {
     "normal": (D.Normal(0.5, 2.0), "real"),
     "normal-batch": (D.Normal(torch.zeros(3), 1.0), "real"),
@@ -35,13 +47,45 @@ PRIORS = {
 LEAD = (5,)
 HIDDEN = 8
 
+# Every registered head with each of its example priors: a head added to the registry is
+# tested here without touching this file.
+EXAMPLES = [
+    pytest.param(head, prior, id=f"{head.kind}-{index}")
+    for head in HEADS
+    for index, prior in enumerate(head.examples())
+]
+
+
+@pytest.mark.parametrize("head", HEADS, ids=lambda head: head.kind)
+def test_every_registered_head_has_an_example_prior_and_its_own_kind(head):
+    assert issubclass(head, ProposalHead)
+    assert head.examples(), f"{head.__name__} gives no example prior for the contract test"
+    for prior in head.examples():  # e.g. examples inherited from the head it extends
+        kind = head_spec("site", prior).kind
+        assert kind == head.kind, f"{head.__name__}'s example {prior} gets the {kind!r} head"
+    assert [other.kind for other in HEADS].count(head.kind) == 1
+    assert head_class(head.kind) is head
+
+
+@pytest.mark.parametrize(("head", "prior"), EXAMPLES)
+def test_head_contract(head, prior):
+    spec = head_spec("site", prior)
+    # The registry routes the example to this head (no head earlier in it takes it).
+    assert spec.kind == head.kind
+    check_contract(prior, spec)
+
 
 @pytest.mark.parametrize("name", list(PRIORS))
-def test_head_contract(name):
+def test_priors_get_the_same_heads_as_before(name):
     prior, kind = PRIORS[name]
     spec = head_spec(name, prior)
     assert spec.kind == kind
+    check_contract(prior, spec)
+
+
+def check_contract(prior, spec):
     head = make_head(spec, HIDDEN, components=3)
+    assert type(head) is head_class(spec.kind)
     batched = prior.expand(torch.Size(LEAD) + prior.batch_shape)
     hidden = torch.randn(math.prod(LEAD), HIDDEN, requires_grad=True)
     proposal = head(hidden, batched)
@@ -62,6 +106,47 @@ def test_head_contract(name):
         assert parameter.grad is not None, parameter_name
         assert torch.isfinite(parameter.grad).all(), parameter_name
         assert parameter.grad.abs().sum() > 0, parameter_name
+    # The network's value features of one sample per row have the declared width.
+    rows = math.prod(LEAD)
+    features = type(head).value_features(spec, samples[0], rows)
+    assert features.shape == (rows, type(head).value_feature_size(spec))
+    assert torch.isfinite(features).all()
+    # The spec survives saving.
+    assert HeadSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_specs_saved_before_the_registry_still_load():
+    # A spec as config_dict wrote it (lists for shapes, the old kind strings).
+    saved = {
+        "kind": "categorical",
+        "natural_shape": [2],
+        "event_shape": [],
+        "base_event_shape": [],
+        "num_categories": 4,
+        "lower": 0.0,
+        "upper": 3.0,
+        "value_dtype": "int64",
+        "distribution": "Categorical",
+    }
+    spec = HeadSpec.from_dict(saved)
+    assert spec == head_spec("x", D.Categorical(torch.ones(2, 4)))
+    for kind in ("real", "constrained", "bernoulli", "categorical", "one_hot", "count"):
+        assert head_class(kind).kind == kind
+    with pytest.raises(ValueError, match="unknown head kind 'wishart'"):
+        head_class("wishart")
+
+
+def test_nn_exports_a_chosen_api_and_keeps_the_old_names_with_a_warning():
+    assert infcomp.nn.HEADS is HEADS
+    assert "NetworkProposer" not in infcomp.nn.__all__
+    for name in infcomp.nn.__all__:
+        assert getattr(infcomp.nn, name) is not None
+    with pytest.warns(DeprecationWarning, match=r"infcomp.nn.heads.make_head"):
+        assert infcomp.nn.make_head is make_head
+    with pytest.warns(DeprecationWarning, match=r"infcomp.nn.network.NetworkProposer"):
+        from infcomp.nn import NetworkProposer  # noqa: F401
+    with pytest.raises(AttributeError):
+        infcomp.nn.nothing  # noqa: B018
 
 
 @pytest.mark.parametrize(

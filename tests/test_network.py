@@ -7,6 +7,7 @@ unless said otherwise.
 """
 
 import math
+import re
 import subprocess
 import sys
 import warnings
@@ -73,10 +74,16 @@ def test_sites_without_a_head_are_named_or_proposed_from_the_prior_on_request():
         counts = ic.sample("counts", Multinomial(10, torch.ones(3)))
         ic.observe("y", Normal(counts[..., 0], 1.0))
 
-    with pytest.raises(UnsupportedSiteError, match="site 'counts'.*Multinomial"):
+    with pytest.raises(UnsupportedSiteError, match="site 'counts'.*Multinomial") as error:
         ic.CSIS(allocation)
-    for prior_sites in (("counts",), ("*unsupported*",)):
-        csis = ic.CSIS(allocation, network=NetworkConfig(prior_sites=prior_sites))
+    # Follow the message's advice to the letter: each option it names must work.
+    advice = re.findall(r"network=(NetworkConfig\(.*?\)\))", str(error.value))
+    assert advice == [
+        "NetworkConfig(prior_sites=('counts',))",
+        "NetworkConfig(prior_sites=('*unsupported*',))",
+    ]
+    for option in advice:
+        csis = ic.CSIS(allocation, network=eval(option, {"NetworkConfig": NetworkConfig}))
         csis.step(16)
         post = csis.run({"y": 4.0}, num_particles=200)
         # Proposed from the prior: the weights are the likelihood alone.

@@ -15,24 +15,41 @@ A head is chosen by the prior's support (``torch.distributions.constraints``):
 Every head returns a distribution whose samples lie in the prior's support. A head is
 built from a :class:`HeadSpec`, a small serializable description made from an example
 prior by :func:`head_spec`, so that a saved network is rebuilt without the model.
+
+The heads form a registry, :data:`HEADS`, in priority order: :func:`head_spec` gives a
+prior the first head whose :meth:`ProposalHead.spec_for` accepts it, and
+:func:`make_head` finds a spec's head by its ``kind``. To cover a new support, write a
+:class:`ProposalHead` subclass (its ``kind``, ``spec_for``, ``forward`` and
+``examples``; ``value_features`` where signed ``log1p`` of the value does not suit it)
+and add it to :data:`HEADS`; the contract test in ``tests/test_heads.py`` runs over
+every registered head and its examples.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import (
     Bernoulli,
+    Beta,
+    Binomial,
     Categorical,
+    Cauchy,
+    Dirichlet,
     Distribution,
+    Gamma,
+    Geometric,
     Independent,
     MixtureSameFamily,
+    MultivariateNormal,
+    NegativeBinomial,
     Normal,
     OneHotCategorical,
+    Poisson,
     TransformedDistribution,
     biject_to,
     constraints,
@@ -51,8 +68,9 @@ class HeadSpec:
     """What a head needs to know of a site, independent of any batch.
 
     Attributes:
-        kind: ``"real"``, ``"constrained"``, ``"bernoulli"``, ``"categorical"``,
-            ``"one_hot"`` or ``"count"``.
+        kind: the ``kind`` of the head class in :data:`HEADS` (``"real"``,
+            ``"constrained"``, ``"bernoulli"``, ``"categorical"``, ``"one_hot"``,
+            ``"count"``); saved networks store it.
         natural_shape: the prior's batch shape in an unbatched run.
         event_shape: the prior's event shape.
         base_event_shape: for ``"constrained"``, the unconstrained event shape.
@@ -90,58 +108,81 @@ class UnsupportedSiteError(ModelError):
 
 
 def head_spec(name: str, prior: Distribution, max_categories: int = 256, lead: int = 0) -> HeadSpec:
-    """The head for a site's prior, chosen by its support.
+    """The head for a site's prior: the first head of :data:`HEADS` that covers its support.
 
     ``prior`` may carry ``lead`` leading batch dimensions (particles, simulations); the
     spec describes one of its rows. Raises :class:`UnsupportedSiteError` (naming the
     site) for supports no head covers.
+
+    Example:
+        >>> from torch.distributions import Gamma, Normal, Poisson
+        >>> from infcomp.nn.heads import head_spec
+        >>> head_spec("z", Normal(0.0, 1.0)).kind
+        'real'
+        >>> head_spec("rate", Gamma(2.0, 1.0)).kind
+        'constrained'
+        >>> head_spec("k", Poisson(3.0)).kind
+        'count'
     """
-    support = prior.support
-    common: dict[str, Any] = {
-        "natural_shape": tuple(prior.batch_shape[lead:]),
-        "event_shape": tuple(prior.event_shape),
-        "value_dtype": str(prior.sample().dtype).removeprefix("torch."),
-        "distribution": type(prior).__name__,
-    }
-    base = _base_constraint(support)
-    if isinstance(base, constraints._Boolean):
-        return HeadSpec("bernoulli", **common)
-    if isinstance(base, constraints._OneHot):
-        return HeadSpec("one_hot", num_categories=prior.event_shape[-1], **common)
-    if isinstance(base, constraints._IntegerInterval):
-        lower, upper = _constant(base.lower_bound), _constant(base.upper_bound)
-        if lower is not None and upper is not None:
-            size = int(upper - lower) + 1
-            kind = "categorical" if size <= max_categories else "count"
-            return HeadSpec(kind, num_categories=size, lower=lower, upper=upper, **common)
-    if isinstance(base, constraints._IntegerGreaterThan):
-        lower = _constant(base.lower_bound)
-        if lower is not None:
-            return HeadSpec("count", lower=lower, upper=math.inf, **common)
-    if support is not None and not support.is_discrete and not constraints.is_dependent(support):
-        if isinstance(base, constraints._Real):
-            return HeadSpec("real", **common)
-        try:
-            transform = biject_to(support)
-        except NotImplementedError:
-            transform = None
-        if transform is not None:
-            # The transform's parameters may carry the batch: map the whole shape, then
-            # keep the event part.
-            full = transform.inverse_shape(prior.batch_shape + prior.event_shape)
-            shape = tuple(full[len(prior.batch_shape) :])
-            return HeadSpec("constrained", base_event_shape=shape, **common)
+    blank = HeadSpec(
+        kind="",
+        natural_shape=tuple(prior.batch_shape[lead:]),
+        event_shape=tuple(prior.event_shape),
+        value_dtype=str(prior.sample().dtype).removeprefix("torch."),
+        distribution=type(prior).__name__,
+    )
+    for head in HEADS:
+        spec = head.spec_for(prior, blank, max_categories)
+        if spec is not None:
+            return spec
     raise UnsupportedSiteError(
         f"sample site {name!r}: no proposal head for {type(prior).__name__} with support "
-        f"{support}; propose it from the prior instead (prior_sites={{{name!r}}} or "
-        f"prior_sites='unsupported')"
+        f"{prior.support}; propose it from the prior instead, with "
+        f"network=NetworkConfig(prior_sites=({name!r},)) for this site or "
+        f"network=NetworkConfig(prior_sites=('*unsupported*',)) for every site "
+        f"no head covers"
     )
+
+
+def head_class(kind: str) -> type[ProposalHead]:
+    """The head class of :data:`HEADS` with this ``kind``."""
+    for head in HEADS:
+        if head.kind == kind:
+            return head
+    raise ValueError(f"unknown head kind {kind!r} (known: {[head.kind for head in HEADS]})")
+
+
+def make_head(spec: HeadSpec, hidden_size: int, components: int) -> ProposalHead:
+    """The head module for a spec (``components``: of the mixture heads; others ignore it).
+
+    Example:
+        >>> import torch
+        >>> from torch.distributions import Poisson
+        >>> from infcomp.nn.heads import head_spec, make_head
+        >>> head = make_head(head_spec("k", Poisson(3.0)), hidden_size=8, components=3)
+        >>> proposal = head(torch.zeros(1, 8), Poisson(torch.full((1,), 3.0)))
+        >>> type(proposal).__name__, tuple(proposal.batch_shape)
+        ('DiscretizedLogisticMixture', (1,))
+    """
+    return head_class(spec.kind)(spec, hidden_size, components)
 
 
 def _base_constraint(support: constraints.Constraint | None) -> constraints.Constraint | None:
     while isinstance(support, constraints._IndependentConstraint):
         support = support.base_constraint
     return support
+
+
+def _integer_range(prior: Distribution) -> dict[str, Any] | None:
+    """The spec fields of an integer-interval support (``num_categories``, ``lower``,
+    ``upper``), where both bounds are constants."""
+    base = _base_constraint(prior.support)
+    if not isinstance(base, constraints._IntegerInterval):
+        return None
+    lower, upper = _constant(base.lower_bound), _constant(base.upper_bound)
+    if lower is None or upper is None:
+        return None
+    return {"num_categories": int(upper - lower) + 1, "lower": lower, "upper": upper}
 
 
 def _constant(bound: Any) -> float | None:
@@ -202,7 +243,50 @@ class ProposalHead(nn.Module):
     (``prior.batch_shape = lead' + natural``), and returns a distribution with the
     prior's batch and event shapes. Rows that share a hidden state (particles before
     their values differ) are computed once and broadcast.
+
+    A head class also says which priors it covers (:meth:`spec_for`), how the network
+    sees a value it proposed (:meth:`value_features`), and gives example priors
+    (:meth:`examples`) for the contract test. A subclass is built as
+    ``Head(spec, hidden_size, components)`` and calls this constructor with its number
+    of raw parameters per element of the prior's batch.
     """
+
+    kind: ClassVar[str]
+    """The name of the head in a :class:`HeadSpec` (and in saved networks)."""
+
+    covered: ClassVar[type[constraints.Constraint] | None] = None
+    """The class of support this head covers, for the default :meth:`spec_for`."""
+
+    @classmethod
+    def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
+        """This head's spec for ``prior``, or None where it does not cover the prior.
+
+        ``blank`` is the spec with the fields every head shares filled in (shapes,
+        value dtype, distribution name) and no kind; ``max_categories`` is the largest
+        integer range to enumerate. By default the head covers the priors whose
+        support, inside any ``independent``, is a ``covered``.
+        """
+        if cls.covered is not None and isinstance(_base_constraint(prior.support), cls.covered):
+            return replace(blank, kind=cls.kind)
+        return None
+
+    @classmethod
+    def examples(cls) -> tuple[Distribution, ...]:
+        """Priors this head covers (with default options), for the contract test."""
+        return ()
+
+    @classmethod
+    def value_feature_size(cls, spec: HeadSpec) -> int:
+        """The width of :meth:`value_features`: by default one per element of a value."""
+        return math.prod(spec.natural_shape) * max(math.prod(spec.event_shape), 1)
+
+    @classmethod
+    def value_features(cls, spec: HeadSpec, value: Tensor, rows: int) -> Tensor:
+        """Features of a site's value for the network's value embedding, shape
+        ``(rows, value_feature_size(spec))``: by default ``sign(x)·log(1 + |x|)``."""
+        flat = value.reshape(rows, -1)
+        flat = flat if flat.is_floating_point() else flat.to(torch.get_default_dtype())
+        return flat.sign() * flat.abs().log1p()
 
     def __init__(self, spec: HeadSpec, hidden_size: int, params_per_element: int) -> None:
         super().__init__()
@@ -238,9 +322,26 @@ class RealHead(ProposalHead):
     with (m, s) the prior's location and spread, independent across the event.
     """
 
+    kind = "real"
+    covered = constraints._Real
+
+    @classmethod
+    def examples(cls) -> tuple[Distribution, ...]:
+        return (
+            Normal(0.5, 2.0),
+            Normal(torch.zeros(3), 1.0),
+            MultivariateNormal(torch.zeros(2), torch.eye(2)),
+            Cauchy(1.0, 2.0),
+        )
+
     def __init__(
-        self, spec: HeadSpec, hidden_size: int, components: int, event_shape: tuple[int, ...]
-    ):
+        self,
+        spec: HeadSpec,
+        hidden_size: int,
+        components: int,
+        event_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        event_shape = spec.event_shape if event_shape is None else event_shape
         self.event = torch.Size(event_shape)
         self.components = components
         size = math.prod(event_shape)
@@ -290,6 +391,32 @@ class ConstrainedHead(RealHead):
     located relative to the prior's mean and spread mapped by ``T⁻¹``.
     """
 
+    kind = "constrained"
+
+    @classmethod
+    def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
+        support = prior.support
+        if support is None or support.is_discrete or constraints.is_dependent(support):
+            return None
+        try:
+            transform = biject_to(support)
+        except NotImplementedError:
+            return None
+        # The transform's parameters may carry the batch: map the whole shape, then keep
+        # the event part.
+        full = transform.inverse_shape(prior.batch_shape + prior.event_shape)
+        shape = tuple(full[len(prior.batch_shape) :])
+        return replace(blank, kind=cls.kind, base_event_shape=shape)
+
+    @classmethod
+    def examples(cls) -> tuple[Distribution, ...]:
+        return (
+            Gamma(2.0, 1.0),
+            Beta(2.0, 2.0),
+            Dirichlet(torch.ones(3)),
+            Independent(Gamma(torch.ones(3), 1.0), 1),
+        )
+
     def __init__(self, spec: HeadSpec, hidden_size: int, components: int) -> None:
         super().__init__(spec, hidden_size, components, spec.base_event_shape)
 
@@ -328,7 +455,14 @@ def _unconstrained_location(
 class BernoulliHead(ProposalHead):
     """Bernoulli with ``logits = prior logits + a`` (boolean support)."""
 
-    def __init__(self, spec: HeadSpec, hidden_size: int) -> None:
+    kind = "bernoulli"
+    covered = constraints._Boolean
+
+    @classmethod
+    def examples(cls) -> tuple[Distribution, ...]:
+        return (Bernoulli(0.3), Independent(Bernoulli(torch.full((2,), 0.6)), 1))
+
+    def __init__(self, spec: HeadSpec, hidden_size: int, components: int = 1) -> None:
         super().__init__(spec, hidden_size, math.prod(spec.event_shape))
 
     def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
@@ -370,9 +504,38 @@ class IntegerCategorical(Categorical):
 
 
 class CategoricalHead(ProposalHead):
-    """Categorical over a small integer range, ``logits = prior log-probabilities + a``."""
+    """Categorical over a small integer range, ``logits = prior log-probabilities + a``.
 
-    def __init__(self, spec: HeadSpec, hidden_size: int) -> None:
+    Its value features are one-hot: a category is a label, not a magnitude.
+    """
+
+    kind = "categorical"
+
+    @classmethod
+    def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
+        bounds = _integer_range(prior)
+        if bounds is None or bounds["num_categories"] > max_categories:
+            return None
+        return replace(blank, kind=cls.kind, **bounds)
+
+    @classmethod
+    def examples(cls) -> tuple[Distribution, ...]:
+        return (Categorical(torch.tensor([0.1, 0.2, 0.3, 0.4])), Binomial(10, torch.tensor(0.3)))
+
+    @classmethod
+    def value_feature_size(cls, spec: HeadSpec) -> int:
+        return math.prod(spec.natural_shape) * spec.num_categories
+
+    @classmethod
+    def value_features(cls, spec: HeadSpec, value: Tensor, rows: int) -> Tensor:
+        index = (value.reshape(rows, -1) - spec.lower).long().clamp(0, spec.num_categories - 1)
+        return (
+            nn.functional.one_hot(index, spec.num_categories)
+            .reshape(rows, -1)
+            .to(torch.get_default_dtype())
+        )
+
+    def __init__(self, spec: HeadSpec, hidden_size: int, components: int = 1) -> None:
         super().__init__(spec, hidden_size, spec.num_categories)
         self.values = torch.arange(spec.num_categories, dtype=torch.float64) + spec.lower
 
@@ -396,7 +559,19 @@ class CategoricalHead(ProposalHead):
 class OneHotHead(ProposalHead):
     """OneHotCategorical with ``logits = prior logits + a``."""
 
-    def __init__(self, spec: HeadSpec, hidden_size: int) -> None:
+    kind = "one_hot"
+    covered = constraints._OneHot
+
+    @classmethod
+    def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
+        spec = super().spec_for(prior, blank, max_categories)
+        return None if spec is None else replace(spec, num_categories=prior.event_shape[-1])
+
+    @classmethod
+    def examples(cls) -> tuple[Distribution, ...]:
+        return (OneHotCategorical(torch.ones(3)),)
+
+    def __init__(self, spec: HeadSpec, hidden_size: int, components: int = 1) -> None:
         super().__init__(spec, hidden_size, spec.num_categories)
 
     def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
@@ -410,6 +585,29 @@ class CountHead(ProposalHead):
     """A mixture of K discretized logistics on ``[lower, upper]``, relative to the prior:
     locations ``m + s·a_k``, scales ``s·softplus(b_k)·√3/π`` (so that b = 0 matches the
     prior's standard deviation)."""
+
+    kind = "count"
+
+    @classmethod
+    def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
+        bounds = _integer_range(prior)
+        if bounds is not None:  # a range too large for the categorical head
+            return replace(blank, kind=cls.kind, **bounds)
+        base = _base_constraint(prior.support)
+        if isinstance(base, constraints._IntegerGreaterThan):
+            lower = _constant(base.lower_bound)
+            if lower is not None:
+                return replace(blank, kind=cls.kind, lower=lower, upper=math.inf)
+        return None
+
+    @classmethod
+    def examples(cls) -> tuple[Distribution, ...]:
+        return (
+            Poisson(3.0),
+            Geometric(0.3),
+            NegativeBinomial(5.0, torch.tensor(0.5)),
+            Binomial(1000, torch.tensor(0.5)),
+        )
 
     def __init__(self, spec: HeadSpec, hidden_size: int, components: int) -> None:
         self.components = components
@@ -436,18 +634,14 @@ class CountHead(ProposalHead):
         )
 
 
-def make_head(spec: HeadSpec, hidden_size: int, components: int) -> ProposalHead:
-    """The head module for a spec."""
-    if spec.kind == "real":
-        return RealHead(spec, hidden_size, components, spec.event_shape)
-    if spec.kind == "constrained":
-        return ConstrainedHead(spec, hidden_size, components)
-    if spec.kind == "bernoulli":
-        return BernoulliHead(spec, hidden_size)
-    if spec.kind == "categorical":
-        return CategoricalHead(spec, hidden_size)
-    if spec.kind == "one_hot":
-        return OneHotHead(spec, hidden_size)
-    if spec.kind == "count":
-        return CountHead(spec, hidden_size, components)
-    raise ValueError(f"unknown head kind {spec.kind!r}")
+HEADS: list[type[ProposalHead]] = [
+    BernoulliHead,
+    OneHotHead,
+    CategoricalHead,
+    CountHead,
+    RealHead,
+    ConstrainedHead,
+]
+"""The registry of heads, in priority order: :func:`head_spec` gives a prior the first head
+that covers it. A head of your own goes in with ``HEADS.insert(0, MyHead)`` (before the
+heads whose supports overlap its own), before any network is built or loaded."""

@@ -33,7 +33,7 @@ from torch.distributions import Distribution
 from infcomp.distributions import DefensiveMixture
 from infcomp.errors import ModelError
 from infcomp.nn.embeddings import MLPEmbedding
-from infcomp.nn.heads import HeadSpec, UnsupportedSiteError, head_spec, make_head
+from infcomp.nn.heads import HeadSpec, UnsupportedSiteError, head_class, head_spec, make_head
 from infcomp.runtime import Site, Trace, sum_rightmost
 
 INDEX_FEATURES = 8
@@ -114,15 +114,28 @@ class _ObservationSlot:
 class InferenceNetwork(nn.Module):
     """The proposal network q(x; y) of inference compilation (see the module docstring).
 
-    Build it with :meth:`from_model`, which simulates the model to find its observe
-    sites and latent site families; modules for sites first seen later are added by
-    :meth:`register` during training (their parameters come out of
-    :meth:`pop_new_parameters`, for the optimizer).
+    :class:`~infcomp.inference.CSIS` and :class:`~infcomp.inference.RWS` build it when
+    given no guide, by simulating the model: :meth:`from_traces` makes modules for the
+    observe sites and latent site families of some joint traces; modules for sites first
+    seen later are added by :meth:`register` during training (their parameters come out
+    of :meth:`pop_new_parameters`, for the optimizer).
 
     Args:
         config: sizes and options.
         embeddings: a module per observe-site name to embed that observation (values
             ``(M, *shape)`` to features ``(M, F)``); others get :class:`MLPEmbedding`.
+
+    Example:
+        >>> from torch.distributions import Normal
+        >>> import infcomp as ic
+        >>> from infcomp.nn import InferenceNetwork
+        >>> def model():
+        ...     z = ic.sample("z", Normal(0.0, 1.0))
+        ...     ic.observe("y", Normal(z, 1.0))
+        >>> trace = ic.trace(ic.simulate(model)).get_trace()  # one joint simulation
+        >>> network = InferenceNetwork.from_traces([trace])
+        >>> sorted(network.observations), [f.spec.kind for f in network.families.values()]
+        (['y'], ['real'])
     """
 
     def __init__(
@@ -218,7 +231,7 @@ class InferenceNetwork(nn.Module):
         self._new_parameters.append(address)
         if family.spec is not None:
             self._adopt(family.key, make_head(family.spec, c.hidden_size, c.components), self.heads)
-            features = _value_feature_size(family.spec)
+            features = head_class(family.spec.kind).value_feature_size(family.spec)
             self._adopt(family.key, nn.Linear(features, c.value_size), self.value_embeddings)
 
     def _adopt(self, key: str, module: nn.Module, into: nn.ModuleDict) -> None:
@@ -463,26 +476,6 @@ class NetworkProposer:
             )
             self.lead = self.batch_shape
         rows = self.context.shape[0]
-        features = _value_features(family.spec, value, rows).to(self.context)
+        head = head_class(family.spec.kind)
+        features = head.value_features(family.spec, value, rows).to(self.context)
         self.previous = self.network.value_embeddings[family.key](features)
-
-
-def _value_feature_size(spec: HeadSpec) -> int:
-    elements = math.prod(spec.natural_shape)
-    if spec.kind == "categorical":
-        return elements * spec.num_categories
-    return elements * max(math.prod(spec.event_shape), 1)
-
-
-def _value_features(spec: HeadSpec, value: Tensor, rows: int) -> Tensor:
-    """Features of a site's value for the value embedding, shape ``(rows, F)``."""
-    if spec.kind == "categorical":
-        index = (value.reshape(rows, -1) - spec.lower).long().clamp(0, spec.num_categories - 1)
-        return (
-            nn.functional.one_hot(index, spec.num_categories)
-            .reshape(rows, -1)
-            .to(torch.get_default_dtype())
-        )
-    flat = value.reshape(rows, -1)
-    flat = flat if flat.is_floating_point() else flat.to(torch.get_default_dtype())
-    return flat.sign() * flat.abs().log1p()
