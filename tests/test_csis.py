@@ -136,7 +136,7 @@ def test_the_model_is_never_differentiated():
         ic.observe("x2", Normal(z, 1.0))
 
     csis = ic.CSIS(model, LinearGuide(), validation_size=0)
-    csis.step(8)
+    csis.step(batch_size=8)
     assert prior_scale.grad is None
     assert all(p.grad is not None for p in csis.guide.parameters())
 
@@ -197,7 +197,7 @@ def test_guides_that_miss_invent_or_observe_sites_are_named():
     ):
         csis = ic.CSIS(gaussian, guide, torch.optim.SGD([parameter], lr=0.1), validation_size=0)
         with pytest.raises(ic.GuideError, match=message):
-            csis.step(4)
+            csis.step(batch_size=4)
 
 
 def test_a_guide_that_does_not_cover_the_prior_is_an_error():
@@ -214,7 +214,7 @@ def test_a_guide_that_does_not_cover_the_prior_is_an_error():
             ic.sample("r", Uniform(0.0, self.upper))
 
     with pytest.raises(ic.GuideError, match=r"not finite at sites 'r' \(\d+ of 64\).*cover"):
-        ic.CSIS(coin, NarrowGuide(), validation_size=0).step(64)
+        ic.CSIS(coin, NarrowGuide(), validation_size=0).step(batch_size=64)
 
 
 def test_constructor_and_argument_errors():
@@ -231,7 +231,7 @@ def test_constructor_and_argument_errors():
         ic.CSIS(gaussian, LinearGuide(), validation_size=-1)
     csis = ic.CSIS(gaussian, LinearGuide(), validation_size=0)
     with pytest.raises(ValueError, match="batch_size"):
-        csis.step(0)
+        csis.step(batch_size=0)
     with pytest.raises(ValueError, match="num_steps"):
         csis.train(0)
     with pytest.raises(ValueError, match="validation_size=0"):
@@ -266,7 +266,7 @@ def test_save_and_load_restore_the_guide_optimizer_and_history(tmp_path):
     losses = []
     for run in (csis, loaded):
         torch.manual_seed(7)
-        losses.append([run.step(16) for _ in range(3)])
+        losses.append([run.step(batch_size=16) for _ in range(3)])
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert torch.allclose(proposal_parameters(loaded.guide), proposal_parameters(csis.guide))
     assert loaded.num_steps == 23
@@ -387,3 +387,18 @@ def test_the_pyro_csis_tutorial_ports_by_changing_imports_and_optimizer():
     assert abs(float(marginal.mean) - 7.25) < 4 * stderr
     error = abs(float(posterior.log_evidence) - exact_log_evidence())
     assert error < 4 * float(posterior.log_evidence_stderr) + 1 / float(posterior.ess)
+
+
+def test_the_old_calling_conventions_still_work_and_warn():
+    csis = ic.CSIS(gaussian, Guide(), validation_size=0)
+    with pytest.warns(DeprecationWarning, match=r"step\(batch_size=") as record:
+        csis.step(8)
+    assert record[0].filename == __file__ and csis.num_steps == 1
+    with pytest.warns(DeprecationWarning, match="num_particles="):
+        post = csis.run(DATA, num_samples=30)
+    assert post.num_particles == 30
+    assert csis.run(DATA, 40).num_particles == 40  # the particle count positional
+    with pytest.raises(TypeError, match="num_particles= only"):
+        csis.run(DATA, num_particles=10, num_samples=10)
+    with pytest.raises(TypeError, match="observations"):
+        csis.run()

@@ -84,7 +84,7 @@ def test_sites_without_a_head_are_named_or_proposed_from_the_prior_on_request():
     ]
     for option in advice:
         csis = ic.CSIS(allocation, network=eval(option, {"NetworkConfig": NetworkConfig}))
-        csis.step(16)
+        csis.step(batch_size=16)
         post = csis.run({"y": 4.0}, num_particles=200)
         # Proposed from the prior: the weights are the likelihood alone.
         counts = post.values("counts")
@@ -300,10 +300,10 @@ def test_a_site_first_seen_in_training_gets_modules_without_resetting_the_optimi
     network = csis.network
     assert {f.base for f in network.families.values()} == {"z"}
     core = network.core.weight_ih
-    csis.step(8)
+    csis.step(batch_size=8)
     assert "late" not in {f.base for f in network.families.values()}
     for _ in range(4):
-        csis.step(8)
+        csis.step(batch_size=8)
     assert {f.base for f in network.families.values()} == {"z", "late"}
     assert len(csis.optimizer.param_groups) == 2
     # The core's Adam state kept counting through the addition: five steps, not reset.
@@ -371,7 +371,7 @@ def test_save_and_load_an_automatic_network(tmp_path):
     losses = []
     for run in (csis, loaded):
         torch.manual_seed(11)
-        losses.append([run.step(8) for _ in range(2)])
+        losses.append([run.step(batch_size=8) for _ in range(2)])
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 

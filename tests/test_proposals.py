@@ -13,6 +13,7 @@ from infcomp.inference import (
     NetworkProposal,
     PriorProposal,
     ProgramProposal,
+    Request,
     as_proposal,
 )
 from infcomp.inference.particles import as_data
@@ -42,7 +43,7 @@ def test_log_q_of_simulations_is_the_proposal_density(make):
     batch = ic.JointSimulator(gaussian)(50)
     trace = batch.traces[0]
     z, x1 = trace["z"].value, trace["x1"].value
-    log_q = proposal.log_prob(batch, (), {})
+    log_q = proposal.log_prob(batch, Job(gaussian, proposal))
     if isinstance(proposal, PriorProposal):
         expected = Normal(1.0, 5**0.5).log_prob(z)
     else:
@@ -53,7 +54,7 @@ def test_log_q_of_simulations_is_the_proposal_density(make):
 
 def test_a_program_proposal_weighs_by_joint_over_proposal():
     proposal = ProgramProposal(plain_guide)
-    run = proposal.run(Job(gaussian, proposal), as_data(DATA), (), None)
+    run = proposal.run(Job(gaussian, proposal), Request(as_data(DATA)))
     z = run.model_trace["z"].value
     assert torch.equal(run.proposal_trace["z"].value, z)
     log_q = Normal(DATA["x1"], 1.0).log_prob(z)
@@ -71,7 +72,7 @@ def test_a_guide_that_misses_a_site_is_named():
 def test_a_network_proposal_is_trained_through_its_log_q():
     csis = ic.CSIS(gaussian, validation_size=0)
     batch = csis.simulator(64)
-    log_q = csis.proposal.log_prob(batch, (), {})
+    log_q = csis.proposal.log_prob(batch, Job(gaussian, csis.proposal))
     assert log_q.shape == (64,) and log_q.requires_grad
     (-log_q.mean()).backward()
     grads = [p.grad for p in csis.network.parameters() if p.grad is not None]

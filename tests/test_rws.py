@@ -96,7 +96,7 @@ def test_insomnia_zero_with_a_fixed_model_is_compiled_inference():
     rws = ic.RWS(gaussian, data, second, insomnia=0.0, sleep_batch_size=32)
     assert rws.model_optimizer is None
     torch.manual_seed(3)
-    csis_losses = [csis.step(32) for _ in range(20)]
+    csis_losses = [csis.step(batch_size=32) for _ in range(20)]
     torch.manual_seed(3)
     rws_losses = [rws.step()["sleep_phi"] for _ in range(20)]
     assert rws_losses == pytest.approx(csis_losses, rel=1e-6)

@@ -13,13 +13,13 @@ from infcomp.inference.particles import (
     ParticleEngine,
     ParticleRun,
     Proposal,
+    Request,
     SingleRun,
 )
 from infcomp.inference.proposals import (
     NetworkProposal,
     PriorProposal,
     ProgramProposal,
-    ProposalFactory,
     as_proposal,
     check_guide,
     engine_for,
@@ -40,7 +40,7 @@ __all__ = [
     "PriorProposal",
     "ProgramProposal",
     "Proposal",
-    "ProposalFactory",
+    "Request",
     "SingleRun",
     "as_proposal",
     "check_guide",

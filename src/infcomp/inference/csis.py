@@ -13,7 +13,7 @@ gets importance sampling with the guide as proposal (Le, Baydin & Wood, AISTATS 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -27,8 +27,8 @@ from infcomp.inference.common import (
     program_name,
     untouched_random_state,
 )
-from infcomp.inference.importance import importance, importance_batch
-from infcomp.inference.particles import JointBatch, data_argument
+from infcomp.inference.importance import Options, importance, importance_batch
+from infcomp.inference.particles import Job, JointBatch
 from infcomp.inference.proposals import NetworkProposal, as_proposal
 from infcomp.inference.simulation import JointSimulator
 from infcomp.nn.network import InferenceNetwork, NetworkConfig
@@ -183,9 +183,13 @@ class CSIS:
     ) -> Tensor:
         """``-1/B Σ_i log q(x_i; y_i)`` over a batch of joint simulations (the guide
         called with the model's arguments, by default the constructor's)."""
-        log_q = self.proposal.log_prob(
-            batch, self.args if args is None else args, self.kwargs if kwargs is None else kwargs
+        job = Job(
+            self.model,
+            self.proposal,
+            self.args if args is None else tuple(args),
+            self.kwargs if kwargs is None else kwargs,
         )
+        log_q = self.proposal.log_prob(batch, job)
         return -log_q.sum() / batch.size
 
     # -- training ----------------------------------------------------------------------
@@ -293,56 +297,34 @@ class CSIS:
         automatic network, ``defensive = ε > 0`` proposes each site from
         ``(1 - ε) q + ε p`` (p its prior), which bounds each site's weight factor by 1/ε.
         """
-        data, model_args, model_kwargs, count = self._inference_call(
-            args, kwargs, observations, num_particles, num_samples
-        )
-        return importance(
-            self.model,
-            data,
-            count,
-            guide=self._proposal(defensive),
-            args=model_args,
-            kwargs=model_kwargs,
+        options = dict(
+            kwargs,
+            observations=observations,
+            num_particles=num_particles,
             vectorize=vectorize,
-            device=self.device,
+            defensive=defensive,
+            num_samples=num_samples,
         )
+        data, count, importance_options = self._inference_call(args, options)
+        return importance(self.model, data, count, **importance_options)
 
-    def run_batch(
-        self,
-        *args: Any,
-        observations: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-        num_particles: int | None = None,
-        vectorize: bool | None = None,
-        defensive: float = 0.0,
-        num_samples: int | None = None,
-        **kwargs: Any,
-    ) -> BatchPosterior:
+    def run_batch(self, *args: Any, **options: Any) -> BatchPosterior:
         """:meth:`run` for many data sets at once (see :func:`~infcomp.importance_batch`):
         B × N particles in one vectorized call when the model broadcasts; the data sets
-        are a list of dicts or one dict of stacked values."""
-        datasets, model_args, model_kwargs, count = self._inference_call(
-            args, kwargs, observations, num_particles, num_samples
-        )
-        return importance_batch(
-            self.model,
-            datasets,
-            count,
-            guide=self._proposal(defensive),
-            args=model_args,
-            kwargs=model_kwargs,
-            vectorize=vectorize,
-            device=self.device,
-        )
+        are a list of dicts or one dict of stacked values. Arguments as for :meth:`run`."""
+        datasets, count, importance_options = self._inference_call(args, options)
+        return importance_batch(self.model, datasets, count, **importance_options)
 
     def _inference_call(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        observations: Any,
-        num_particles: int | None,
-        num_samples: int | None,
-    ) -> tuple[Any, tuple[Any, ...], Mapping[str, Any], int]:
-        """Sort ``run``'s arguments: ``(data, model args, model kwargs, N)``."""
+        self, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> tuple[Any, int, Options]:
+        """Sort the arguments of :meth:`run`: ``(data, N, options of importance)``; the
+        options that are not :meth:`run`'s own are the model's keyword arguments."""
+        observations = options.pop("observations", None)
+        num_particles = options.pop("num_particles", None)
+        num_samples = options.pop("num_samples", None)
+        vectorize = options.pop("vectorize", None)
+        defensive = options.pop("defensive", 0.0)
         count = renamed_argument("num_samples", num_samples, "num_particles", num_particles, 5)
         if observations is None:
             # Our convention: run(data, num_particles), model arguments from the constructor.
@@ -356,15 +338,15 @@ class CSIS:
                 count, args = args[0], ()
             if args:
                 raise TypeError(f"unexpected positional arguments after the data: {args!r}")
-        data = data_argument(None, observations)
-        model_args = tuple(args) if args else self.args
-        model_kwargs = kwargs if kwargs else self.kwargs
-        return (
-            data,
-            model_args,
-            model_kwargs,
-            self.num_inference_samples if count is None else count,
-        )
+        importance_options: Options = {
+            "guide": self._proposal(defensive),
+            "args": tuple(args) if args else self.args,
+            "kwargs": options if options else self.kwargs,
+            "vectorize": vectorize,
+            "device": self.device,
+        }
+        count = self.num_inference_samples if count is None else count
+        return observations, count, importance_options
 
     def _proposal(self, defensive: float) -> Any:
         self._train_mode(False)

@@ -9,9 +9,10 @@ the model broadcasts.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
+from torch import Tensor
 
 from infcomp._deprecation import renamed_argument, warn_renamed
 from infcomp.errors import InferenceWarning
@@ -20,23 +21,37 @@ from infcomp.inference.particles import ParticleRun, as_data, data_argument, sta
 from infcomp.inference.proposals import engine_for
 from infcomp.posterior import BatchPosterior, Posterior
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from infcomp.inference.particles import ParticleEngine
+
 #: The number of particles when none is given.
 DEFAULT_NUM_PARTICLES = 1000
+
+
+class Options(TypedDict, total=False):
+    """The keyword options of :func:`importance`, :func:`importance_batch` and
+    :func:`~infcomp.importance_stream` (documented in :func:`importance`)."""
+
+    guide: Any
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] | None
+    vectorize: bool | None
+    workers: int
+    device: torch.device | str | None
+    observations: Any
+    num_samples: int | None
+
+
+OPTIONS = sorted(Options.__annotations__)
 
 
 def importance(
     model: Program,
     data: Mapping[str, Any] | None = None,
     num_particles: int | None = None,
-    *,
-    guide: Any = None,
-    args: tuple[Any, ...] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    vectorize: bool | None = None,
-    workers: int = 1,
-    device: torch.device | str | None = None,
-    observations: Mapping[str, Any] | None = None,
-    num_samples: int | None = None,
+    **options: Unpack[Options],
 ) -> Posterior:
     """Importance sampling of ``model`` given ``data``.
 
@@ -79,11 +94,9 @@ def importance(
         >>> round(float(post.mean("z")), 1)   # exact: 7.25
         7.2
     """
-    data = data_argument(data, observations)
-    num_particles = _num_particles(num_particles, num_samples)
+    engine, observed, count = prepare(model, data, num_particles, options, batched=False)
     with torch.no_grad():
-        engine = engine_for(model, guide, args, kwargs, vectorize, workers)
-        run = engine.run(as_data(data, device), num_particles)
+        run = engine.run(observed, count)
     posterior = Posterior(run.traces, run.sizes, run.log_weights, run.nonfinite_sites)
     for problem in posterior.problems():
         warn_user(problem, InferenceWarning)
@@ -94,15 +107,7 @@ def importance_batch(
     model: Program,
     datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     num_particles: int | None = None,
-    *,
-    guide: Any = None,
-    args: tuple[Any, ...] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    vectorize: bool | None = None,
-    workers: int = 1,
-    device: torch.device | str | None = None,
-    observations: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-    num_samples: int | None = None,
+    **options: Unpack[Options],
 ) -> BatchPosterior:
     """Importance sampling for many data sets at once: B × N particles in one call.
 
@@ -126,12 +131,9 @@ def importance_batch(
         >>> batch.log_evidence.shape, batch.mean("z").shape
         (torch.Size([1000]), torch.Size([1000]))
     """
-    datasets = data_argument(datasets, observations)
-    num_particles = _num_particles(num_particles, num_samples)
+    engine, observed, count = prepare(model, datasets, num_particles, options, batched=True)
     with torch.no_grad():
-        engine = engine_for(model, guide, args, kwargs, vectorize, workers)
-        observed = stack_datasets({} if datasets is None else datasets, device)
-        run = engine.run(observed, num_particles, batched_data=True)
+        run = engine.run(observed, count, batched_data=True)
     if run.per_dataset is not None:
         posteriors = [
             Posterior(r.traces, r.sizes, r.log_weights, r.nonfinite_sites) for r in run.per_dataset
@@ -145,31 +147,48 @@ def importance_batch(
     return batch
 
 
-def _num_particles(num_particles: int | None, num_samples: int | None) -> int:
-    value = renamed_argument("num_samples", num_samples, "num_particles", num_particles, 5)
-    return DEFAULT_NUM_PARTICLES if value is None else value
+def prepare(
+    model: Program,
+    data: Any,
+    num_particles: int | None,
+    options: Options,
+    batched: bool,
+    default: int = DEFAULT_NUM_PARTICLES,
+) -> tuple[ParticleEngine, dict[str, Tensor], int]:
+    """The engine, the observations as tensors and N for an importance-sampling call."""
+    unknown = sorted(set(options) - set(Options.__annotations__))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}; the options are {OPTIONS}")
+    data = data_argument(data, options.get("observations"))
+    count = renamed_argument(
+        "num_samples", options.get("num_samples"), "num_particles", num_particles, 6
+    )
+    engine = engine_for(
+        model,
+        options.get("guide"),
+        options.get("args", ()),
+        options.get("kwargs"),
+        options.get("vectorize"),
+        options.get("workers", 1),
+    )
+    device = options.get("device")
+    if batched:
+        observed = stack_datasets({} if data is None else data, device)
+    else:
+        observed = as_data(data, device)
+    return engine, observed, default if count is None else count
 
 
 def run_particles(
     model: Program,
     data: Mapping[str, Any] | None,
-    num_samples: int,
+    num_particles: int | None = None,
     *,
-    guide: Any = None,
-    args: tuple[Any, ...] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    vectorize: bool | None = None,
     batched_data: bool = False,
-    workers: int = 1,
-    device: torch.device | str | None = None,
+    **options: Unpack[Options],
 ) -> ParticleRun:
     """Deprecated: use ``engine_for(model, guide, ...).run(data, num_particles)`` (see
     :class:`~infcomp.inference.particles.ParticleEngine`)."""
     warn_renamed("infcomp.run_particles", "infcomp.inference.engine_for(...).run(...)")
-    engine = engine_for(model, guide, args, kwargs, vectorize, workers)
-    observed = (
-        stack_datasets({} if data is None else data, device)
-        if batched_data
-        else as_data(data, device)
-    )
-    return engine.run(observed, num_samples, batched_data=batched_data)
+    engine, observed, count = prepare(model, data, num_particles, options, batched_data)
+    return engine.run(observed, count, batched_data=batched_data)

@@ -66,6 +66,17 @@ class SingleRun:
     proposal_trace: Trace | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One run to make: the observations, the particle shape (``()``: one unbatched,
+    validated run) and, for a batched run, the probe (an unbatched run of the same job)
+    whose natural shapes it extends by the particle shape."""
+
+    data: dict[str, Tensor]
+    batch_shape: tuple[int, ...] = ()
+    probe: SingleRun | None = None
+
+
 class Proposal(Protocol):
     """How the latent sites of a run are proposed: the prior, a program, a network.
 
@@ -75,23 +86,14 @@ class Proposal(Protocol):
     #: How messages name the proposal after the model's name ("" for the prior).
     label: str
 
-    def run(
-        self,
-        job: Job,
-        data: dict[str, Tensor],
-        batch_shape: tuple[int, ...],
-        probe: SingleRun | None,
-    ) -> SingleRun:
-        """One run of the proposal and ``job.program`` under ``data``: unbatched when
-        ``batch_shape`` is ``()``, else for particles ``batch_shape`` with the natural
-        shapes of ``probe`` (an unbatched run of the same job)."""
+    def run(self, job: Job, request: Request) -> SingleRun:
+        """One run of the proposal and ``job.program`` as ``request`` says."""
         ...
 
-    def log_prob(
-        self, batch: JointBatch, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> Tensor:
-        """``log q(x_i; y_i)`` of joint simulations, shape ``(batch.size,)``, in the order
-        of the batch's groups (differentiable in the proposal's parameters)."""
+    def log_prob(self, batch: JointBatch, job: Job) -> Tensor:
+        """``log q(x_i; y_i)`` of joint simulations of ``job``'s program (whose arguments
+        the proposal gets too), shape ``(batch.size,)``, in the order of the batch's
+        groups, differentiable in the proposal's parameters."""
         ...
 
 
@@ -285,22 +287,21 @@ class validate(Messenger):  # noqa: N801 (a handler)
 
 def run_model(
     job: Job,
-    data: dict[str, Tensor],
-    batch_shape: tuple[int, ...],
-    probe: SingleRun | None,
+    request: Request,
     proposal_handler: Messenger | None = None,
     check_latents: bool = False,
 ) -> Trace:
-    """One run of ``job.program`` conditioned on ``data``, its latent sites chosen by
-    ``proposal_handler`` (a replay or propose handler; none: the prior). Unbatched runs
-    are validated; batched ones use the probe's natural shapes."""
+    """One run of ``job.program`` conditioned on the request's data, its latent sites
+    chosen by ``proposal_handler`` (a replay or propose handler; none: the prior).
+    Unbatched runs are validated; batched ones use the probe's natural shapes."""
+    batch_shape, probe = request.batch_shape, request.probe
     with ExitStack() as stack:
         tracer = stack.enter_context(trace(batch_ndim=len(batch_shape)))
         if not batch_shape:
-            stack.enter_context(validate(data, check_latents))
+            stack.enter_context(validate(request.data, check_latents))
         if proposal_handler is not None:
             stack.enter_context(proposal_handler)
-        stack.enter_context(condition(data=data))
+        stack.enter_context(condition(data=request.data))
         if batch_shape:
             assert probe is not None
             natural = particles.natural_shapes_of(probe.model_trace)
@@ -399,7 +400,7 @@ class ParticleEngine:
         data = dict(data)
         first = {name: value[0] for name, value in data.items()} if batched_data else data
         key = ("run", tuple((name, tuple(value.shape)) for name, value in data.items()))
-        probe = self._probe(key, lambda: self._single(first))
+        probe = self._probe(key, lambda: self._single(Request(first)))
         batch_shape: tuple[int, ...] = (num_particles,)
         if batched_data:
             batch_shape += (next(iter(data.values())).shape[0],)
@@ -408,18 +409,13 @@ class ParticleEngine:
             lambda: self._each_dataset(data, batch_shape, probe),
         )
 
-    def _single(
-        self,
-        data: dict[str, Tensor],
-        batch_shape: tuple[int, ...] = (),
-        probe: SingleRun | None = None,
-    ) -> SingleRun:
-        return self.job.proposal.run(self.job, data, batch_shape, probe)
+    def _single(self, request: Request) -> SingleRun:
+        return self.job.proposal.run(self.job, request)
 
     def _vectorized(
         self, data: dict[str, Tensor], batch_shape: tuple[int, ...], probe: SingleRun
     ) -> ParticleRun:
-        run = self._single(data, batch_shape, probe)
+        run = self._single(Request(data, batch_shape, probe))
         _check_data_used(data, [probe, run])
         log_weights, log_proposal = _log_weight(run)
         log_weights = torch.broadcast_to(log_weights, batch_shape)
@@ -454,7 +450,7 @@ class ParticleEngine:
     ) -> ParticleRun:
         if self.workers > 1 and num_particles > 1:
             return self._in_workers(data, num_particles)
-        runs = [self._single(data) for _ in range(num_particles)]
+        runs = [self._single(Request(data)) for _ in range(num_particles)]
         _check_data_used(data, [probe, *runs])
         weights = [_log_weight(run) for run in runs]
         log_weights = torch.stack([w for w, _ in weights])

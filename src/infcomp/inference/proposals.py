@@ -10,37 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from infcomp.errors import GuideError
-from infcomp.handlers import Proposer, particles, propose, replay, trace
+from infcomp.handlers import particles, propose, replay, trace
 from infcomp.inference.common import Program, program_name
 from infcomp.inference.particles import (
     Job,
     JointBatch,
     ParticleEngine,
     Proposal,
+    Request,
     SingleRun,
     run_model,
 )
+from infcomp.nn.network import DefensiveNetwork, InferenceNetwork
 from infcomp.runtime import Trace, sum_rightmost
-
-
-@runtime_checkable
-class ProposalFactory(Protocol):
-    """Something that makes a :class:`~infcomp.handlers.Proposer` per run, e.g. an
-    :class:`~infcomp.nn.InferenceNetwork`."""
-
-    def proposer(
-        self,
-        observations: Mapping[str, Tensor],
-        batch_shape: tuple[int, ...],
-        data_batch_ndim: int = 0,
-        defensive: float = 0.0,
-    ) -> Proposer: ...
 
 
 class PriorProposal:
@@ -48,18 +36,10 @@ class PriorProposal:
 
     label = ""
 
-    def run(
-        self,
-        job: Job,
-        data: dict[str, Tensor],
-        batch_shape: tuple[int, ...],
-        probe: SingleRun | None,
-    ) -> SingleRun:
-        return SingleRun(run_model(job, data, batch_shape, probe), None)
+    def run(self, job: Job, request: Request) -> SingleRun:
+        return SingleRun(run_model(job, request), None)
 
-    def log_prob(
-        self, batch: JointBatch, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> Tensor:
+    def log_prob(self, batch: JointBatch, job: Job) -> Tensor:
         """The latent sites' prior log density (it has no parameters to train)."""
         return torch.cat([group.log_prob_sum(("sample",)) for group in batch.traces])
 
@@ -90,13 +70,8 @@ class ProgramProposal:
         trace (False), or not yet decided (None)."""
         return self._scoring.vectorize
 
-    def run(
-        self,
-        job: Job,
-        data: dict[str, Tensor],
-        batch_shape: tuple[int, ...],
-        probe: SingleRun | None,
-    ) -> SingleRun:
+    def run(self, job: Job, request: Request) -> SingleRun:
+        batch_shape, probe, data = request.batch_shape, request.probe, request.data
         with trace(batch_ndim=len(batch_shape)) as tracer:
             if batch_shape:
                 assert probe is not None and probe.proposal_trace is not None
@@ -105,18 +80,14 @@ class ProgramProposal:
                     self.guide(*job.args, observations=data, **job.kwargs)
             else:
                 self.guide(*job.args, observations=data, **job.kwargs)
-        model_trace = run_model(
-            job, data, batch_shape, probe, replay(trace=tracer.trace), check_latents=True
-        )
+        model_trace = run_model(job, request, replay(trace=tracer.trace), check_latents=True)
         check_guide(model_trace, tracer.trace)
         return SingleRun(model_trace, tracer.trace)
 
-    def log_prob(
-        self, batch: JointBatch, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> Tensor:
+    def log_prob(self, batch: JointBatch, job: Job) -> Tensor:
         """``log q(x_i; y_i)`` with the simulated values replayed into the guide, so that
         gradients reach its parameters; a GuideError where q misses a simulated value."""
-        engine = self._scoring.with_arguments(args, kwargs)
+        engine = self._scoring.with_arguments(job.args, job.kwargs)
         self._scoring = engine
         return torch.cat(
             [engine.replay(group, size, _score) for group, size in zip(batch.traces, batch.sizes)]
@@ -128,11 +99,11 @@ class ProgramProposal:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkProposal:
-    """An inference network (any :class:`ProposalFactory`) proposing each latent site as
-    the model reaches it; ``defensive = ε > 0`` mixes each proposal with its prior,
+    """An :class:`~infcomp.nn.InferenceNetwork` proposing each latent site as the model
+    reaches it; ``defensive = ε > 0`` mixes each proposal with its prior,
     ``(1 - ε) q + ε p``, which bounds each site's weight factor by 1/ε."""
 
-    network: ProposalFactory
+    network: InferenceNetwork
     defensive: float = 0.0
     label = ""
 
@@ -140,38 +111,31 @@ class NetworkProposal:
         if not 0 <= self.defensive < 1:
             raise ValueError(f"the defensive weight must lie in [0, 1), got {self.defensive}")
 
-    def run(
-        self,
-        job: Job,
-        data: dict[str, Tensor],
-        batch_shape: tuple[int, ...],
-        probe: SingleRun | None,
-    ) -> SingleRun:
-        data_batch_ndim = max(len(batch_shape) - 1, 0)
-        proposer = self.network.proposer(data, batch_shape, data_batch_ndim, self.defensive)
-        handler = propose(proposer=proposer, batch_ndim=len(batch_shape))
-        return SingleRun(run_model(job, data, batch_shape, probe, handler), handler.trace)
+    def run(self, job: Job, request: Request) -> SingleRun:
+        batch_ndim = len(request.batch_shape)
+        proposer = self.network.proposer(
+            request.data, request.batch_shape, max(batch_ndim - 1, 0), self.defensive
+        )
+        handler = propose(proposer=proposer, batch_ndim=batch_ndim)
+        return SingleRun(run_model(job, request, handler), handler.trace)
 
-    def log_prob(
-        self, batch: JointBatch, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> Tensor:
+    def log_prob(self, batch: JointBatch, job: Job) -> Tensor:
         """``log q(x_i; y_i)`` by teacher forcing through the network, site by site."""
-        log_prob_trace = getattr(self.network, "log_prob_trace", None)
-        if log_prob_trace is None:
-            raise TypeError(f"{type(self.network).__name__} cannot score simulations")
-        return torch.cat([log_prob_trace(group) for group in batch.traces])
+        return torch.cat([self.network.log_prob_trace(group) for group in batch.traces])
 
 
 def as_proposal(guide: Any, vectorize: bool | None = None) -> Proposal:
-    """The proposal for what a user passed as ``guide``: None is the prior, a
-    :class:`ProposalFactory` (an inference network) a :class:`NetworkProposal`, any
-    other callable a :class:`ProgramProposal`; a proposal is returned as it is."""
+    """The proposal for what a user passed as ``guide``: None is the prior, an
+    :class:`~infcomp.nn.InferenceNetwork` a :class:`NetworkProposal`, any other callable
+    a :class:`ProgramProposal`; a proposal is returned as it is."""
     if guide is None:
         return PriorProposal()
     if isinstance(guide, (PriorProposal, ProgramProposal, NetworkProposal)):
         return guide
-    if isinstance(guide, ProposalFactory):
+    if isinstance(guide, InferenceNetwork):
         return NetworkProposal(guide)
+    if isinstance(guide, DefensiveNetwork):  # deprecated: InferenceNetwork.defensive
+        return NetworkProposal(guide.network, guide.epsilon)
     if not callable(guide):
         raise TypeError(f"a guide must be callable (a function or an nn.Module), got {guide!r}")
     return ProgramProposal(guide, vectorize)

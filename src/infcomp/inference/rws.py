@@ -144,7 +144,7 @@ class RWS:
             losses["wake_phi"] = wake_phi_loss(run.log_weights, run.log_proposal).mean()
         if self.insomnia < 1:
             batch = self.simulator(self.sleep_batch_size or count)
-            log_q = self.proposal.log_prob(batch, self.args, self.kwargs)
+            log_q = self.proposal.log_prob(batch, self.engine.job)
             losses["sleep_phi"] = -log_q.sum() / batch.size
         total = torch.zeros((), dtype=torch.float64)
         if self.model_optimizer is not None:

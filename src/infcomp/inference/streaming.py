@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from infcomp import diagnostics
-from infcomp._deprecation import renamed_argument
 from infcomp.errors import InferenceWarning, ModelError
 from infcomp.inference.common import Program, check_positive_int, warn_user
-from infcomp.inference.particles import as_data, data_argument
-from infcomp.inference.proposals import engine_for
+from infcomp.inference.importance import Options, prepare
 from infcomp.posterior import Posterior, StreamedPosterior
 from infcomp.resampling import multinomial_indices
 from infcomp.runtime import Site, Trace
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def importance_stream(
@@ -42,13 +43,7 @@ def importance_stream(
     chunk_size: int = 10**6,
     keep: int = 1000,
     sites: Sequence[str] | None = None,
-    guide: Any = None,
-    args: tuple[Any, ...] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    vectorize: bool | None = None,
-    device: torch.device | str | None = None,
-    observations: Mapping[str, Any] | None = None,
-    num_samples: int | None = None,
+    **options: Unpack[Options],
 ) -> StreamedPosterior:
     """Importance sampling with ``num_particles`` particles in chunks of ``chunk_size``.
 
@@ -71,15 +66,11 @@ def importance_stream(
         >>> post.samples.values("z").shape
         torch.Size([1000])
     """
-    data = data_argument(data, observations)
-    num_particles = renamed_argument("num_samples", num_samples, "num_particles", num_particles)
-    num_particles = 10**8 if num_particles is None else num_particles
+    engine, observed, num_particles = prepare(model, data, num_particles, options, False, 10**8)
     check_positive_int("num_particles", num_particles)
     check_positive_int("chunk_size", chunk_size)
     check_positive_int("keep", keep)
     summary = _Accumulator(num_particles, keep, sites)
-    observed = as_data(data, device)
-    engine = engine_for(model, guide, args, kwargs, vectorize)
     done = 0
     with torch.no_grad():
         while done < num_particles:

@@ -11,7 +11,7 @@ and a head chosen by the site's prior support maps the hidden state to the propo
 q(x_t | x_<t, y). Sites named with a loop index (``x_3``, ``x[3]``) share one family:
 its address embedding, value embedding and head, with the index as an input.
 
-The network is a :class:`~infcomp.handlers.ProposalFactory`: importance sampling asks it
+Inference wraps it in a :class:`~infcomp.inference.NetworkProposal`: importance sampling asks it
 for a proposer per run, which proposes each latent site as the model reaches it (a site
 of a family never seen in training is proposed from its prior, and the network carries
 on after it). Training scores joint simulations site by site with the same code
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from infcomp._deprecation import warn_renamed
 from infcomp.distributions import DefensiveMixture
 from infcomp.errors import ModelError
 from infcomp.nn.embeddings import MLPEmbedding
@@ -132,7 +133,7 @@ class InferenceNetwork(nn.Module):
         >>> def model():
         ...     z = ic.sample("z", Normal(0.0, 1.0))
         ...     ic.observe("y", Normal(z, 1.0))
-        >>> trace = ic.trace(ic.simulate(model)).get_trace()  # one joint simulation
+        >>> trace = ic.trace(ic.uncondition(model)).get_trace()  # one joint simulation
         >>> network = InferenceNetwork.from_traces([trace])
         >>> sorted(network.observations), [f.spec.kind for f in network.families.values()]
         (['y'], ['real'])
@@ -176,7 +177,9 @@ class InferenceNetwork(nn.Module):
         return network
 
     def defensive(self, epsilon: float) -> DefensiveNetwork:
-        """This network with every proposal mixed with the prior: ``(1 - ε) q + ε p``."""
+        """Deprecated: pass ``defensive=ε`` to ``CSIS.run`` (or use
+        ``infcomp.inference.NetworkProposal(network, ε)``)."""
+        warn_renamed("InferenceNetwork.defensive(ε)", "CSIS.run(..., defensive=ε)")
         return DefensiveNetwork(self, epsilon)
 
     def register(self, trace: Trace) -> None:
@@ -357,8 +360,8 @@ class InferenceNetwork(nn.Module):
 
 @dataclass(frozen=True)
 class DefensiveNetwork:
-    """An :class:`InferenceNetwork` whose proposals are mixed with the prior,
-    ``q' = (1 - ε) q + ε p``: each site's weight factor p/q' is at most 1/ε."""
+    """Deprecated (see :meth:`InferenceNetwork.defensive`): an :class:`InferenceNetwork`
+    whose proposals are mixed with the prior, ``q' = (1 - ε) q + ε p``."""
 
     network: InferenceNetwork
     epsilon: float
@@ -366,15 +369,6 @@ class DefensiveNetwork:
     def __post_init__(self) -> None:
         if not 0 < self.epsilon < 1:
             raise ValueError(f"the defensive weight must lie in (0, 1), got {self.epsilon}")
-
-    def proposer(
-        self,
-        observations: Mapping[str, Tensor],
-        batch_shape: tuple[int, ...],
-        data_batch_ndim: int = 0,
-        defensive: float = 0.0,
-    ) -> NetworkProposer:
-        return self.network.proposer(observations, batch_shape, data_batch_ndim, self.epsilon)
 
 
 class NetworkProposer:
