@@ -276,7 +276,7 @@ def test_marsaglia_with_a_varying_number_of_sites():
 def test_the_slow_models_compile_briefly(model, args, data, families, exact_log_evidence):
     csis = compiled(model, 20, batch_size=32, args=args)
     assert {family.base for family in csis.network.families.values()} == families
-    post = csis.run(data, num_samples=300)
+    post = csis.run(data, num_particles=300)
     assert post.num_particles == 300
     assert abs(float(post.log_evidence) - exact_log_evidence(data)) < 4 * float(
         post.log_evidence_stderr

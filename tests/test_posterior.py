@@ -337,7 +337,7 @@ def test_nan_weights_from_importance_name_the_site():
 
     torch.manual_seed(8)
     with pytest.warns(ic.InferenceWarning, match="'bad'"):
-        post = ic.importance(model, {}, num_samples=400)
+        post = ic.importance(model, {}, num_particles=400)
     assert post.num_nan_weights == int((post.values("z") > 1.0).sum()) > 0
     assert post.nonfinite_sites == {"bad": post.num_nan_weights}
 
@@ -769,7 +769,7 @@ def test_summary_lists_scalar_latent_sites_and_the_diagnostics():
     torch.manual_seed(0)
     from infcomp.examples.gaussian import DATA, gaussian
 
-    post = ic.importance(gaussian, DATA, num_samples=2000)
+    post = ic.importance(gaussian, DATA, num_particles=2000)
     text = post.summary()
     lines = text.splitlines()
     assert lines[0].split() == ["site", "mean", "std", "5%", "50%", "95%"]
