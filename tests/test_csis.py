@@ -402,3 +402,5 @@ def test_the_old_calling_conventions_still_work_and_warn():
         csis.run(DATA, num_particles=10, num_samples=10)
     with pytest.raises(TypeError, match="observations"):
         csis.run()
+    with pytest.raises(TypeError, match="give the data once"):
+        csis.run(DATA, observations=DATA)

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from torch.distributions import Normal
+from torch.distributions import Gamma, Independent, Normal
 
 import infcomp as ic
 from infcomp.examples.gaussian import DATA, exact_log_evidence, gaussian
@@ -81,3 +81,51 @@ def test_batched_data_give_particles_by_data_set_with_exact_evidences():
         weights = run.log_weights[:, b]
         ess = float(torch.exp(2 * torch.logsumexp(weights, 0) - torch.logsumexp(2 * weights, 0)))
         assert abs(float(log_evidence[b]) - exact_log_evidence(x1, x2)) < 4 / ess**0.5
+
+
+def test_errors_about_the_data_name_the_site_and_the_likely_cause():
+    with pytest.raises(ic.ModelError, match=r"'x2' has no observed value.*\['X2'\]"):
+        ic.importance(gaussian, {"x1": 8.0, "X2": 9.0}, 10)
+    with pytest.raises(ic.ModelError, match="data for site 'x1' must be a number"):
+        ic.importance(gaussian, {"x1": "8", "x2": 9.0}, 10)
+
+    def vector():
+        z = ic.sample("z", Independent(Normal(torch.zeros(3), 1.0), 1))
+        ic.observe("y", Independent(Normal(z, 1.0), 1))
+
+    with pytest.raises(ic.ModelError, match=r"expand\(\[2\]\)"):
+        ic.importance(vector, {"y": torch.zeros(2, 3)}, 10)
+    with pytest.raises(ic.ModelError, match=r"has shape \(3,\) \(batch_shape \+ event_shape\)$"):
+        ic.importance(vector, {"y": torch.zeros(4)}, 10)
+
+
+def test_a_guide_partly_outside_the_support_is_counted_not_printed():
+    def positive():
+        rate = ic.sample("rate", Gamma(2.0, 1.0))
+        ic.observe("y", Normal(rate, 1.0))
+
+    def guide(observations=None):
+        ic.sample("rate", Normal(1.0, 1.0))  # negative with probability 0.16
+
+    torch.manual_seed(1)  # the probe's single draw is positive
+    with pytest.raises(ic.GuideError, match=r"'rate': \d+ of 1000 values lie outside the support"):
+        ic.importance(positive, {"y": 1.0}, 1000, guide=guide)
+
+
+def test_a_guide_with_a_misspelt_site_is_told_both_names():
+    def guide(observations=None):
+        ic.sample("Z", Normal(0.0, 1.0))
+
+    with pytest.raises(ic.GuideError, match=r"did not sample latent site 'z'.*\['Z'\]"):
+        ic.importance(gaussian, DATA, 10, guide=guide)
+
+
+def test_deprecated_argument_names_warn_at_the_callers_line():
+    for call in (
+        lambda: ic.importance(gaussian, DATA, num_samples=10),
+        lambda: ic.importance_batch(gaussian, [DATA], num_samples=10),
+        lambda: ic.importance_stream(gaussian, DATA, num_samples=10, chunk_size=5),
+    ):
+        with pytest.warns(DeprecationWarning, match="num_particles=") as record:
+            call()
+        assert record[0].filename == __file__

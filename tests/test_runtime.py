@@ -106,3 +106,15 @@ def test_sum_rightmost_keeps_leading_dimensions():
     assert sum_rightmost(value, 1).shape == (2,)
     assert torch.equal(sum_rightmost(value, 1), torch.full((2,), 12.0))
     assert sum_rightmost(torch.tensor(1.0), 1).shape == ()
+
+
+def test_old_style_subclasses_of_library_handlers_can_call_super():
+    with pytest.warns(DeprecationWarning):
+
+        class OldTrace(ic.trace):
+            def postprocess(self, site: Site) -> None:
+                super().postprocess(site)
+
+    with OldTrace() as tracer:
+        apply_stack(Site("z", "sample", Normal(0.0, 1.0)))
+    assert list(tracer.trace) == ["z"]

@@ -505,41 +505,45 @@ def weight_problems(
     """
     n = num_particles
     threshold = khat_threshold(n)
-    ess_t = torch.as_tensor(ess, dtype=torch.float64)
-    khat_t = torch.as_tensor(khat, dtype=torch.float64)
-    nan_t, inf_t, zero_t = (torch.as_tensor(c) for c in (num_nan, num_infinite, num_zero))
-    nonfinite = (nan_t + inf_t) > 0
-    all_zero = ~nonfinite & (zero_t == n)
-    checked = ~(nonfinite | all_zero)
-    low_ess = checked & (ess_t < MIN_ESS_FRACTION * n)
-    heavy = checked & (khat_t > threshold)
-    if torch.broadcast_shapes(ess_t.shape, khat_t.shape, nonfinite.shape):
+    arguments = (ess, khat, num_nan, num_infinite, num_zero)
+    if any(isinstance(x, Tensor) and x.dim() > 0 for x in arguments):
+        ess_t = torch.as_tensor(ess, dtype=torch.float64)
+        khat_t = torch.as_tensor(khat, dtype=torch.float64)
+        nan_t, inf_t, zero_t = (torch.as_tensor(c) for c in (num_nan, num_infinite, num_zero))
+        nonfinite_t = (nan_t + inf_t) > 0
+        all_zero_t = ~nonfinite_t & (zero_t == n)
+        checked = ~(nonfinite_t | all_zero_t)
         found = [
-            (nonfinite, "NaN or +inf weights"),
-            (all_zero, "all weights zero"),
-            (low_ess, f"ESS/N below {MIN_ESS_FRACTION}"),
-            (heavy, f"Pareto k-hat above {threshold:.2f}"),
+            (nonfinite_t, "NaN or +inf weights"),
+            (all_zero_t, "all weights zero"),
+            (checked & (ess_t < MIN_ESS_FRACTION * n), f"ESS/N below {MIN_ESS_FRACTION}"),
+            (checked & (khat_t > threshold), f"Pareto k-hat above {threshold:.2f}"),
         ]
         return [f"{int(mask.sum())} with {what}" for mask, what in found if bool(mask.any())]
-    if bool(nonfinite):
+    # One set of weights: plain numbers (tensor arithmetic costs more than it saves here).
+    nan_count, inf_count, zero_count = int(num_nan), int(num_infinite), int(num_zero)
+    nonfinite = nan_count + inf_count > 0
+    all_zero = not nonfinite and zero_count == n
+    low_ess = not (nonfinite or all_zero) and float(ess) < MIN_ESS_FRACTION * n
+    heavy = not (nonfinite or all_zero) and float(khat) > threshold
+    if nonfinite:
         sites = ", ".join(f"{name!r} ({count})" for name, count in (nonfinite_sites or {}).items())
         where = f"; sites with non-finite log densities: {sites}" if sites else ""
         return [
-            f"{int(nan_t)} NaN and {int(inf_t)} +inf log weights out of {n}; "
-            f"estimates are NaN{where}"
+            f"{nan_count} NaN and {inf_count} +inf log weights out of {n}; estimates are NaN{where}"
         ]
-    if bool(all_zero):
+    if all_zero:
         return [f"all {n} weights are zero: no particle is consistent with the data"]
     problems = []
-    if bool(low_ess):
-        value = float(ess_t)
+    if low_ess:
+        value = float(ess)
         problems.append(
             f"ESS is {value:.1f} of {n} particles ({value / n:.2%}): the proposal is poor for "
             f"these data; use more particles or a better proposal"
         )
-    if bool(heavy):
+    if heavy:
         problems.append(
-            f"Pareto k-hat is {float(khat_t):.2f} > {threshold:.2f}: the weights are "
+            f"Pareto k-hat is {float(khat):.2f} > {threshold:.2f}: the weights are "
             f"heavy-tailed and estimates may be far off"
         )
     return problems

@@ -313,12 +313,13 @@ class Posterior(WeightedParticles):
         )
 
 
-def EmpiricalMarginal(posterior: Posterior, site: Quantity) -> Empirical:  # noqa: N802
-    """Pyro's name for a posterior's marginal: ``posterior.marginal(site)``.
+def EmpiricalMarginal(posterior: Posterior, sites: Quantity) -> Empirical:  # noqa: N802
+    """Pyro's name for a posterior's marginal: ``posterior.marginal(sites)``.
 
     Pyro's ``EmpiricalMarginal(trace_posterior, sites)`` makes the weighted
     distribution of a site's values; here that is :meth:`Posterior.marginal`, which
-    this calls, so that code ported from Pyro keeps working.
+    this calls, so that code ported from Pyro keeps working. ``sites`` is one site name
+    (or a function of the trace); for several sites ask for each one.
 
     Example:
         >>> import torch
@@ -330,7 +331,9 @@ def EmpiricalMarginal(posterior: Posterior, site: Quantity) -> Empirical:  # noq
         >>> round(float(marginal.mean), 2), round(float(marginal.variance), 2)
         (7.27, 0.84)
     """
-    return posterior.marginal(site)
+    if isinstance(sites, (list, tuple)):
+        raise ValueError(f"EmpiricalMarginal takes one site, got {list(sites)}")
+    return posterior.marginal(sites)
 
 
 def _problems(posterior: Posterior | StreamedPosterior) -> list[str]:

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, constraints
 
 from infcomp._deprecation import warn_renamed
-from infcomp.errors import ModelError
+from infcomp.errors import GuideError, ModelError
 
 SiteKind = Literal["sample", "observe", "factor"]
 
@@ -84,12 +84,26 @@ class Site:
                 log_density = self.fn.log_prob(self.value)
             except (ValueError, RuntimeError) as error:
                 if not (isinstance(error, ValueError) and support_depends_on_parameters(self.fn)):
-                    raise ModelError(
-                        f"{self.kind} site {self.name!r}: cannot score a value of shape "
-                        f"{tuple(self.value.shape)} under {self.fn}: {error}"
-                    ) from error
+                    raise self._scoring_error(self.fn, self.value, error) from None
                 log_density = _log_prob_with_zero_outside_support(self.fn, self.value)
         return log_density if self.scale == 1.0 else log_density * self.scale
+
+    def _scoring_error(self, fn: Distribution, value: Tensor, error: Exception) -> ModelError:
+        # Count the values outside the support rather than print them all.
+        try:
+            outside = int((~fn.support.check(value)).sum())  # type: ignore[union-attr]
+        except Exception:
+            outside = 0
+        if outside:
+            culprit = GuideError if self.kind == "sample" else ModelError
+            return culprit(
+                f"{self.kind} site {self.name!r}: {outside} of {value.numel()} values lie "
+                f"outside the support ({fn.support}) of {type(fn).__name__}"
+            )
+        return ModelError(
+            f"{self.kind} site {self.name!r}: cannot score a value of shape "
+            f"{tuple(value.shape)} under {type(fn).__name__}: {str(error).splitlines()[0]}"
+        )
 
 
 def support_depends_on_parameters(fn: Distribution) -> bool:
@@ -207,11 +221,14 @@ class Messenger:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # Handlers written for the old method names keep working for one release.
+        # Handlers written for the old method names keep working for one release, also
+        # when they call super().process(site) on a handler written with the new ones.
         for old, new in (("process", "process_message"), ("postprocess", "postprocess_message")):
             if old in vars(cls) and new not in vars(cls):
                 warn_renamed(f"{cls.__name__}.{old}", f"{new} (the field's name)")
                 setattr(cls, new, vars(cls)[old])
+            elif new in vars(cls) and old not in vars(cls):
+                setattr(cls, old, vars(cls)[new])
 
     def __enter__(self: _M) -> _M:
         _STACK.append(self)
@@ -236,6 +253,9 @@ class Messenger:
 
     def postprocess_message(self, site: Site) -> None:
         """Act on a site after its value is chosen (outermost handler first)."""
+
+    process = process_message  # deprecated names, for subclasses that call super()
+    postprocess = postprocess_message
 
 
 _STACK: list[Messenger] = []

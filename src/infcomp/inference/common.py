@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from infcomp._deprecation import user_stacklevel
+
 Program = Callable[..., Any]
-_PACKAGE_DIRECTORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -46,9 +45,4 @@ def program_name(program: Any) -> str:
 
 def warn_user(message: str, category: type[Warning]) -> None:
     """Warn, attributed to the first caller outside infcomp (the user's line)."""
-    frame = sys._getframe(1)
-    level = 2
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIRECTORY):
-        frame = frame.f_back
-        level += 1
-    warnings.warn(message, category, stacklevel=level)
+    warnings.warn(message, category, stacklevel=user_stacklevel())

@@ -325,7 +325,10 @@ class CSIS:
         num_samples = options.pop("num_samples", None)
         vectorize = options.pop("vectorize", None)
         defensive = options.pop("defensive", 0.0)
-        count = renamed_argument("num_samples", num_samples, "num_particles", num_particles, 5)
+        count = renamed_argument("num_samples", num_samples, "num_particles", num_particles)
+        given_twice = observations is not None and args and isinstance(args[0], Mapping)
+        if given_twice and set(args[0]) == set(observations):
+            raise TypeError("give the data once: run(data) or run(observations=data)")
         if observations is None:
             # Our convention: run(data, num_particles), model arguments from the constructor.
             if not args or not isinstance(args[0], (Mapping, list, tuple)):

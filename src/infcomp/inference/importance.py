@@ -161,7 +161,7 @@ def prepare(
         raise TypeError(f"unexpected keyword arguments {unknown}; the options are {OPTIONS}")
     data = data_argument(data, options.get("observations"))
     count = renamed_argument(
-        "num_samples", options.get("num_samples"), "num_particles", num_particles, 6
+        "num_samples", options.get("num_samples"), "num_particles", num_particles
     )
     engine = engine_for(
         model,

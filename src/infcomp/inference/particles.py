@@ -180,7 +180,13 @@ def as_data(
         if not isinstance(name, str):
             raise ModelError(f"data keys must be site names (str), got {name!r}")
         if not isinstance(value, Tensor) or value.dtype == torch.bool:
-            value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+            try:
+                value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise ModelError(
+                    f"data for site {name!r} must be a number, a tensor or a (nested) list of "
+                    f"numbers, got {type(value).__name__}: {error}"
+                ) from error
         result[name] = value if device is None else value.to(device)
     return result
 
@@ -241,10 +247,13 @@ def check_value(
     expected = fn.batch_shape + fn.event_shape
     if value.shape != expected:
         hint = ""
-        if site.kind == "observe":
+        events = len(fn.event_shape)
+        repeats = value.shape[: value.dim() - events]
+        same_event = value.shape[value.dim() - events :] == fn.event_shape
+        if site.kind == "observe" and same_event and len(repeats) > len(fn.batch_shape):
             hint = (
                 f"; for independent repeated observations expand the distribution, e.g. "
-                f"{type(fn).__name__}(...).expand({list(value.shape)})"
+                f"{type(fn).__name__}(...).expand({list(repeats)})"
             )
         raise error(
             f"{site.kind} site {site.name!r}: {source} has shape {tuple(value.shape)} but "
@@ -271,14 +280,18 @@ class validate(Messenger):  # noqa: N801 (a handler)
         super().__init__()
         self.data = data
         self.latents = latents
+        self.observed: set[str] = set()
 
     def process_message(self, site: Site) -> None:
         if site.kind == "observe":
             if site.value is None:
+                unused = sorted(set(self.data) - self.observed)
+                hint = f"; the data also name {unused}, which no site used so far" if unused else ""
                 raise ModelError(
                     f"observe site {site.name!r} has no observed value: pass it in data "
-                    f"(data={{{site.name!r}: ...}}) or give observe(..., value=...)"
+                    f"(data={{{site.name!r}: ...}}) or give observe(..., value=...){hint}"
                 )
+            self.observed.add(site.name)
             source = "the observed value" if site.name in self.data else "the fixed value"
             check_value(site, site.value, source, ModelError, False)
         elif site.kind == "sample" and self.latents and site.value is not None:

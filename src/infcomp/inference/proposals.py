@@ -166,9 +166,11 @@ def check_guide(model_trace: Trace, guide_trace: Trace) -> None:
     missing = [name for name in latent if name not in guide_trace]
     if missing:
         name = missing[0]
+        invented = [n for n in guide_trace if n not in model_trace]
+        hint = f"; it samples {invented}, which the model does not have" if invented else ""
         raise GuideError(
             f"the guide did not sample latent site {name!r} of the model (which samples it "
-            f"from {model_trace[name].fn}); the guide must sample every latent site"
+            f"from {model_trace[name].fn}); the guide must sample every latent site{hint}"
         )
     for name in guide_trace:
         if name in model_trace and model_trace[name].kind == "observe":
