@@ -389,6 +389,7 @@ def test_the_pyro_csis_tutorial_ports_by_changing_imports_and_optimizer():
     assert error < 4 * float(posterior.log_evidence_stderr) + 1 / float(posterior.ess)
 
 
+@pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")  # an untrained guide
 def test_the_old_calling_conventions_still_work_and_warn():
     csis = ic.CSIS(gaussian, Guide(), validation_size=0)
     with pytest.warns(DeprecationWarning, match=r"step\(batch_size=") as record:
