@@ -553,6 +553,33 @@ def test_batched_report_counts_each_problem_once() -> None:
     assert problems == [
         "2 with NaN or +inf weights",
         "1 with all weights zero",
-        f"1 with ESS/N below {MIN_ESS_FRACTION}",
+        f"1 with ESS/N below {MIN_ESS_FRACTION} (or ESS about 1)",
         f"1 with Pareto k-hat above {threshold:.2f}",
     ]
+
+
+def test_a_collapse_to_one_particle_and_an_unknown_khat_are_reported() -> None:
+    # ESS 1.0 of 1000 is above MIN_ESS_FRACTION * N = 1 but is a collapse all the same; a
+    # k-hat that cannot be computed (a tied tail, or N < 21) is itself a warning.
+    problems = weight_problems(1000, ess=1.0, khat=math.nan)
+    assert problems[0].startswith("ESS is 1.0 of 1000 particles")
+    assert problems[1].startswith("Pareto k-hat cannot be computed (the largest weights tie)")
+    assert weight_problems(10, ess=9.0, khat=math.nan) == [
+        "Pareto k-hat cannot be computed (fewer than 21 particles): how reliable these "
+        "estimates are is unknown"
+    ]
+    assert weight_problems(1, ess=1.0, khat=math.nan)[0].startswith("Pareto k-hat cannot")
+
+
+def test_quantiles_of_undefined_weights_are_nan_like_the_mean() -> None:
+    values = torch.tensor([3.0, 1.0, 2.0, 4.0])
+    for log_weights in (
+        torch.tensor([0.0, math.nan, 0.0, 0.0]),
+        torch.tensor([0.0, math.inf, 0.0, 0.0]),
+        torch.full((4,), -math.inf),
+    ):
+        assert torch.isnan(weighted_quantile(values, log_weights, [0.1, 0.9])).all()
+    mixed = weighted_quantile(
+        torch.stack([values, values], 1), torch.tensor([[0.0, math.nan]] * 4), 0.5
+    )
+    assert mixed[0] == 2.0 and torch.isnan(mixed[1])

@@ -759,7 +759,7 @@ def test_batch_problems_count_the_checks_of_one_posterior():
     # the +inf data set counts once, as non-finite, not also for its k-hat of +inf
     assert batch.problems() == (
         f"of 5 data sets: 2 with NaN or +inf weights, 1 with all weights zero, "
-        f"1 with ESS/N below {diagnostics.MIN_ESS_FRACTION}, "
+        f"1 with ESS/N below {diagnostics.MIN_ESS_FRACTION} (or ESS about 1), "
         f"1 with Pareto k-hat above {diagnostics.khat_threshold(n):.2f}"
     )
 

@@ -71,7 +71,7 @@ def test_the_stack_is_cleaned_up_when_the_program_raises():
 
     with pytest.raises(RuntimeError, match="boom"), ic.trace():
         raise RuntimeError("boom")
-    assert runtime._STACK == []
+    assert runtime._STACK.get() == ()
 
 
 def test_site_log_prob_scales_and_names_the_site_on_error():
@@ -118,3 +118,53 @@ def test_old_style_subclasses_of_library_handlers_can_call_super():
     with OldTrace() as tracer:
         apply_stack(Site("z", "sample", Normal(0.0, 1.0)))
     assert list(tracer.trace) == ["z"]
+
+
+def test_each_thread_has_its_own_handler_stack():
+    import threading
+
+    inside, done = threading.Event(), threading.Event()
+    recorded = {}
+
+    def holder():
+        with ic.trace() as tracer:
+            inside.set()
+            done.wait(10)
+        recorded["holder"] = list(tracer.trace)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    inside.wait(10)
+    with ic.trace() as tracer:
+        ic.sample("mine", Normal(0.0, 1.0))
+    done.set()
+    thread.join()
+    assert list(tracer.trace) == ["mine"] and recorded["holder"] == []
+
+
+def test_concurrent_inference_in_threads_gives_each_its_own_answer():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from infcomp.examples.gaussian import exact_log_evidence, gaussian
+
+    def run(x):
+        torch.manual_seed(0)
+        post = ic.importance(gaussian, {"x1": x, "x2": x}, 2000, vectorize=False)
+        return float(post.log_evidence), float(post.log_evidence_stderr)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, [0.0, 3.0, 0.0, 3.0]))
+    for x, (log_evidence, stderr) in zip([0.0, 3.0, 0.0, 3.0], results):
+        assert abs(log_evidence - exact_log_evidence(x, x)) < 4 * stderr + 1e-3
+
+
+def test_generator_and_async_functions_are_refused():
+    def generator():
+        yield ic.sample("z", Normal(0.0, 1.0))
+
+    async def coroutine():
+        ic.sample("z", Normal(0.0, 1.0))
+
+    for model, kind in ((generator, "generator"), (coroutine, "coroutine")):
+        with pytest.raises(ic.ModelError, match=kind):
+            ic.importance(model, {}, 10)

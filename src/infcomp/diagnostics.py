@@ -428,7 +428,8 @@ def weighted_quantile(
         probs: Levels ``q`` in ``[0, 1]``.
 
     Returns:
-        Float64 tensor of shape ``(*probs.shape, *batch, *event)``.
+        Float64 tensor of shape ``(*probs.shape, *batch, *event)``; NaN for a batch
+        column whose weights are undefined (a NaN or +inf log weight, or all zero).
 
     Raises:
         ValueError: If a level lies outside ``[0, 1]``, the shapes do not match, or
@@ -455,10 +456,20 @@ def weighted_quantile(
     targets = (q.to(lw.device).reshape(1, -1) * cumulative[:, -1:]).contiguous()
     index = torch.searchsorted(cumulative, targets).clamp_(max=n - 1)  # (columns * elements, Q)
     result = ordered.reshape(n, -1).gather(0, index.T.contiguous())
+    # Undefined weights (a NaN or +inf, or all zero) have no quantile: NaN, as for the mean.
+    undefined = torch.isnan(lw).any(0) | torch.isposinf(lw).any(0) | torch.isneginf(lw).all(0)
+    undefined = undefined.reshape(1, columns, 1).expand(len(q.reshape(-1)), columns, elements)
+    result = result.reshape(undefined.shape).masked_fill(undefined, math.nan)
     return result.reshape(q.shape + batch + event)
 
 
 # -- the problems report -----------------------------------------------------------------
+
+
+def _low_ess(num_particles: int) -> float:
+    """Below this ESS the weight sits on too few particles: ``MIN_ESS_FRACTION * N``, and
+    at least 1.5 (an ESS of about one is a collapse whatever N is) when N > 1."""
+    return max(MIN_ESS_FRACTION * num_particles, 1.5 if num_particles > 1 else 0.0)
 
 
 def weight_problems(
@@ -478,8 +489,11 @@ def weight_problems(
     1. NaN or +inf log weights: every estimate is NaN (``nonfinite_sites`` names the sites
        whose log densities were NaN or +inf, with how many particles each).
     2. All ``N`` weights zero: no particle is consistent with the data.
-    3. ``ESS < MIN_ESS_FRACTION * N``: almost all the weight sits on few particles.
+    3. ``ESS < MIN_ESS_FRACTION * N``, or ``ESS < 1.5`` (N > 1): almost all the weight
+       sits on few particles, or on one.
     4. ``k-hat > khat_threshold(N)``: the weights are heavy-tailed.
+    5. ``k-hat`` is NaN (N < 21, or a tail of tied weights): the weights' reliability
+       cannot be judged, which is itself a reason for caution.
 
     For one set of weights (scalar ``ess``, ``khat`` and counts) each problem is a sentence
     with its numbers. With batch dimensions (the arguments are tensors of the batch shape,
@@ -516,16 +530,18 @@ def weight_problems(
         found = [
             (nonfinite_t, "NaN or +inf weights"),
             (all_zero_t, "all weights zero"),
-            (checked & (ess_t < MIN_ESS_FRACTION * n), f"ESS/N below {MIN_ESS_FRACTION}"),
+            (checked & (ess_t < _low_ess(n)), f"ESS/N below {MIN_ESS_FRACTION} (or ESS about 1)"),
             (checked & (khat_t > threshold), f"Pareto k-hat above {threshold:.2f}"),
+            (checked & torch.isnan(khat_t), "Pareto k-hat not computable"),
         ]
         return [f"{int(mask.sum())} with {what}" for mask, what in found if bool(mask.any())]
     # One set of weights: plain numbers (tensor arithmetic costs more than it saves here).
     nan_count, inf_count, zero_count = int(num_nan), int(num_infinite), int(num_zero)
     nonfinite = nan_count + inf_count > 0
     all_zero = not nonfinite and zero_count == n
-    low_ess = not (nonfinite or all_zero) and float(ess) < MIN_ESS_FRACTION * n
+    low_ess = not (nonfinite or all_zero) and float(ess) < _low_ess(n)
     heavy = not (nonfinite or all_zero) and float(khat) > threshold
+    unknown = not (nonfinite or all_zero) and math.isnan(float(khat))
     if nonfinite:
         sites = ", ".join(f"{name!r} ({count})" for name, count in (nonfinite_sites or {}).items())
         where = f"; sites with non-finite log densities: {sites}" if sites else ""
@@ -545,5 +561,11 @@ def weight_problems(
         problems.append(
             f"Pareto k-hat is {float(khat):.2f} > {threshold:.2f}: the weights are "
             f"heavy-tailed and estimates may be far off"
+        )
+    if unknown:
+        cause = "fewer than 21 particles" if n < 21 else "the largest weights tie"
+        problems.append(
+            f"Pareto k-hat cannot be computed ({cause}): how reliable these estimates are "
+            f"is unknown"
         )
     return problems

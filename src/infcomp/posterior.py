@@ -479,7 +479,8 @@ class StreamedPosterior:
         khat: Pareto k-hat of all N weights (from the largest ones).
         means, variances: weighted moments per kept site.
         samples: K particles resampled from the whole stream (equal weights), or None
-            if every weight was zero.
+            when there is nothing to resample from: every weight zero, or some weight NaN
+            or +inf (then every estimate is NaN too).
         num_nan_weights, num_infinite_weights, num_zero_weights: as for
             :class:`Posterior`; nonfinite_sites names where NaN or +inf arose.
     """

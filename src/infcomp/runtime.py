@@ -30,6 +30,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -231,16 +232,13 @@ class Messenger:
                 setattr(cls, old, vars(cls)[new])
 
     def __enter__(self: _M) -> _M:
-        _STACK.append(self)
+        _STACK.set((*_STACK.get(), self))
         return self
 
     def __exit__(self, *exc: object) -> None:
         # Remove this handler even when the program raised, so that the stack never
         # keeps a handler from an aborted run.
-        if _STACK and _STACK[-1] is self:
-            _STACK.pop()
-        elif self in _STACK:
-            _STACK.remove(self)
+        _STACK.set(tuple(handler for handler in _STACK.get() if handler is not self))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.fn is None:
@@ -258,7 +256,9 @@ class Messenger:
     postprocess = postprocess_message
 
 
-_STACK: list[Messenger] = []
+# One stack per thread and per asyncio task (a context variable), so that inference
+# running in several threads at once never mixes their sites.
+_STACK: ContextVar[tuple[Messenger, ...]] = ContextVar("infcomp_handler_stack", default=())
 
 
 def apply_stack(site: Site) -> Site:
@@ -268,7 +268,7 @@ def apply_stack(site: Site) -> Site:
     gave it a value, it is sampled from ``site.fn``; then the handlers that processed
     it postprocess it, outermost first.
     """
-    stack = _STACK
+    stack = _STACK.get()
     first = 0  # the outermost handler that sees the site
     for position in range(len(stack) - 1, -1, -1):
         stack[position].process_message(site)

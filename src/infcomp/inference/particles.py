@@ -22,6 +22,7 @@ values, for scoring a guide). What a proposal does inside a run is the
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import multiprocessing
 import pickle
 from collections.abc import Callable, Mapping, Sequence
@@ -105,6 +106,20 @@ class Job:
     proposal: Proposal
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A generator or coroutine "runs" without executing its statements: refuse it.
+        function = getattr(self.program, "forward", self.program)
+        if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+            kind = "a generator function"
+        elif inspect.iscoroutinefunction(function):
+            kind = "a coroutine function (async def)"
+        else:
+            return
+        raise ModelError(
+            f"{program_name(self.program)} is {kind}: a model or guide must be a plain "
+            f"function (or nn.Module) whose statements run when it is called"
+        )
 
     def call(self, **extra: Any) -> Any:
         """Call the program with the job's arguments (and ``extra`` keywords)."""
