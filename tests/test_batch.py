@@ -102,3 +102,14 @@ def test_bad_batches_name_the_problem():
         ic.importance_batch(g.gaussian, [], 10)
     with pytest.raises(ic.ModelError, match="observe site 'x2' has no observed value"):
         ic.importance_batch(g.gaussian, {"x1": torch.zeros(3)}, 10)
+
+
+def test_every_data_set_is_checked_and_the_bad_one_named():
+    def counts():
+        rate = ic.sample("rate", torch.distributions.Gamma(2.0, 1.0))
+        ic.observe("k", torch.distributions.Poisson(rate))
+
+    for values, bad in (([1.0, 2.5, 3.0], 1), ([-1.0, 2.0], 0), ([1.0, 2.0, 3.0, -4.0], 3)):
+        with pytest.raises(ic.ModelError, match=f"data set {bad}: observe site 'k'.*support"):
+            ic.importance_batch(counts, {"k": torch.tensor(values)}, 10)
+    ic.importance_batch(counts, {"k": torch.tensor([1.0, 2.0])}, 10)

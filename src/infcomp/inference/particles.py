@@ -428,10 +428,16 @@ class ParticleEngine:
         data = dict(data)
         first = {name: value[0] for name, value in data.items()} if batched_data else data
         key = ("run", tuple((name, tuple(value.shape)) for name, value in data.items()))
-        probe = self._probe(key, lambda: self._single(Request(first)))
+        try:
+            probe = self._probe(key, lambda: self._single(Request(first)))
+        except ModelError as error:
+            if not batched_data:
+                raise
+            raise type(error)(f"data set 0: {error}") from error
         batch_shape: tuple[int, ...] = (num_particles,)
         if batched_data:
             batch_shape += (next(iter(data.values())).shape[0],)
+            _check_every_dataset(data, probe)
         return self._choose(
             lambda: self._vectorized(data, batch_shape, probe),
             lambda: self._each_dataset(data, batch_shape, probe),
@@ -697,6 +703,27 @@ def _check_data_used(data: Mapping[str, Tensor], runs: Sequence[SingleRun]) -> N
             f"data names {unknown}, but the model has no such site; its observe sites are "
             f"{runs[0].model_trace.names('observe')}"
         )
+
+
+def _check_every_dataset(data: Mapping[str, Tensor], probe: SingleRun) -> None:
+    """The probe checked data set 0; check the others' values against the supports too
+    (those that do not depend on latent values), naming the first bad data set."""
+    for name, site in probe.model_trace.sites.items():
+        fn = site.fn
+        if name not in data or site.kind != "observe" or fn is None:
+            continue
+        support = fn.support
+        if support is None or constraints.is_dependent(support):
+            continue
+        if support_depends_on_parameters(fn):
+            continue
+        inside = support.check(data[name]).reshape(data[name].shape[0], -1).all(1)
+        if not bool(inside.all()):
+            index = int((~inside).nonzero()[0])
+            raise ModelError(
+                f"data set {index}: observe site {name!r}: the observed value lies outside "
+                f"the support ({support}) of {type(fn).__name__}"
+            )
 
 
 def _bad(log_weights: Tensor) -> bool:
