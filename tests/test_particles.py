@@ -1,10 +1,11 @@
 """The particle engine: probe, vectorized or sequential runs, remembered fallback."""
 
+import math
 import warnings
 
 import pytest
 import torch
-from torch.distributions import Gamma, Independent, Normal
+from torch.distributions import Bernoulli, Beta, Binomial, Categorical, Gamma, Independent, Normal
 
 import infcomp as ic
 from infcomp.examples.gaussian import DATA, exact_log_evidence, gaussian
@@ -129,3 +130,44 @@ def test_deprecated_argument_names_warn_at_the_callers_line():
         with pytest.warns(DeprecationWarning, match="num_particles=") as record:
             call()
         assert record[0].filename == __file__
+
+
+def test_a_categorical_observed_outside_its_classes_has_weight_zero():
+    def model():
+        ic.observe("y", Categorical(torch.tensor([0.2, 0.3, 0.5])))
+
+    with pytest.warns(ic.InferenceWarning, match="all 10 weights are zero"):
+        post = ic.importance(model, {"y": 5}, 10)
+    assert torch.isneginf(post.log_weights).all()
+
+
+def test_a_wrapped_observation_whose_support_depends_on_a_latent_matches_enumeration():
+    def model():
+        n = ic.sample("n", Categorical(torch.ones(6) / 6))
+        ic.observe("y", Independent(Binomial(n.float().unsqueeze(-1) * torch.ones(2), 0.5), 1))
+
+    y = (3, 1)
+    # p(n | y) ∝ Π_i C(n, y_i) / 2^n for n = 0..5 (zero below n = 3), uniform prior 1/6.
+    like = torch.tensor(
+        [math.comb(n, y[0]) * math.comb(n, y[1]) / 4.0**n for n in range(6)], dtype=torch.float64
+    )
+    n = torch.arange(6, dtype=torch.float64)
+    mean = float((like * n).sum() / like.sum())
+    sd = float(((like * n**2).sum() / like.sum() - mean**2) ** 0.5)
+    torch.manual_seed(0)
+    post = ic.importance(model, {"y": torch.tensor([3.0, 1.0])}, 20_000)
+    assert abs(float(post.mean("n")) - mean) < 4 * sd / float(post.ess) ** 0.5
+    log_evidence = math.log(float(like.sum()) / 6)
+    assert abs(float(post.log_evidence) - log_evidence) < 4 * float(post.log_evidence_stderr)
+
+
+def test_integer_data_score_as_floats_do():
+    def coin():
+        f = ic.sample("f", Beta(2.0, 2.0))
+        ic.observe("x", Independent(Bernoulli(f.unsqueeze(-1) * torch.ones(4)), 1))
+
+    torch.manual_seed(0)
+    as_integers = ic.importance(coin, {"x": torch.tensor([1, 0, 1, 1])}, 100).log_weights
+    torch.manual_seed(0)
+    as_floats = ic.importance(coin, {"x": torch.tensor([1.0, 0, 1, 1])}, 100).log_weights
+    assert torch.equal(as_integers, as_floats)

@@ -124,13 +124,29 @@ def _class_has_dependent_support(cls: type) -> bool:
 
 
 def _log_prob_with_zero_outside_support(fn: Distribution, value: Tensor) -> Tensor:
-    """``log fn(value)`` where ``value`` is in the support, ``-inf`` elsewhere."""
-    unchecked = copy.copy(fn)
-    unchecked._validate_args = False  # the support is handled below, elementwise
+    """``log fn(value)`` where ``value`` is in the support, ``-inf`` elsewhere.
+
+    Values outside are replaced by a draw from ``fn`` (in a random state left as it was)
+    before scoring, so that no distribution indexes out of range on them.
+    """
     support = fn.support
     assert support is not None
+    with torch.random.fork_rng(devices=[value.device] if value.is_cuda else []):
+        stand_in = fn.sample()
+    value, stand_in = torch.broadcast_tensors(value, stand_in)
     inside = support.check(value)
-    return torch.where(inside, unchecked.log_prob(value), -torch.inf)
+    events = value.dim() - inside.dim()
+    safe = torch.where(inside.reshape(inside.shape + (1,) * events), value, stand_in)
+    return torch.where(inside, _unvalidated(fn).log_prob(safe), -torch.inf)
+
+
+def _unvalidated(fn: Distribution) -> Distribution:
+    """``fn`` with argument validation off, wrapped distributions included."""
+    unchecked = copy.copy(fn)
+    unchecked._validate_args = False  # the support is handled by the caller, elementwise
+    if isinstance(unchecked, Independent):
+        unchecked.base_dist = _unvalidated(unchecked.base_dist)
+    return unchecked
 
 
 class Trace:

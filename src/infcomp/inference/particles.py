@@ -182,8 +182,9 @@ class JointBatch:
 def as_data(
     data: Mapping[str, Any] | None, device: torch.device | str | None = None
 ) -> dict[str, Tensor]:
-    """Observations by site name as tensors; numbers, lists and booleans become floats
-    (of the default dtype). With ``device``, every value is moved there."""
+    """Observations by site name as tensors; numbers, lists, booleans and integer tensors
+    become floats (of the default dtype), as torch's distributions score them. With
+    ``device``, every value is moved there."""
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -194,7 +195,7 @@ def as_data(
     for name, value in data.items():
         if not isinstance(name, str):
             raise ModelError(f"data keys must be site names (str), got {name!r}")
-        if not isinstance(value, Tensor) or value.dtype == torch.bool:
+        if not isinstance(value, Tensor) or not (value.is_floating_point() or value.is_complex()):
             try:
                 value = torch.as_tensor(value, dtype=torch.get_default_dtype())
             except (TypeError, ValueError, RuntimeError) as error:
