@@ -1,4 +1,6 @@
 import math
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -332,3 +334,33 @@ def test_workers_need_a_picklable_model():
         ic.importance(local_model, num_particles=10, vectorize=False, workers=2)
     with pytest.raises(ValueError, match="workers"):
         ic.importance(g.gaussian, DATA, num_particles=10, workers=0)
+
+
+WORKER_SCRIPT = """
+import torch
+from torch.distributions import Normal
+import infcomp as ic
+
+def model():
+    z = ic.sample("z", Normal(0.0, 1.0))
+    ic.observe("y", Normal(z, 1.0))
+
+try:
+    ic.importance(model, {"y": 1.0}, 10, vectorize=False, workers=2)
+except ic.ModelError as error:
+    print("ModelError:", error)
+"""
+
+
+def test_workers_say_what_to_do_from_an_interactive_session_or_an_unguarded_script(tmp_path):
+    interactive = subprocess.run(
+        [sys.executable, "-c", WORKER_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert "ModelError: workers > 1 needs 'model'" in interactive.stdout
+    assert "interactive session" in interactive.stdout
+    script = tmp_path / "unguarded.py"
+    script.write_text(WORKER_SCRIPT)
+    unguarded = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert "if __name__ == '__main__':" in unguarded.stdout

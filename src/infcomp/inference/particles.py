@@ -25,8 +25,10 @@ import dataclasses
 import inspect
 import multiprocessing
 import pickle
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from typing import Any, Protocol, TypeVar
 
@@ -511,13 +513,21 @@ class ParticleEngine:
                 f"workers > 1 runs the model in other processes, so model, guide and "
                 f"arguments must be picklable (defined at module level): {error}"
             ) from error
+        _check_importable(self.job)
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:
-            futures = [
-                pool.submit(_worker, self.job, data, share, seed)
-                for share, seed in zip(shares, seeds)
-            ]
-            return _concatenate([future.result() for future in futures], dim=0)
+        try:
+            with ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:
+                futures = [
+                    pool.submit(_worker, self.job, data, share, seed)
+                    for share, seed in zip(shares, seeds)
+                ]
+                return _concatenate([future.result() for future in futures], dim=0)
+        except BrokenProcessPool as error:
+            raise ModelError(
+                "a worker process died before it could run the model; a script run "
+                "directly must make its inference calls under `if __name__ == "
+                "'__main__':` (each worker imports the script again), or use workers=1"
+            ) from error
 
     # -- joint simulation --------------------------------------------------------------
 
@@ -667,6 +677,23 @@ def _worker(job: Job, data: dict[str, Tensor], num_particles: int, seed: int) ->
     engine = ParticleEngine(job, vectorize=False)
     with torch.no_grad():
         return engine.run(data, num_particles)
+
+
+def _check_importable(job: Job) -> None:
+    """Worker processes import the model's module; an interactive ``__main__`` (python -c,
+    standard input, a notebook) cannot be imported, so say so before starting them."""
+    proposal = job.proposal
+    programs = [job.program, getattr(proposal, "guide", None)]
+    main = sys.modules.get("__main__")
+    for program in programs:
+        module = getattr(program, "__module__", None) or type(program).__module__
+        if module == "__main__" and getattr(main, "__file__", None) is None:
+            raise ModelError(
+                f"workers > 1 needs {program_name(program)} in a module the worker processes "
+                f"can import, but it is defined in an interactive session (python -c, "
+                f"standard input or a notebook): move it to a .py file and import it, or use "
+                f"workers=1"
+            )
 
 
 def _concatenate(runs: list[ParticleRun], dim: int) -> ParticleRun:
