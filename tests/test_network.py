@@ -134,7 +134,7 @@ def test_defensive_mixture_bounds_the_weights(gaussian_csis):
     # p(z) / q'(z) <= 1/ε, so log w <= log p(y | z) - log ε.
     assert (post.log_weights <= likelihood - math.log(epsilon) + 1e-4).all()
     assert abs(float(post.mean("z")) - 7.25) < 4 * mean_error(post, "z")
-    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
         gaussian_csis.run(g.DATA, num_particles=10, defensive=1.5)
 
 

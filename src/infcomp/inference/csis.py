@@ -254,14 +254,13 @@ class CSIS:
         progress bar (tqdm; ``progress=False`` hides it).
         """
         check_positive_int("num_steps", num_steps)
-        size = check_positive_int(
-            "batch_size", self.training_batch_size if batch_size is None else batch_size
-        )
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
         check_positive_int("validate_every", validate_every)
         bar = tqdm(range(num_steps), desc="compiling", disable=not progress, leave=False)
         postfix: dict[str, str] = {}
         for done in bar:
-            postfix["loss"] = f"{self.step(batch_size=size):.4f}"
+            postfix["loss"] = f"{self.step(batch_size=batch_size):.4f}"
             last = done == num_steps - 1
             if self.validation_size and (self.num_steps % validate_every == 0 or last):
                 validation = self.validation_loss()
@@ -357,9 +356,7 @@ class CSIS:
             return self.proposal
         if self.network is None:
             raise ValueError("defensive proposals need the automatic network")
-        if not 0 < defensive < 1:
-            raise ValueError(f"the defensive weight must lie in (0, 1), got {defensive}")
-        return NetworkProposal(self.network, defensive)
+        return NetworkProposal(self.network, defensive)  # which checks ε
 
     # -- artifacts ---------------------------------------------------------------------
 
