@@ -407,3 +407,11 @@ def test_the_old_calling_conventions_still_work_and_warn():
         csis.run()
     with pytest.raises(TypeError, match="give the data once"):
         csis.run(DATA, observations=DATA)
+
+
+def test_a_model_without_observations_cannot_be_compiled():
+    def prior_only():
+        ic.sample("z", Normal(0.0, 1.0))
+
+    with pytest.raises(ic.ModelError, match="model 'test_a_model_without.*prior_only' has no obse"):
+        ic.CSIS(prior_only)
