@@ -3,6 +3,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -401,6 +402,7 @@ def test_the_old_calling_conventions_still_work_and_warn():
         post = csis.run(DATA, num_samples=30)
     assert post.num_particles == 30
     assert csis.run(DATA, 40).num_particles == 40  # the particle count positional
+    assert csis.run(DATA, np.int64(40)).num_particles == 40
     with pytest.raises(TypeError, match="num_particles= only"):
         csis.run(DATA, num_particles=10, num_samples=10)
     with pytest.raises(TypeError, match="observations"):

@@ -617,6 +617,11 @@ def test_resample_bad_num_particles_raises(num_particles):
         post.resample(num_particles)
 
 
+def test_resample_takes_a_numpy_integer():
+    resampled = labelled_posterior(LABEL_LOG_WEIGHTS).resample(np.int64(5))
+    assert resampled.num_particles == 5 and type(resampled.num_particles) is int
+
+
 def test_resample_all_zero_weights_raises():
     post = make_posterior({"a": torch.zeros(4)}, torch.full((4,), -math.inf))
     with pytest.raises(ValueError):

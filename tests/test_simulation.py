@@ -85,9 +85,15 @@ def test_bad_batch_sizes():
 
 @pytest.mark.parametrize("factor", [math.inf, math.nan, 0.5, True, "2"])
 def test_prior_inflation_must_be_a_finite_number_of_at_least_one(factor):
-    with pytest.raises(ValueError, match=r"prior_inflation must be a finite number >= 1, got"):
+    with pytest.raises(
+        ValueError, match=r"prior_inflation must be a finite number of at least 1, got"
+    ):
         ic.JointSimulator(gaussian, prior_inflation=factor)
-    with pytest.raises(ValueError, match=r"prior_inflation must be a finite number >= 1, got"):
+    with pytest.raises(
+        ValueError, match=r"prior_inflation must be a finite number of at least 1, got"
+    ):
         ic.CSIS(gaussian, prior_inflation=factor)
-    with pytest.raises(ValueError, match=r"the inflation factor must be a finite number >= 1"):
+    with pytest.raises(
+        ValueError, match=r"the inflation factor must be a finite number of at least 1"
+    ):
         inflate(factor=factor)

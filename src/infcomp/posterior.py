@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -269,8 +270,9 @@ class Posterior(WeightedParticles):
         """
         num_particles = renamed_argument("num_samples", num_samples, "num_particles", num_particles)
         n = self.num_particles if num_particles is None else num_particles
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        n = int(n)
         if method == "systematic":
             index = systematic_indices(self.weights, n)
         elif method == "multinomial":
@@ -322,8 +324,8 @@ class Posterior(WeightedParticles):
         width = max([12, *(len(label) for label, _ in rows)])
         columns = ["mean", "std", "mcse_mean", "mcse_sd", "5%", "50%", "95%"]
         lines = [f"{'site':>{width}} " + " ".join(f"{column:>10}" for column in columns)]
-        for label, numbers in rows:
-            lines.append(f"{label:>{width}} " + " ".join(f"{number:10.4f}" for number in numbers))
+        for label, row in rows:
+            lines.append(f"{label:>{width}} " + " ".join(f"{number:10.4f}" for number in row))
         lines.append(
             f"N = {self.num_particles}, ESS = {float(self.ess):.1f}, "
             f"log Z = {float(self.log_evidence):.4f} ± {float(self.log_evidence_stderr):.4f}, "

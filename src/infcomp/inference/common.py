@@ -40,7 +40,7 @@ def check_finite(name: str, value: Any, minimum: float) -> float:
         or not math.isfinite(value)
         or value < minimum
     ):
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number of at least {minimum:g}, got {value!r}")
     return float(value)
 
 

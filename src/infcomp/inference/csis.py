@@ -12,6 +12,7 @@ gets importance sampling with the guide as proposal (Le, Baydin & Wood, AISTATS 
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -343,7 +344,7 @@ class CSIS:
                     "run(*model_args, observations=data)"
                 )
             observations, args = args[0], args[1:]
-            if len(args) == 1 and isinstance(args[0], int) and count is None:
+            if len(args) == 1 and isinstance(args[0], numbers.Integral) and count is None:
                 count, args = args[0], ()
             if args:
                 raise TypeError(f"unexpected positional arguments after the data: {args!r}")
