@@ -801,6 +801,7 @@ def test_summary_shows_vector_and_matrix_sites_one_row_per_element():
         assert float(rows[f"w[{i}]"][2]) == pytest.approx(float(errors[i]), abs=1e-4)
     only_w = post.summary(["w"]).splitlines()
     assert [line.split()[0] for line in only_w[1:-1]] == ["w[0]", "w[1]", "w[2]"]
+    assert post.summary("w") == post.summary(["w"])
     assert float(post.summary(["m"]).splitlines()[2].split()[1]) == pytest.approx(
         float(post.mean("m")[0, 1]), abs=1e-4
     )

@@ -72,7 +72,11 @@ class WeightedParticles:
 
     @functools.cached_property
     def ess(self) -> Tensor:
-        """Effective sample size ``(sum w)^2 / sum w^2``, between 1 and N."""
+        """Kish's effective sample size ``(sum w)^2 / sum w^2``, between 1 and N.
+
+        It ignores the quantity estimated: quote :meth:`Posterior.mcse` as the error of
+        an estimate (see :func:`~infcomp.diagnostics.effective_sample_size` for what
+        the ESS does and does not promise)."""
         return diagnostics.effective_sample_size(self.log_weights)
 
     @functools.cached_property
@@ -118,6 +122,8 @@ class Posterior(WeightedParticles):
         Posterior(num_particles=50000, ess=..., log_evidence=...)
         >>> print(f"{float(post.mean('z')):.2f} ± {float(post.std('z')):.2f}")
         7.27 ± 0.91
+        >>> round(float(post.mcse("z")), 3)  # the Monte Carlo error of that mean (exact: 7.25)
+        0.044
         >>> post.quantile("z", [0.05, 0.95]).round(decimals=1)
         tensor([5.8000, 8.7000], dtype=torch.float64)
         >>> post.problems()
@@ -299,15 +305,21 @@ class Posterior(WeightedParticles):
 
     # -- reporting ---------------------------------------------------------------------
 
-    def summary(self, sites: Sequence[str] | None = None) -> str:
+    def summary(self, sites: str | Sequence[str] | None = None) -> str:
         """A text table, one row per element of each site (``w[0]``, ``w[1]``, ... for a
         vector site), then the diagnostics.
 
         Columns: mean, std, their Monte Carlo standard errors ``mcse_mean`` and ``mcse_sd``
-        (:meth:`mcse`), and the 5/50/95% quantiles. ``sites`` defaults to the latent sites
-        present in every particle.
+        (:meth:`mcse`), and the 5/50/95% quantiles. ``sites`` (a name or a list of names)
+        defaults to the latent sites present in every particle.
+
+        Raises:
+            ModelError: a site that some particles lack (as :meth:`values`).
         """
-        names = list(sites) if sites is not None else self._latent_names()
+        if sites is None:
+            names = self._latent_names()
+        else:
+            names = [sites] if isinstance(sites, str) else list(sites)
         rows = []
         for name in names:
             values = self.values(name)
