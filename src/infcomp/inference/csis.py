@@ -12,6 +12,7 @@ gets importance sampling with the guide as proposal (Le, Baydin & Wood, AISTATS 
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from infcomp._deprecation import renamed_argument, warn_renamed
+from infcomp.errors import ModelError
 from infcomp.inference.common import (
     Program,
     check_positive_int,
@@ -140,6 +142,12 @@ class CSIS:
             # Simulate the model once to find its observe sites and latent families.
             with untouched_random_state():
                 traces = self.simulator(NETWORK_PROBE_SIZE).traces
+            if not any(trace.names("observe") for trace in traces):
+                raise ModelError(
+                    f"model {program_name(model)} has no observe site: a compiled proposal "
+                    f"is q(x; y), conditioned on observations; mark the data with "
+                    f"ic.observe(name, dist)"
+                )
             guide = InferenceNetwork.from_traces(traces, network, observation_embeddings)
             guide.to(device=device, dtype=dtype)
         if optimizer is None:
@@ -253,10 +261,10 @@ class CSIS:
         recorded in :attr:`validation_history` as ``(step, loss)`` and shown on the
         progress bar (tqdm; ``progress=False`` hides it).
         """
-        check_positive_int("num_steps", num_steps)
+        num_steps = check_positive_int("num_steps", num_steps)
         if batch_size is not None:
-            check_positive_int("batch_size", batch_size)
-        check_positive_int("validate_every", validate_every)
+            batch_size = check_positive_int("batch_size", batch_size)
+        validate_every = check_positive_int("validate_every", validate_every)
         bar = tqdm(range(num_steps), desc="compiling", disable=not progress, leave=False)
         postfix: dict[str, str] = {}
         for done in bar:
@@ -336,7 +344,7 @@ class CSIS:
                     "run(*model_args, observations=data)"
                 )
             observations, args = args[0], args[1:]
-            if len(args) == 1 and isinstance(args[0], int) and count is None:
+            if len(args) == 1 and isinstance(args[0], numbers.Integral) and count is None:
                 count, args = args[0], ()
             if args:
                 raise TypeError(f"unexpected positional arguments after the data: {args!r}")
