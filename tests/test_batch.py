@@ -100,6 +100,8 @@ def test_bad_batches_name_the_problem():
         ic.importance_batch(g.gaussian, [{"x1": 1.0, "x2": 2.0}, {"x1": 1.0}], 10)
     with pytest.raises(ic.ModelError, match="no data sets"):
         ic.importance_batch(g.gaussian, [], 10)
+    with pytest.raises(ic.ModelError, match="no data sets given: .* leading dimension B is 0"):
+        ic.importance_batch(g.gaussian, {"x1": torch.zeros(0), "x2": torch.zeros(0)}, 10)
     with pytest.raises(ic.ModelError, match="observe site 'x2' has no observed value"):
         ic.importance_batch(g.gaussian, {"x1": torch.zeros(3)}, 10)
 

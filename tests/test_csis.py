@@ -3,6 +3,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -401,9 +402,18 @@ def test_the_old_calling_conventions_still_work_and_warn():
         post = csis.run(DATA, num_samples=30)
     assert post.num_particles == 30
     assert csis.run(DATA, 40).num_particles == 40  # the particle count positional
+    assert csis.run(DATA, np.int64(40)).num_particles == 40
     with pytest.raises(TypeError, match="num_particles= only"):
         csis.run(DATA, num_particles=10, num_samples=10)
     with pytest.raises(TypeError, match="observations"):
         csis.run()
     with pytest.raises(TypeError, match="give the data once"):
         csis.run(DATA, observations=DATA)
+
+
+def test_a_model_without_observations_cannot_be_compiled():
+    def prior_only():
+        ic.sample("z", Normal(0.0, 1.0))
+
+    with pytest.raises(ic.ModelError, match="model 'test_a_model_without.*prior_only' has no obse"):
+        ic.CSIS(prior_only)

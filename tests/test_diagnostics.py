@@ -21,6 +21,8 @@ from infcomp.diagnostics import (
     khat_threshold,
     log_evidence,
     log_evidence_stderr,
+    mcse_mean,
+    mcse_sd,
     normalized_weights,
     pareto_khat,
     weight_problems,
@@ -583,3 +585,46 @@ def test_quantiles_of_undefined_weights_are_nan_like_the_mean() -> None:
         torch.stack([values, values], 1), torch.tensor([[0.0, math.nan]] * 4), 0.5
     )
     assert mixed[0] == 2.0 and torch.isnan(mixed[1])
+
+
+# ---------------------------------------------------------------------------------------
+# Monte Carlo standard errors (the statistical checks are in test_posterior.py)
+# ---------------------------------------------------------------------------------------
+
+
+def test_mcse_mean_and_sd_match_their_formulas_in_numpy():
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(50, 2, 3, generator=gen)
+    log_weights = torch.randn(50, 2, generator=gen)
+    mean_error, sd_error = mcse_mean(values, log_weights), mcse_sd(values, log_weights)
+    assert mean_error.shape == sd_error.shape == (2, 3)
+    for b in range(2):
+        lw = log_weights[:, b].double().numpy()
+        w = np.exp(lw - lw.max())
+        w /= w.sum()
+        for e in range(3):
+            f = values[:, b, e].double().numpy()
+            deviation2 = (f - (w * f).sum()) ** 2
+            variance = (w * deviation2).sum()
+            expected_mean = math.sqrt((w**2 * deviation2).sum())
+            expected_sd = math.sqrt((w**2 * (deviation2 - variance) ** 2).sum()) / (
+                2 * math.sqrt(variance)
+            )
+            assert float(mean_error[b, e]) == pytest.approx(expected_mean, rel=1e-12)
+            assert float(sd_error[b, e]) == pytest.approx(expected_sd, rel=1e-12)
+
+
+def test_mcse_with_equal_weights_is_the_iid_standard_error_and_zero_for_a_constant():
+    values = torch.tensor([1.0, 2.0, 4.0, 7.0])
+    equal = torch.zeros(4)
+    # sqrt(sum (1/N)^2 (f - mean)^2) = sqrt(plug-in variance / N)
+    expected = math.sqrt(float(values.var(unbiased=False)) / 4)
+    assert float(mcse_mean(values, equal)) == pytest.approx(expected, rel=1e-12)
+    constant = torch.full((4,), 3.0)
+    assert float(mcse_mean(constant, equal)) == 0.0
+    assert float(mcse_sd(constant, equal)) == 0.0  # no 0/0 where the sd is zero
+
+
+def test_mcse_checks_the_shapes():
+    with pytest.raises(ValueError, match="do not start with the log weights' shape"):
+        mcse_mean(torch.zeros(3, 2), torch.zeros(2))

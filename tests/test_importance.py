@@ -3,6 +3,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -207,6 +208,92 @@ def test_bad_arguments():
         ic.importance(g.gaussian, DATA, num_particles=2.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="vectorize"):
         ic.importance(g.gaussian, DATA, num_particles=5, vectorize="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="the model must be a callable .*, got NoneType: None"):
+        ic.importance(None, DATA)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "count", [np.int64(30), np.int32(30), torch.tensor(30), 30], ids=["np64", "np32", "0-d", "int"]
+)
+def test_any_integer_is_a_number_of_particles(count):
+    post = ic.importance(g.gaussian, DATA, count)
+    assert post.num_particles == 30 and type(post.num_particles) is int
+
+
+@pytest.mark.parametrize(
+    "count", [True, 30.0, np.float64(30), torch.tensor(30.0), torch.tensor([30]), "30"]
+)
+def test_bools_floats_and_vectors_are_no_number_of_particles(count):
+    with pytest.raises(ValueError, match=r"num_particles must be a positive integer, got"):
+        ic.importance(g.gaussian, DATA, count)
+
+
+@pytest.mark.parametrize("where", ["data", "fixed value", "condition"])
+def test_a_value_that_is_no_number_names_its_site(where):
+    def fixed():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        ic.observe("x", Normal(z, 1.0), value="high")
+
+    def observed():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        ic.observe("x", Normal(z, 1.0))
+
+    expected = (
+        r"site 'x' must be a number, a tensor or a \(nested\) list of numbers, got str 'high'"
+    )
+    with pytest.raises(ic.ModelError, match=expected):
+        if where == "data":
+            ic.importance(observed, {"x": "high"}, 10)
+        elif where == "fixed value":
+            ic.importance(fixed, None, 10)
+        else:
+            ic.condition(observed, data={"x": "high"})()
+
+
+# -- precision --------------------------------------------------------------------------
+
+
+def test_data_beyond_the_float32_range_name_the_site_and_the_remedy():
+    with pytest.raises(
+        ic.ModelError, match=r"data for site 'x1' \(1e\+40\) overflows torch.float32"
+    ):
+        ic.importance(g.gaussian, {"x1": 1e40, "x2": 0.0}, 10)
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_a_float32_model_whose_log_density_overflows_says_so(vectorize):
+    # 1e20 fits float32, its square does not: log N(1e20; z, 2) is -inf in float32,
+    # about -2.5e39 in float64. That is no "zero weight".
+    with pytest.raises(ic.ModelError, match=r"observe site 'x1'.* -inf in torch.float32 .*float64"):
+        ic.importance(g.gaussian, {"x1": 1e20, "x2": 1e20}, 10, vectorize=vectorize)
+    # with the exact posterior as guide the overflow is in the prior of z first
+    with pytest.raises(ic.ModelError, match=r"site 'z'.*set_default_dtype\(torch.float64\)"):
+        ic.importance(g.gaussian, {"x1": 1e20, "x2": 1e20}, 10, guide=exact_guide)
+
+
+@pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
+def test_float64_data_are_scored_in_float64():
+    # A float32 model; the data in float64 tensors: every particle gets a finite weight.
+    data = {name: torch.tensor(1e20, dtype=torch.float64) for name in ("x1", "x2")}
+    post = ic.importance(g.gaussian, data, 100)
+    assert post.num_zero_weights == 0 and bool(post.log_evidence.isfinite())
+
+
+def test_in_float64_large_data_give_the_exact_evidence():
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+
+        def float64_exact_guide(prior_mean=g.PRIOR_MEAN, observations=None):
+            x1, x2 = float(observations["x1"]), float(observations["x2"])
+            ic.sample("z", g.exact_posterior(x1, x2, prior_mean))
+
+        post = ic.importance(g.gaussian, {"x1": 1e20, "x2": 2e20}, 20, guide=float64_exact_guide)
+        exact = g.exact_log_evidence(1e20, 2e20)  # about -6.8e39, in float64
+    finally:
+        torch.set_default_dtype(default)
+    # Every weight is the evidence, up to float64 rounding of terms of about 1e40.
+    assert float(post.log_evidence) == pytest.approx(exact, rel=1e-12)
 
 
 def test_a_guide_that_misses_a_latent_site():

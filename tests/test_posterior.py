@@ -617,6 +617,11 @@ def test_resample_bad_num_particles_raises(num_particles):
         post.resample(num_particles)
 
 
+def test_resample_takes_a_numpy_integer():
+    resampled = labelled_posterior(LABEL_LOG_WEIGHTS).resample(np.int64(5))
+    assert resampled.num_particles == 5 and type(resampled.num_particles) is int
+
+
 def test_resample_all_zero_weights_raises():
     post = make_posterior({"a": torch.zeros(4)}, torch.full((4,), -math.inf))
     with pytest.raises(ValueError):
@@ -765,16 +770,99 @@ def test_batch_problems_count_the_checks_of_one_posterior():
 
 
 @pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
-def test_summary_lists_scalar_latent_sites_and_the_diagnostics():
+def test_summary_lists_latent_sites_with_their_errors_and_the_diagnostics():
     torch.manual_seed(0)
     from infcomp.examples.gaussian import DATA, gaussian
 
     post = ic.importance(gaussian, DATA, num_particles=2000)
     text = post.summary()
     lines = text.splitlines()
-    assert lines[0].split() == ["site", "mean", "std", "5%", "50%", "95%"]
+    assert lines[0].split() == ["site", "mean", "std", "mcse_mean", "mcse_sd", "5%", "50%", "95%"]
     row = lines[1].split()
     assert row[0] == "z" and float(row[1]) == pytest.approx(float(post.mean("z")), abs=1e-4)
+    assert float(row[3]) == pytest.approx(float(post.mcse("z")), abs=1e-4)
+    assert float(row[4]) == pytest.approx(float(post.mcse("z", "sd")), abs=1e-4)
     assert f"N = 2000, ESS = {float(post.ess):.1f}" in lines[-1]
     assert "x1" not in text  # observed sites are not summarized
     assert repr(post).startswith("Posterior(num_particles=2000")
+
+
+def test_summary_shows_vector_and_matrix_sites_one_row_per_element():
+    n = 40
+    gen = torch.Generator().manual_seed(5)
+    w, m = torch.randn(n, 3, generator=gen), torch.randn(n, 2, 2, generator=gen)
+    post = make_posterior({"s": torch.randn(n, generator=gen), "w": w, "m": m}, torch.randn(n))
+    rows = {line.split()[0]: line.split()[1:] for line in post.summary().splitlines()[1:-1]}
+    assert list(rows)[:4] == ["s", "w[0]", "w[1]", "w[2]"]
+    assert list(rows)[4:] == ["m[0,0]", "m[0,1]", "m[1,0]", "m[1,1]"]
+    means, errors = post.mean("w"), post.mcse("w")
+    for i in range(3):
+        assert float(rows[f"w[{i}]"][0]) == pytest.approx(float(means[i]), abs=1e-4)
+        assert float(rows[f"w[{i}]"][2]) == pytest.approx(float(errors[i]), abs=1e-4)
+    only_w = post.summary(["w"]).splitlines()
+    assert [line.split()[0] for line in only_w[1:-1]] == ["w[0]", "w[1]", "w[2]"]
+    assert post.summary("w") == post.summary(["w"])
+    assert float(post.summary(["m"]).splitlines()[2].split()[1]) == pytest.approx(
+        float(post.mean("m")[0, 1]), abs=1e-4
+    )
+
+
+def test_mcse_rejects_an_unknown_method():
+    post = make_posterior({"a": torch.zeros(3)}, torch.zeros(3))
+    with pytest.raises(ValueError, match="method must be 'mean' or 'sd', got 'median'"):
+        post.mcse("a", "median")  # type: ignore[arg-type]
+
+
+def _spread_and_rms_error(estimates: torch.Tensor, errors: torch.Tensor) -> tuple[float, float]:
+    """The run-to-run standard deviation of R estimates, the root mean square of their
+    MCSEs, and a tolerance on their ratio: the sample sd of R draws has relative standard
+    error sqrt((kurtosis - 1) / (4 R)) (delta method), allowed four times over."""
+    deviation = estimates - estimates.mean()
+    kurtosis = float(deviation.pow(4).mean() / deviation.pow(2).mean().square())
+    tolerance = 4 * math.sqrt((kurtosis - 1) / (4 * len(estimates)))
+    return float(estimates.std()), float(errors.square().mean().sqrt()), tolerance
+
+
+@pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
+def test_mcse_matches_the_run_to_run_spread_on_the_gaussian():
+    from infcomp.examples.gaussian import gaussian
+
+    # R independent runs of N particles at once: the same data set R times.
+    runs, n = 400, 1000
+    data = {"x1": torch.full((runs,), 2.0), "x2": torch.full((runs,), 3.0)}
+    batch = ic.importance_batch(gaussian, data, num_particles=n)
+    for estimates, method in ((batch.mean("z"), "mean"), (batch.std("z"), "sd")):
+        spread, rms_error, tolerance = _spread_and_rms_error(estimates, batch.mcse("z", method))
+        assert rms_error == pytest.approx(spread, rel=tolerance), method
+
+
+PRIOR_RARE, SHIFT, OBSERVED = 0.002, 3.0, 2.274  # p(z = 1 | x) ≈ 0.02, prior 0.002
+
+
+def rare_assignment_mixture() -> None:
+    """x ~ N(0, 1) or, rarely (z = 1), N(3, 1): the data make the rare component ten
+    times likelier than the prior says."""
+    z = ic.sample("z", torch.distributions.Bernoulli(PRIOR_RARE))
+    ic.observe("x", Normal(SHIFT * z, 1.0))
+
+
+@pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
+def test_mcse_sees_the_error_of_a_rare_assignment_that_the_ess_undersells():
+    odds = PRIOR_RARE / (1 - PRIOR_RARE) * math.exp(SHIFT * OBSERVED - SHIFT**2 / 2)
+    exact = odds / (1 + odds)  # p(z = 1 | x) by enumeration
+    runs, n = 400, 10_000
+    batch = ic.importance_batch(rare_assignment_mixture, {"x": torch.full((runs,), OBSERVED)}, n)
+    estimates = batch.mean("z")
+    spread, rms_error, tolerance = _spread_and_rms_error(estimates, batch.mcse("z"))
+    assert float(estimates.mean()) == pytest.approx(exact, abs=4 * spread / math.sqrt(runs))
+    assert rms_error == pytest.approx(spread, rel=tolerance)
+    # The asymptotic variance of the estimate is that of a binomial count of the rare
+    # particles: p^2 (1 - p)^2 / (N pi (1 - pi)), pi the prior probability.
+    asymptotic = exact * (1 - exact) / math.sqrt(n * PRIOR_RARE * (1 - PRIOR_RARE))
+    assert spread == pytest.approx(asymptotic, rel=tolerance)
+    # The ESS raises no alarm (most particles count), yet sqrt(p (1 - p) / ESS) is
+    # about a third of the actual error: E[w̄^2] = (p^2 / pi + (1-p)^2 / (1-pi)) / N,
+    # so the ratio is sqrt(p / pi / (1 + p^2 / pi)) ≈ 2.9 here.
+    assert float(batch.ess.min()) > 0.7 * n
+    from_ess = float((exact * (1 - exact) / batch.ess).sqrt().mean())
+    assert spread > 2.4 * from_ess

@@ -147,6 +147,8 @@ def test_bad_arguments():
         ic.RWS(LearnableGaussian(), {"x1": torch.zeros(3), "x2": torch.zeros(4)})
     with pytest.raises(TypeError, match="guide_optimizer"):
         ic.RWS(LearnableGaussian(), data, lambda observations=None: None)
+    with pytest.raises(ValueError, match="sleep_batch_size must be a positive integer, got 0"):
+        ic.RWS(LearnableGaussian(), data, sleep_batch_size=0)
     rws = ic.RWS(LearnableGaussian(), data)
     with pytest.raises(ValueError, match="batch_size"):
         rws.step(batch_size=0)

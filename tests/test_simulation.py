@@ -1,6 +1,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -9,6 +10,7 @@ from torch.distributions import Normal
 import infcomp as ic
 from infcomp.examples.gaussian import gaussian
 from infcomp.examples.marsaglia import marsaglia
+from infcomp.inference.particles import inflate
 from infcomp.inference.simulation import observations_of
 
 
@@ -78,3 +80,20 @@ def test_bad_batch_sizes():
         ic.JointSimulator(gaussian)(0)
     with pytest.raises(ValueError, match="vectorize"):
         ic.JointSimulator(gaussian, vectorize="no")  # type: ignore[arg-type]
+    assert ic.JointSimulator(gaussian)(np.int64(3)).size == 3
+
+
+@pytest.mark.parametrize("factor", [math.inf, math.nan, 0.5, True, "2"])
+def test_prior_inflation_must_be_a_finite_number_of_at_least_one(factor):
+    with pytest.raises(
+        ValueError, match=r"prior_inflation must be a finite number of at least 1, got"
+    ):
+        ic.JointSimulator(gaussian, prior_inflation=factor)
+    with pytest.raises(
+        ValueError, match=r"prior_inflation must be a finite number of at least 1, got"
+    ):
+        ic.CSIS(gaussian, prior_inflation=factor)
+    with pytest.raises(
+        ValueError, match=r"the inflation factor must be a finite number of at least 1"
+    ):
+        inflate(factor=factor)

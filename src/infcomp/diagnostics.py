@@ -11,7 +11,8 @@ A log weight of ``-inf`` is a legitimate zero weight (e.g. a particle outside th
 the target) and is counted in ``N``.  ``NaN`` log weights propagate to ``NaN`` results.
 
 The weighted statistics (:func:`weighted_mean`, :func:`weighted_variance`,
-:func:`weighted_quantile`) also take the particles' values, of shape ``(N, *batch, *event)``,
+:func:`weighted_quantile`, and the Monte Carlo standard errors :func:`mcse_mean` and
+:func:`mcse_sd`) also take the particles' values, of shape ``(N, *batch, *event)``,
 and give results of shape ``(*batch, *event)``.  :func:`weight_problems` turns the
 diagnostics into the report every posterior type gives.
 
@@ -41,6 +42,8 @@ __all__ = [
     "khat_threshold",
     "log_evidence",
     "log_evidence_stderr",
+    "mcse_mean",
+    "mcse_sd",
     "normalized_weights",
     "pareto_khat",
     "weight_problems",
@@ -133,7 +136,16 @@ def effective_sample_size(log_weights: Tensor) -> Tensor:
     ``ESS = (sum_i w_i)^2 / sum_i w_i^2 = exp(2 logsumexp(log w) - logsumexp(2 log w))``.
 
     It lies in ``[1, N]``: ``N`` for equal weights, ``1`` when one weight dominates.  It is
-    invariant to adding a constant to all log weights.  It is evaluated on weights rescaled by
+    invariant to adding a constant to all log weights.
+
+    What it promises (Kish, 1965; Owen, 2013, sec. 9.3): for a bounded ``f`` that varies
+    little with the weights, the self-normalised mean has about the variance of a mean of
+    ``ESS`` independent draws from the target, ``Var_p(f) / ESS``.  It does not look at
+    ``f``: it says nothing reliable for rare events or tail quantities (a posterior
+    probability carried by a few heavily weighted particles can be several times less
+    precise than ``sqrt(p (1 - p) / ESS)``), and a large ESS does not show that the
+    proposal has found every mode.  For the error of an estimate use :func:`mcse_mean`;
+    for the reliability of the weights, :func:`pareto_khat`.  It is evaluated on weights rescaled by
     the largest one, so that equal weights give exactly ``N``.
 
     Args:
@@ -411,6 +423,58 @@ def weighted_variance(values: Tensor, log_weights: Tensor, mean: Tensor | None =
     if mean is None:
         mean = (weights * values).sum(0)
     return (weights * (values - mean) ** 2).sum(0)
+
+
+def mcse_mean(values: Tensor, log_weights: Tensor) -> Tensor:
+    """Monte Carlo standard error of the self-normalised mean :func:`weighted_mean`.
+
+    ``mcse = sqrt(sum_i wbar_i^2 (f(x_i) - mu_hat)^2)``, ``mu_hat = sum_i wbar_i f(x_i)``:
+    the delta-method variance of a ratio estimate (Owen, *Monte Carlo theory, methods and
+    examples*, 2013, ch. 9, sec. 9.2), with the expectations replaced by sample sums.
+    Unlike ``std / sqrt(ESS)`` it sees how the weights and ``f`` vary together: for a
+    rare event that the proposal under-samples but the target favours, few particles
+    carry the estimate and the error is several times what the ESS suggests. Like every
+    moment-based estimate it is itself unreliable when the weights are heavy-tailed
+    (check :func:`pareto_khat`) or when few particles have ``f != mu_hat``.
+
+    Shapes as for :func:`weighted_mean`: ``values`` ``(N, *batch, *event)``, result
+    ``(*batch, *event)`` in float64.
+
+    Example:
+        >>> import torch
+        >>> from infcomp.diagnostics import mcse_mean
+        >>> values = torch.tensor([0.0, 1.0, 0.0, 1.0])
+        >>> mcse_mean(values, torch.zeros(4))  # sqrt(4 * (1/4)^2 * (1/2)^2) = 1/4
+        tensor(0.2500, dtype=torch.float64)
+    """
+    weights = _shaped_weights(values, log_weights)
+    values = values.to(torch.float64)
+    mean = (weights * values).sum(0)
+    return (weights.square() * (values - mean).square()).sum(0).sqrt()
+
+
+def mcse_sd(values: Tensor, log_weights: Tensor) -> Tensor:
+    """Monte Carlo standard error of the self-normalised standard deviation.
+
+    The variance ``v_hat = sum_i wbar_i (f_i - mu_hat)^2`` is the self-normalised mean of
+    ``g_i = (f_i - mu_hat)^2``, so :func:`mcse_mean` of ``g`` is its error (the error of
+    ``mu_hat`` adds only a second-order term); the delta method for ``sd = sqrt(v)``
+    divides by ``2 sd``: ``mcse_sd = sqrt(sum_i wbar_i^2 (g_i - v_hat)^2) / (2 sd_hat)``,
+    and 0 where ``sd_hat`` is 0. Shapes as for :func:`mcse_mean`.
+
+    Example:
+        >>> import torch
+        >>> from infcomp.diagnostics import mcse_sd
+        >>> mcse_sd(torch.tensor([0.0, 2.0, 0.0, 2.0]), torch.zeros(4))  # every g_i = v_hat
+        tensor(0., dtype=torch.float64)
+    """
+    weights = _shaped_weights(values, log_weights)
+    values = values.to(torch.float64)
+    squared_deviations = (values - (weights * values).sum(0)).square()
+    variance = (weights * squared_deviations).sum(0)
+    mcse_variance = (weights.square() * (squared_deviations - variance).square()).sum(0).sqrt()
+    sd = variance.sqrt()
+    return torch.where(sd > 0, mcse_variance / (2 * sd), torch.zeros_like(sd))
 
 
 def weighted_quantile(

@@ -28,7 +28,7 @@ from torch.distributions import Distribution
 
 from infcomp._deprecation import warn_renamed
 from infcomp.errors import VectorizationError
-from infcomp.runtime import Messenger, Site, Trace
+from infcomp.runtime import Messenger, Site, Trace, as_value
 
 
 class trace(Messenger):  # noqa: N801 (handlers are lower-case, like functions)
@@ -75,7 +75,7 @@ class condition(Messenger):  # noqa: N801
         self.data = {
             name: value
             if isinstance(value, Tensor)
-            else torch.as_tensor(value, dtype=torch.get_default_dtype())
+            else as_value(value, f"the value for site {name!r}")
             for name, value in (data or {}).items()
         }
 

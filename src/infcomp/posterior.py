@@ -4,7 +4,8 @@ A :class:`Posterior` holds N particles (traces x_i with log weights log w_i) and
 answers, with normalized weights ``w̄ = softmax(log w)``:
 
 - expectations ``E[f] ≈ sum_i w̄_i f(x_i)``: :meth:`Posterior.mean`, ``variance``,
-  ``std``, weighted :meth:`Posterior.quantile`, for a site or any function of a trace;
+  ``std``, weighted :meth:`Posterior.quantile`, for a site or any function of a trace,
+  with the Monte Carlo standard error of the mean and std (:meth:`Posterior.mcse`);
 - the evidence ``log Ẑ = logsumexp(log w) - log N`` with its standard error;
 - ``ESS = (sum w)^2 / sum w^2`` and the Pareto k-hat diagnostic;
 - resampling into an equally weighted posterior, and marginals as distributions.
@@ -20,7 +21,9 @@ hold the particles and say which values to give them.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -69,7 +72,11 @@ class WeightedParticles:
 
     @functools.cached_property
     def ess(self) -> Tensor:
-        """Effective sample size ``(sum w)^2 / sum w^2``, between 1 and N."""
+        """Kish's effective sample size ``(sum w)^2 / sum w^2``, between 1 and N.
+
+        It ignores the quantity estimated: quote :meth:`Posterior.mcse` as the error of
+        an estimate (see :func:`~infcomp.diagnostics.effective_sample_size` for what
+        the ESS does and does not promise)."""
         return diagnostics.effective_sample_size(self.log_weights)
 
     @functools.cached_property
@@ -115,6 +122,8 @@ class Posterior(WeightedParticles):
         Posterior(num_particles=50000, ess=..., log_evidence=...)
         >>> print(f"{float(post.mean('z')):.2f} ± {float(post.std('z')):.2f}")
         7.27 ± 0.91
+        >>> round(float(post.mcse("z")), 3)  # the Monte Carlo error of that mean (exact: 7.25)
+        0.044
         >>> post.quantile("z", [0.05, 0.95]).round(decimals=1)
         tensor([5.8000, 8.7000], dtype=torch.float64)
         >>> post.problems()
@@ -222,6 +231,21 @@ class Posterior(WeightedParticles):
         """Square root of :meth:`variance`."""
         return self.variance(quantity).sqrt()
 
+    def mcse(self, quantity: Quantity, method: Literal["mean", "sd"] = "mean") -> Tensor:
+        """Monte Carlo standard error of :meth:`mean` (``method="mean"``) or :meth:`std`
+        (``"sd"``), elementwise, in float64.
+
+        For the mean, ``sqrt(sum_i w̄_i² (f(x_i) - E[f])²)``, the delta-method error of a
+        self-normalized estimate (Owen 2013, ch. 9): :func:`~infcomp.diagnostics.mcse_mean`
+        and :func:`~infcomp.diagnostics.mcse_sd`. Prefer it to ``std / sqrt(ESS)``, which
+        ignores how ``f`` and the weights vary together and can be several times too
+        small, e.g. for the probability of a rare discrete assignment.
+
+        Raises:
+            ValueError: ``method`` is neither "mean" nor "sd".
+        """
+        return _mcse(self.values(quantity), self.log_weights, method)
+
     def quantile(self, quantity: Quantity, probs: float | Sequence[float] | Tensor) -> Tensor:
         """Weighted quantiles, elementwise: the smallest value v with ``sum_{x_i <= v} w̄_i >= q``.
 
@@ -252,8 +276,9 @@ class Posterior(WeightedParticles):
         """
         num_particles = renamed_argument("num_samples", num_samples, "num_particles", num_particles)
         n = self.num_particles if num_particles is None else num_particles
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        n = int(n)
         if method == "systematic":
             index = systematic_indices(self.weights, n)
         elif method == "multinomial":
@@ -280,16 +305,39 @@ class Posterior(WeightedParticles):
 
     # -- reporting ---------------------------------------------------------------------
 
-    def summary(self, sites: Sequence[str] | None = None) -> str:
-        """A text table: mean, std and 5/50/95% quantiles per scalar site, then diagnostics."""
-        names = sites if sites is not None else self._scalar_latent_names()
-        lines = [f"{'site':>12} {'mean':>10} {'std':>10} {'5%':>10} {'50%':>10} {'95%':>10}"]
+    def summary(self, sites: str | Sequence[str] | None = None) -> str:
+        """A text table, one row per element of each site (``w[0]``, ``w[1]``, ... for a
+        vector site), then the diagnostics.
+
+        Columns: mean, std, their Monte Carlo standard errors ``mcse_mean`` and ``mcse_sd``
+        (:meth:`mcse`), and the 5/50/95% quantiles. ``sites`` (a name or a list of names)
+        defaults to the latent sites present in every particle.
+
+        Raises:
+            ModelError: a site that some particles lack (as :meth:`values`).
+        """
+        if sites is None:
+            names = self._latent_names()
+        else:
+            names = [sites] if isinstance(sites, str) else list(sites)
+        rows = []
         for name in names:
-            q = self.quantile(name, [0.05, 0.5, 0.95])
-            lines.append(
-                f"{name:>12} {float(self.mean(name)):10.4f} {float(self.std(name)):10.4f} "
-                + " ".join(f"{float(v):10.4f}" for v in q)
-            )
+            values = self.values(name)
+            flat = values.reshape(values.shape[0], -1)  # (N, elements)
+            statistics = [
+                diagnostics.weighted_mean(flat, self.log_weights),
+                diagnostics.weighted_variance(flat, self.log_weights).sqrt(),
+                diagnostics.mcse_mean(flat, self.log_weights),
+                diagnostics.mcse_sd(flat, self.log_weights),
+                *diagnostics.weighted_quantile(flat, self.log_weights, [0.05, 0.5, 0.95]),
+            ]
+            for column, label in enumerate(_element_labels(name, values.shape[1:])):
+                rows.append((label, [float(statistic[column]) for statistic in statistics]))
+        width = max([12, *(len(label) for label, _ in rows)])
+        columns = ["mean", "std", "mcse_mean", "mcse_sd", "5%", "50%", "95%"]
+        lines = [f"{'site':>{width}} " + " ".join(f"{column:>10}" for column in columns)]
+        for label, row in rows:
+            lines.append(f"{label:>{width}} " + " ".join(f"{number:10.4f}" for number in row))
         lines.append(
             f"N = {self.num_particles}, ESS = {float(self.ess):.1f}, "
             f"log Z = {float(self.log_evidence):.4f} ± {float(self.log_evidence_stderr):.4f}, "
@@ -297,12 +345,12 @@ class Posterior(WeightedParticles):
         )
         return "\n".join(lines)
 
-    def _scalar_latent_names(self) -> list[str]:
+    def _latent_names(self) -> list[str]:
         names: list[str] = []
         for trace in self.traces:
             for name, site in trace.sites.items():
-                scalar = site.kind == "sample" and site.value is not None and site.value.dim() == 1
-                if scalar and name not in names and all(name in t for t in self.traces):
+                latent = site.kind == "sample" and site.value is not None
+                if latent and name not in names and all(name in t for t in self.traces):
                     names.append(name)
         return names
 
@@ -347,6 +395,25 @@ def _problems(posterior: Posterior | StreamedPosterior) -> list[str]:
         posterior.num_zero_weights,
         posterior.nonfinite_sites,
     )
+
+
+def _element_labels(name: str, shape: torch.Size) -> list[str]:
+    """``name`` for a scalar, else one label per element in row-major order: ``w[0,1]``."""
+    if not shape:
+        return [name]
+    return [
+        f"{name}[{','.join(map(str, index))}]"
+        for index in itertools.product(*(range(size) for size in shape))
+    ]
+
+
+def _mcse(values: Tensor, log_weights: Tensor, method: str) -> Tensor:
+    """The Monte Carlo standard error of the weighted mean or sd (see Posterior.mcse)."""
+    if method == "mean":
+        return diagnostics.mcse_mean(values, log_weights)
+    if method == "sd":
+        return diagnostics.mcse_sd(values, log_weights)
+    raise ValueError(f"method must be 'mean' or 'sd', got {method!r}")
 
 
 def _describe(quantity: Quantity) -> str:
@@ -441,6 +508,13 @@ class BatchPosterior(WeightedParticles):
     def std(self, quantity: Quantity) -> Tensor:
         """Square root of :meth:`variance`."""
         return self.variance(quantity).sqrt()
+
+    def mcse(self, quantity: Quantity, method: Literal["mean", "sd"] = "mean") -> Tensor:
+        """:meth:`Posterior.mcse` for every data set, shape ``(B, ...)``."""
+        if self.trace is None:
+            assert self._posteriors is not None
+            return torch.stack([p.mcse(quantity, method) for p in self._posteriors])
+        return _mcse(self.values(quantity), self.log_weights, method)
 
     def problems(self) -> str:
         """One line summarizing the data sets whose results look unreliable, or ``""``.

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
 from infcomp.errors import ModelError
-from infcomp.runtime import Site, apply_stack
+from infcomp.runtime import Site, apply_stack, as_value
 
 
 def _check_name(name: Any, primitive: str) -> None:
@@ -76,7 +75,7 @@ def observe(name: str, fn: Distribution, value: Tensor | float | None = None) ->
     _check_name(name, "observe")
     _check_distribution(name, fn, "observe")
     if value is not None and not isinstance(value, Tensor):
-        value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        value = as_value(value, f"the value of observe site {name!r}")
     result = apply_stack(Site(name, "observe", fn, value)).value
     assert result is not None
     return result
@@ -86,5 +85,5 @@ def factor(name: str, log_weight: Tensor | float) -> None:
     """Add ``log_weight`` to the log joint density (an unnormalized soft constraint)."""
     _check_name(name, "factor")
     if not isinstance(log_weight, Tensor):
-        log_weight = torch.as_tensor(log_weight, dtype=torch.get_default_dtype())
+        log_weight = as_value(log_weight, f"the log weight of factor {name!r}")
     apply_stack(Site(name, "factor", None, log_weight))

@@ -298,3 +298,34 @@ def apply_stack(site: Site) -> Site:
     for handler in stack[first:]:
         handler.postprocess_message(site)
     return site
+
+
+def as_value(value: Any, what: str) -> Tensor:
+    """``value`` as a tensor: a floating (or complex) tensor as it is; a number, boolean,
+    (nested) list, array or integer tensor as floats of the default dtype, as torch's
+    distributions score them.
+
+    Raises:
+        ModelError: naming ``what`` (e.g. "data for site 'x'"), for a value that is not
+            numeric, or that is finite but too large for the default dtype.
+    """
+    if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
+        return value
+    dtype = torch.get_default_dtype()
+    try:
+        tensor = torch.as_tensor(value, dtype=dtype)
+        # Infinities: were they in the value, or made by a narrow dtype?
+        wide = torch.as_tensor(value, dtype=torch.float64) if bool(tensor.isinf().any()) else None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ModelError(
+            f"{what} must be a number, a tensor or a (nested) list of numbers, got "
+            f"{type(value).__name__} {value!r:.60}"
+        ) from error
+    if wide is not None and bool((wide.isfinite() & tensor.isinf()).any()):
+        largest = float(wide[wide.isfinite()].abs().max())
+        raise ModelError(
+            f"{what} ({largest:.4g}) overflows {dtype}, the default dtype (largest "
+            f"{torch.finfo(dtype).max:.4g}): call torch.set_default_dtype(torch.float64) "
+            f"first, or pass a float64 tensor"
+        )
+    return tensor

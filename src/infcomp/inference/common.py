@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -15,11 +17,31 @@ Program = Callable[..., Any]
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` if it is an int (not a bool) of at least ``minimum``, else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``value`` as an ``int`` if it is an integer of at least ``minimum``, else a ValueError.
+
+    An integer is any ``numbers.Integral`` (Python's, NumPy's ``np.int64``) or a 0-d
+    integer tensor; a bool, a float (even ``1000.0``) and a NaN are not.
+    """
+    number = value
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        number = value.item()  # an int, or a float or bool refused below
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < minimum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return value
+    return int(number)
+
+
+def check_finite(name: str, value: Any, minimum: float) -> float:
+    """``value`` as a ``float`` if it is a finite real number (not a bool) of at least
+    ``minimum``, else a ValueError: an infinite or NaN setting would only make NaNs."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise ValueError(f"{name} must be a finite number of at least {minimum:g}, got {value!r}")
+    return float(value)
 
 
 def check_vectorize(vectorize: Any) -> bool | None:

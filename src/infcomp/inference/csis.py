@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from infcomp._deprecation import renamed_argument, warn_renamed
-from infcomp.errors import SimulationWarning
+from infcomp.errors import ModelError, SimulationWarning
 from infcomp.inference.common import (
     Program,
     check_positive_int,
@@ -160,6 +161,12 @@ class CSIS:
             # Simulate the model once to find its observe sites and latent families.
             with untouched_random_state():
                 traces = self.simulator(NETWORK_PROBE_SIZE).traces
+            if not any(trace.names("observe") for trace in traces):
+                raise ModelError(
+                    f"model {program_name(model)} has no observe site: a compiled proposal "
+                    f"is q(x; y), conditioned on observations; mark the data with "
+                    f"ic.observe(name, dist)"
+                )
             guide = InferenceNetwork.from_traces(traces, network, observation_embeddings)
             guide.to(device=device, dtype=dtype)
         if optimizer is None:
@@ -364,13 +371,13 @@ class CSIS:
                 "num_simulations= (a simulation budget reused for many epochs) or dataset="
             )
         if batch_size is not None:
-            check_positive_int("batch_size", batch_size)
+            batch_size = check_positive_int("batch_size", batch_size)
         if num_steps is not None:
             return self._train_online(
                 check_positive_int("num_steps", num_steps), batch_size, validate_every, progress
             )
-        check_positive_int("max_epochs", max_epochs)
-        check_positive_int("patience", patience)
+        max_epochs = check_positive_int("max_epochs", max_epochs)
+        patience = check_positive_int("patience", patience)
         if dataset is None:
             assert num_simulations is not None
             dataset = self.simulate(num_simulations)
@@ -385,7 +392,7 @@ class CSIS:
     def _train_online(
         self, num_steps: int, batch_size: int | None, validate_every: int, progress: bool
     ) -> list[float]:
-        check_positive_int("validate_every", validate_every)
+        validate_every = check_positive_int("validate_every", validate_every)
         bar = tqdm(range(num_steps), desc="compiling", disable=not progress, leave=False)
         postfix: dict[str, str] = {}
         for done in bar:
@@ -443,8 +450,8 @@ class CSIS:
         ``invalid`` and in :attr:`invalid_simulations`), so the dataset may be smaller
         than asked; more than half invalid raises :class:`~infcomp.errors.ModelError`.
         """
-        check_positive_int("num_simulations", num_simulations)
-        check_positive_int("chunk_size", chunk_size)
+        num_simulations = check_positive_int("num_simulations", num_simulations)
+        chunk_size = check_positive_int("chunk_size", chunk_size)
         batches = []
         remaining = num_simulations
         while remaining > 0:
@@ -547,7 +554,7 @@ class CSIS:
                     "run(*model_args, observations=data)"
                 )
             observations, args = args[0], args[1:]
-            if len(args) == 1 and isinstance(args[0], int) and count is None:
+            if len(args) == 1 and isinstance(args[0], numbers.Integral) and count is None:
                 count, args = args[0], ()
             if args:
                 raise TypeError(f"unexpected positional arguments after the data: {args!r}")

@@ -40,13 +40,21 @@ from infcomp.errors import GuideError, ModelError, VectorizationError, Vectoriza
 from infcomp.handlers import condition, particles, replay, trace, uncondition
 from infcomp.inference.common import (
     Program,
+    check_finite,
     check_positive_int,
     check_vectorize,
     program_name,
     untouched_random_state,
     warn_user,
 )
-from infcomp.runtime import Messenger, Site, Trace, sum_rightmost, support_depends_on_parameters
+from infcomp.runtime import (
+    Messenger,
+    Site,
+    Trace,
+    as_value,
+    sum_rightmost,
+    support_depends_on_parameters,
+)
 from infcomp.traces import group_traces, index_trace, structure_key
 
 _T = TypeVar("_T")
@@ -110,6 +118,11 @@ class Job:
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not callable(self.program):
+            raise TypeError(
+                f"the model must be a callable (a function or nn.Module), got "
+                f"{type(self.program).__name__}: {self.program!r:.60}"
+            )
         # A generator or coroutine "runs" without executing its statements: refuse it.
         function = getattr(self.program, "forward", self.program)
         if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
@@ -197,14 +210,7 @@ def as_data(
     for name, value in data.items():
         if not isinstance(name, str):
             raise ModelError(f"data keys must be site names (str), got {name!r}")
-        if not isinstance(value, Tensor) or not (value.is_floating_point() or value.is_complex()):
-            try:
-                value = torch.as_tensor(value, dtype=torch.get_default_dtype())
-            except (TypeError, ValueError, RuntimeError) as error:
-                raise ModelError(
-                    f"data for site {name!r} must be a number, a tensor or a (nested) list of "
-                    f"numbers, got {type(value).__name__}: {error}"
-                ) from error
+        value = as_value(value, f"data for site {name!r}")
         result[name] = value if device is None else value.to(device)
     return result
 
@@ -246,6 +252,8 @@ def stack_datasets(
             f"for every observation; got shapes "
             f"{ {name: tuple(v.shape) for name, v in stacked.items()} }"
         )
+    if 0 in sizes.values():
+        raise ModelError("no data sets given: the observations' leading dimension B is 0")
     return stacked
 
 
@@ -427,12 +435,12 @@ class ParticleEngine:
         per data structure (names and shapes), so minibatches of one collection are
         checked once. Gradients flow through the log weights when the caller allows.
         """
-        check_positive_int("num_particles", num_particles)
+        num_particles = check_positive_int("num_particles", num_particles)
         data = dict(data)
         first = {name: value[0] for name, value in data.items()} if batched_data else data
         key = ("run", tuple((name, tuple(value.shape)) for name, value in data.items()))
         try:
-            probe = self._probe(key, lambda: self._single(Request(first)))
+            probe = self._probe(key, lambda: _check_precision(self._single(Request(first))))
         except ModelError as error:
             if not batched_data:
                 raise
@@ -454,15 +462,17 @@ class ParticleEngine:
     ) -> ParticleRun:
         run = self._single(Request(data, batch_shape, probe))
         _check_data_used(data, [probe, run])
+        for site in run.model_trace.sites.values():
+            # Observed values carry no particle dimension; give them one (a view) so that
+            # every value of the posterior's trace is indexed by particle, and so that
+            # float64 data are scored in float64 (torch lets a tensor with dimensions
+            # decide the dtype over one with fewer).
+            if site.kind == "observe" and site.value is not None and site.fn is not None:
+                site.value = site.value.expand(site.fn.batch_shape + site.fn.event_shape)
         log_weights, log_proposal = _log_weight(run)
         log_weights = torch.broadcast_to(log_weights, batch_shape)
         if log_proposal is not None:
             log_proposal = torch.broadcast_to(log_proposal, batch_shape)
-        for site in run.model_trace.sites.values():
-            # Observed values carry no particle dimension; give them one (a view) so that
-            # every value of the posterior's trace is indexed by particle.
-            if site.kind == "observe" and site.value is not None and site.fn is not None:
-                site.value = site.value.expand(site.fn.batch_shape + site.fn.event_shape)
         nonfinite = _nonfinite_sites([run], len(batch_shape)) if _bad(log_weights) else {}
         return ParticleRun(
             [run.model_trace], [batch_shape[0]], log_weights, log_proposal, True, nonfinite
@@ -536,7 +546,7 @@ class ParticleEngine:
         observe statements sampling (no gradients: it is never differentiated). With
         ``prior_inflation`` > 1, latent draws come from priors widened by that factor
         (see :class:`inflate`)."""
-        check_positive_int("batch_size", batch_size)
+        batch_size = check_positive_int("batch_size", batch_size)
         with torch.no_grad():
             probe = self._probe(
                 ("simulate", prior_inflation), lambda: self._joint((), None, prior_inflation)
@@ -635,9 +645,7 @@ class inflate(Messenger):  # noqa: N801
 
     def __init__(self, fn: Callable[..., Any] | None = None, factor: float = 1.0) -> None:
         super().__init__(fn)
-        if not factor >= 1:
-            raise ValueError(f"the inflation factor must be at least 1, got {factor}")
-        self.factor = factor
+        self.factor = check_finite("the inflation factor", factor, minimum=1)
 
     def process_message(self, site: Site) -> None:
         # Only the draw is widened: the site keeps its true prior, which is what a
@@ -731,6 +739,34 @@ def _check_data_used(data: Mapping[str, Tensor], runs: Sequence[SingleRun]) -> N
             f"data names {unknown}, but the model has no such site; its observe sites are "
             f"{runs[0].model_trace.names('observe')}"
         )
+
+
+def _check_precision(run: SingleRun) -> SingleRun:
+    """``run`` (a probe), unless a site's log density in it is ``-inf`` only because the
+    model computes in a narrow float type: rescored with its value in float64 (which
+    promotes the arithmetic of torch's distributions) it is finite. Then the "zero
+    weights" that follow would be wrong, so a ModelError names the site and the remedy."""
+    traces = [run.model_trace] + ([run.proposal_trace] if run.proposal_trace else [])
+    for site in (site for t in traces for site in t.sites.values()):
+        value, fn = site.value, site.fn
+        if fn is None or value is None or not value.is_floating_point():
+            continue
+        log_density = site.log_prob()
+        if log_density.dtype == torch.float64 or not bool(torch.isneginf(log_density).any()):
+            continue
+        try:
+            wide = fn.log_prob(value.double().expand(fn.batch_shape + fn.event_shape))
+        except (ValueError, RuntimeError):
+            continue
+        if bool(torch.isfinite(wide).all()) and bool(torch.isfinite(value).all()):
+            raise ModelError(
+                f"{site.kind} site {site.name!r}: the log density of the value "
+                f"{float(value.abs().max()):.4g} is -inf in {log_density.dtype} but "
+                f"{float(wide.sum()):.6g} in float64: the model's precision overflowed. Call "
+                f"torch.set_default_dtype(torch.float64) before running (with float64 "
+                f"parameters and data), or rescale the data"
+            )
+    return run
 
 
 def _check_every_dataset(data: Mapping[str, Tensor], probe: SingleRun) -> None:

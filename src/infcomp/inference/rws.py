@@ -95,7 +95,11 @@ class RWS:
         self.num_datasets = next(iter(self.data.values())).shape[0]
         self.num_particles = check_positive_int("num_particles", num_particles)
         self.insomnia = float(insomnia)
-        self.sleep_batch_size = sleep_batch_size
+        self.sleep_batch_size = (
+            None
+            if sleep_batch_size is None
+            else check_positive_int("sleep_batch_size", sleep_batch_size)
+        )
         self.args = tuple(args)
         self.kwargs = dict(kwargs or {})
         self.vectorize = vectorize
@@ -143,7 +147,8 @@ class RWS:
             losses["iwae_bound"] = bound.mean()
             losses["wake_phi"] = wake_phi_loss(run.log_weights, run.log_proposal).mean()
         if self.insomnia < 1:
-            batch = self.simulator(self.sleep_batch_size or count)
+            size = count if self.sleep_batch_size is None else self.sleep_batch_size
+            batch = self.simulator(size)
             log_q = self.proposal.log_prob(batch, self.engine.job)
             losses["sleep_phi"] = -log_q.sum() / batch.size
         total = torch.zeros((), dtype=torch.float64)
@@ -176,7 +181,7 @@ class RWS:
     ) -> dict[str, list[float]]:
         """Run ``num_steps`` steps with a progress bar (``progress=False`` hides it);
         returns :attr:`history`, the per-step values of :meth:`step`."""
-        check_positive_int("num_steps", num_steps)
+        num_steps = check_positive_int("num_steps", num_steps)
         bar = tqdm(range(num_steps), desc="wake-sleep", disable=not progress, leave=False)
         for _ in bar:
             values = self.step(batch_size)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from infcomp.inference.common import Program
+from infcomp.inference.common import Program, check_finite
 from infcomp.inference.particles import Job, JointBatch, ParticleEngine, observations_of
 from infcomp.inference.proposals import PriorProposal
 
@@ -50,10 +50,8 @@ class JointSimulator:
         vectorize: bool | None = None,
         prior_inflation: float = 1.0,
     ) -> None:
-        if not prior_inflation >= 1:
-            raise ValueError(f"prior_inflation must be at least 1, got {prior_inflation}")
         self.model = model
-        self.prior_inflation = prior_inflation
+        self.prior_inflation = check_finite("prior_inflation", prior_inflation, minimum=1)
         job = Job(model, PriorProposal(), tuple(args), dict(kwargs or {}))
         self.engine = ParticleEngine(job, vectorize)
 

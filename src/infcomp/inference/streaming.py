@@ -67,9 +67,9 @@ def importance_stream(
         torch.Size([1000])
     """
     engine, observed, num_particles = prepare(model, data, num_particles, options, False, 10**8)
-    check_positive_int("num_particles", num_particles)
-    check_positive_int("chunk_size", chunk_size)
-    check_positive_int("keep", keep)
+    num_particles = check_positive_int("num_particles", num_particles)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
+    keep = check_positive_int("keep", keep)
     summary = _Accumulator(num_particles, keep, sites)
     done = 0
     with torch.no_grad():
