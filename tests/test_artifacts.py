@@ -6,6 +6,7 @@ and checks that the error names every difference the change makes.
 """
 
 import errno
+import io
 import os
 import re
 
@@ -258,11 +259,25 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
     _, path = save_base(tmp_path, "network")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ic.ArtifactError, match="cannot be read as an artifact"):
+    with pytest.raises(ic.ArtifactError, match="cannot be read"):
         load(path, BASE, "network")
     path.write_bytes(b"not a zip file at all")
-    with pytest.raises(ic.ArtifactError, match="cannot be read as an artifact"):
+    with pytest.raises(ic.ArtifactError, match="cannot be read"):
         load(path, BASE, "network")
+
+
+def test_file_objects_work_too(tmp_path):
+    csis, _ = save_base(tmp_path, "network")
+    buffer = io.BytesIO()
+    csis.save(buffer)
+    buffer.seek(0)
+    assert load(buffer, BASE, "network").num_steps == 0
+    data = bytearray(buffer.getvalue())
+    data[data.find(csis.network.core.weight_hh.detach().numpy().tobytes())] ^= 0xFF
+    with pytest.raises(
+        ic.ArtifactError, match=re.escape("the artifact is corrupt: its part(s) ['guide']")
+    ):
+        load(io.BytesIO(bytes(data)), BASE, "network")
 
 
 def rewrite(path, change, version=2):

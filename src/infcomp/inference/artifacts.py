@@ -27,7 +27,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
@@ -48,24 +48,31 @@ PROBE_SEED = 0
 #: other's is a difference: for an unchanged model the chance is at most 0.75^64 ≈ 1e-8.
 FREQUENT = 0.25
 #: Bounds on what a saved network config may ask for: every size of its
-#: :class:`~infcomp.nn.NetworkConfig`, and the elements of one observation or value.
+#: :class:`~infcomp.nn.NetworkConfig` (but ``max_categories``, a threshold), and the
+#: elements of one observation or value.
 MAX_WIDTH = 1 << 16
 MAX_ELEMENTS = 1 << 27
 
 Payload = dict[str, Any]
+#: Where an artifact lives: a path, or a binary file object (as for ``torch.save``).
+Location = str | os.PathLike[str] | IO[bytes]
 
 
 # -- writing and reading --------------------------------------------------------------------
 
 
-def write_artifact(path: str | os.PathLike[str], payload: Payload) -> None:
+def write_artifact(path: Location, payload: Payload) -> None:
     """Write ``payload`` with its checksums to ``path``, atomically.
 
     The file is written to a temporary file in the same folder (created with the usual
     permissions), flushed to disk, then renamed over ``path``; on any error the
-    temporary file is removed and ``path`` is left as it was.
+    temporary file is removed and ``path`` is left as it was. A file object is written
+    to directly.
     """
     payload = dict(payload, checksums=checksums(payload))
+    if not isinstance(path, (str, os.PathLike)):
+        torch.save(payload, path)
+        return
     target = Path(path)
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -80,7 +87,12 @@ def write_artifact(path: str | os.PathLike[str], payload: Payload) -> None:
         raise
 
 
-def read_artifact(path: str | os.PathLike[str]) -> Payload:
+def describe(path: Location) -> str:
+    """How messages name an artifact: its path, quoted."""
+    return repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else "the artifact"
+
+
+def read_artifact(path: Location) -> Payload:
     """The payload of an artifact, its format, version and checksums verified.
 
     Raises:
@@ -89,13 +101,15 @@ def read_artifact(path: str | os.PathLike[str]) -> Payload:
             was saved). A version-1 file (no checksums) loads with an
             :class:`~infcomp.errors.ArtifactWarning`.
     """
-    where = repr(os.fspath(path))
+    where = describe(path)
     try:
         saved = torch.load(path, weights_only=True, map_location="cpu")
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
         if isinstance(error, FileNotFoundError):
             raise
-        raise ArtifactError(f"{where} cannot be read as an artifact: {error}") from error
+        raise ArtifactError(
+            f"{where} cannot be read (a truncated or foreign file?): {error}"
+        ) from error
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ArtifactError(f"{where} is not an infcomp CSIS artifact")
     version = saved.get("format_version")
@@ -249,12 +263,14 @@ def build_network(
     state's shapes compared with the stored ones, before any memory is allocated.
     """
     embeddings = dict(embeddings or {})
+    if not isinstance(state, Mapping):
+        raise ArtifactError(f"{what}: the stored state is not a state dict")
     try:
         _check_config(data, state)
         _check_embeddings(data, embeddings)
         with torch.device("meta"):
             blueprint = InferenceNetwork.from_config_dict(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, OverflowError) as error:
         if isinstance(error, ArtifactError):
             raise ArtifactError(f"{what}: {error}") from None
         raise ArtifactError(f"{what}: the network's config is malformed ({error!r})") from error
@@ -275,12 +291,12 @@ def build_network(
         if isinstance(stored, Tensor):
             expected[f"observation_projections.{slot}.weight"] = stored.shape
 
-    def describe(key: str) -> str:
+    def site_of(key: str) -> str:
         parts = key.split(".")
         return f" ({sites[parts[1]]})" if len(parts) > 1 and parts[1] in sites else ""
 
     check_state_shapes(
-        expected, state, f"{what} do not match the network its config describes", describe
+        expected, state, f"{what} do not match the network its config describes", site_of
     )
     return InferenceNetwork.from_config_dict(data, embeddings)
 
@@ -290,8 +306,10 @@ def _check_config(data: Mapping[str, Any], state: Mapping[str, Any]) -> None:
     for field in fields(NetworkConfig):
         if field.name == "prior_sites":
             continue
+        # max_categories only chooses between heads; the heads' sizes are in their specs.
+        bound = math.inf if field.name == "max_categories" else MAX_WIDTH
         value = config[field.name]
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_WIDTH:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= bound:
             raise ArtifactError(
                 f"the network's config asks for {field.name}={value!r}; a saved network may "
                 f"have sizes from 1 to {MAX_WIDTH}"
@@ -299,8 +317,8 @@ def _check_config(data: Mapping[str, Any], state: Mapping[str, Any]) -> None:
     count = len(data["observations"]) + len(data["families"])
     if count > len(state):
         raise ArtifactError(
-            f"the network's config describes {count} sites but the file holds only "
-            f"{len(state)} tensors"
+            f"the network's config describes {count} observe sites and latent families, "
+            f"but the file holds only {len(state)} tensors"
         )
     shapes = [("observe site " + repr(name), shape) for name, shape in data["observations"].items()]
     for family in data["families"]:
@@ -473,7 +491,11 @@ def check_signature(
     or with ``strict=False`` an :class:`~infcomp.errors.ArtifactWarning`."""
     if saved is None:  # version 1, already announced as unverified
         return
-    differences = signature_differences(Signature.from_dict(saved), current)
+    try:
+        stored = Signature.from_dict(saved)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ArtifactError(f"{what}: its site signature is malformed ({error!r})") from error
+    differences = signature_differences(stored, current)
     if not differences:
         return
     listed = "".join(f"\n  - {difference}" for difference in differences)

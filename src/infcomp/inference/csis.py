@@ -12,7 +12,6 @@ gets importance sampling with the guide as proposal (Le, Baydin & Wood, AISTATS 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,9 +24,11 @@ from infcomp.errors import ArtifactError
 from infcomp.inference.artifacts import (
     FORMAT,
     FORMAT_VERSION,
+    Location,
     build_network,
     check_finite,
     check_signature,
+    describe,
     load_guide_state,
     load_optimizer_state,
     probe_signature,
@@ -371,7 +372,7 @@ class CSIS:
 
     # -- artifacts ---------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: Location) -> None:
         """Save the compiled guide: its ``state_dict``, the optimizer's and scheduler's
         state, and a small config with a format version (never a pickled module). An
         automatic network's config describes its modules, so that :meth:`load` rebuilds
@@ -389,9 +390,7 @@ class CSIS:
         if not isinstance(self.guide, nn.Module):
             raise TypeError("only an nn.Module guide can be saved; save your parameters yourself")
         names = {id(p): n for n, p in self.guide.named_parameters()}
-        check_finite(
-            self.guide.state_dict(), set(names.values()), f"not saved to {os.fspath(path)!r}"
-        )
+        check_finite(self.guide.state_dict(), set(names.values()), f"not saved to {describe(path)}")
         network = self.network
         write_artifact(
             path,
@@ -420,7 +419,7 @@ class CSIS:
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike[str],
+        path: Location,
         model: Program,
         guide: nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None,
@@ -453,7 +452,7 @@ class CSIS:
                 ``observation_embeddings``, or (with ``strict``) a model that differs from
                 the saved one; each difference is named.
         """
-        where = repr(os.fspath(path))
+        where = describe(path)
         saved = read_artifact(path)
         config = saved["config"]
         if guide is None:
