@@ -442,6 +442,23 @@ def signature_differences(saved: Signature, current: Signature) -> list[str]:
     type-and-shape variants, found by one probe and not by the other is reported only
     if it occurred in at least :data:`FREQUENT` of that probe's runs (for an unchanged
     model the chance of that is at most 0.75^64 ≈ 1e-8). Sites that rare can go unreported.
+
+    Example:
+        >>> import infcomp as ic
+        >>> from torch.distributions import Normal
+        >>> from infcomp.inference.artifacts import probe_signature, signature_differences
+        >>> def model(name):
+        ...     def program():
+        ...         ic.observe("y", Normal(ic.sample(name, Normal(0.0, 1.0)), 1.0))
+        ...     return program
+        >>> saved = probe_signature(ic.JointSimulator(model("z")), (), {})
+        >>> [(site.kind, site.name, site.runs) for site in saved.sites]
+        [('sample', 'z', 64), ('observe', 'y', 64)]
+        >>> current = probe_signature(ic.JointSimulator(model("mu")), (), {})
+        >>> for difference in signature_differences(saved, current):
+        ...     print(difference[:64])
+        latent site 'z' (Normal, shape ()) is in the artifact but the mo
+        the model's latent site 'mu' (Normal, shape ()) is not in the ar
     """
 
     def frequent(record: SiteRecord, signature: Signature) -> bool:
