@@ -329,6 +329,12 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     os.umask(umask)
     csis.save(tmp_path / "new.pt")
     assert os.stat(tmp_path / "new.pt").st_mode & 0o777 == 0o666 & ~umask
+    # Saved through a symbolic link, the file it names is replaced and the link kept.
+    (tmp_path / "link.pt").symlink_to(tmp_path / "new.pt")
+    csis.step(batch_size=4)
+    csis.save(tmp_path / "link.pt")
+    assert (tmp_path / "link.pt").is_symlink()
+    assert load(tmp_path / "new.pt", BASE, "network").num_steps == 1
 
 
 def test_version_1_files_load_unverified_with_a_warning(tmp_path):

@@ -73,7 +73,8 @@ def write_artifact(path: Location, payload: Payload) -> None:
     if not isinstance(path, (str, os.PathLike)):
         torch.save(payload, path)
         return
-    target = Path(path)
+    # Through a symbolic link, to the file it names (the link stays a link).
+    target = Path(os.path.realpath(path))
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -85,6 +86,12 @@ def write_artifact(path: Location, payload: Payload) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+        folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def describe(path: Location) -> str:
