@@ -462,3 +462,13 @@ def test_the_blueprint_matches_the_network_for_every_head(tmp_path):
         blueprint = InferenceNetwork.from_config_dict(network.config_dict())
     real = {k: v.shape for k, v in network.state_dict().items()}
     assert {k: v.shape for k, v in blueprint.state_dict().items()} == real
+
+
+def test_loading_leaves_the_random_stream_as_it_was(tmp_path):
+    """Building the network and probing the model draw nothing from the user's stream."""
+    _, path = save_base(tmp_path, "network")
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    load(path, BASE, "network")
+    assert torch.equal(torch.rand(3), expected)

@@ -305,7 +305,10 @@ def build_network(
     check_state_shapes(
         expected, state, f"{what} do not match the network its config describes", site_of
     )
-    return InferenceNetwork.from_config_dict(data, embeddings)
+    # Its initial values are overwritten by the stored ones: building it leaves the
+    # random stream as it was (so that training resumed after loading repeats).
+    with untouched_random_state():
+        return InferenceNetwork.from_config_dict(data, embeddings)
 
 
 def _check_config(data: Mapping[str, Any], state: Mapping[str, Any]) -> None:
