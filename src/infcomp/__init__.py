@@ -11,6 +11,8 @@ Write a model with named :func:`sample` and :func:`observe` statements, then::
 from infcomp import nn
 from infcomp.empirical import Empirical
 from infcomp.errors import (
+    ArtifactError,
+    ArtifactWarning,
     GuideError,
     InferenceWarning,
     ModelError,
@@ -49,6 +51,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CSIS",
     "RWS",
+    "ArtifactError",
+    "ArtifactWarning",
     "BatchPosterior",
     "Empirical",
     "EmpiricalMarginal",

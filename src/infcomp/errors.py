@@ -12,6 +12,16 @@ class GuideError(ModelError):
     """A guide (proposal program) does not match the model's latent sites."""
 
 
+class ArtifactError(ValueError):
+    """A saved artifact is corrupt, larger than its config allows, or does not fit the
+    model it is loaded for."""
+
+
+class ArtifactWarning(UserWarning):
+    """A saved artifact was loaded although it does not fully fit the model (``strict=False``)
+    or could not be verified (an old format)."""
+
+
 class VectorizationError(RuntimeError):
     """A program cannot run with particles as a leading batch dimension."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,7 +23,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from infcomp._deprecation import renamed_argument, warn_renamed
-from infcomp.errors import ModelError, SimulationWarning
+from infcomp.errors import ArtifactError, ModelError, SimulationWarning
+from infcomp.inference.artifacts import (
+    FORMAT,
+    FORMAT_VERSION,
+    Location,
+    build_network,
+    check_finite_state,
+    check_signature,
+    describe,
+    load_guide_state,
+    load_optimizer_state,
+    probe_signature,
+    read_artifact,
+    write_artifact,
+)
 from infcomp.inference.common import (
     Program,
     check_positive_int,
@@ -45,8 +58,6 @@ from infcomp.inference.simulation import JointSimulator
 from infcomp.nn.network import InferenceNetwork, NetworkConfig
 from infcomp.posterior import BatchPosterior, Posterior
 
-FORMAT = "infcomp.csis"
-FORMAT_VERSION = 1
 #: Joint simulations run to build an automatic network's modules.
 NETWORK_PROBE_SIZE = 64
 
@@ -578,16 +589,30 @@ class CSIS:
 
     # -- artifacts ---------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: Location) -> None:
         """Save the compiled guide: its ``state_dict``, the optimizer's and scheduler's
         state, and a small config with a format version (never a pickled module). An
         automatic network's config describes its modules, so that :meth:`load` rebuilds
-        it without the model."""
+        it without the model. The file also holds the model's site signature (from a
+        seeded probe of the model) and a SHA-256 checksum of every part, which
+        :meth:`load` verifies (see :mod:`infcomp.inference.artifacts`).
+
+        The file is written atomically: to a temporary file in the same folder, renamed
+        over ``path`` when complete, so a failed write keeps the previous file.
+
+        Raises:
+            ArtifactError: the guide's parameters hold NaN or infinite values (nothing
+                is written).
+        """
         if not isinstance(self.guide, nn.Module):
             raise TypeError("only an nn.Module guide can be saved; save your parameters yourself")
         names = {id(p): n for n, p in self.guide.named_parameters()}
+        check_finite_state(
+            self.guide.state_dict(), set(names.values()), f"not saved to {describe(path)}"
+        )
         network = self.network
-        torch.save(
+        write_artifact(
+            path,
             {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -612,19 +637,20 @@ class CSIS:
                     "loss_history": list(self.loss_history),
                     "validation_history": [list(item) for item in self.validation_history],
                 },
+                "signature": probe_signature(self.simulator, self.args, self.kwargs).to_dict(),
             },
-            path,
         )
 
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike[str],
+        path: Location,
         model: Program,
         guide: nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         *,
-        restore_random_state: bool = True,
+        strict: bool = True,
+        restore_random_state: bool = False,
         **options: Any,
     ) -> CSIS:
         """Rebuild a :class:`CSIS` from :meth:`save`'s file.
@@ -636,38 +662,47 @@ class CSIS:
         restored, so training resumes where it stopped. ``options`` are those of the
         constructor (give the same ``scheduler`` to resume its schedule).
 
-        Online training continues exactly as if it had not stopped: the validation
-        batch's seed is restored, and, unless ``restore_random_state=False``, so is
-        torch's global (CPU) random state at :meth:`save` (so ``train(30)``, ``save``,
-        ``load``, ``train(30)`` equals ``train(60)`` from the same seed).
+        The validation batch's seed is restored. With ``restore_random_state=True``, so is
+        torch's global (CPU) random state at :meth:`save`, and online training continues
+        exactly as if it had not stopped (``train(30)``, ``save``, ``load``, ``train(30)``
+        equals ``train(60)`` from the same seed); by default loading leaves the random
+        stream alone.
+
+        The file is not trusted: its checksums are verified; an automatic network's
+        config is bounded and the shapes it would build are compared with the stored
+        tensors before anything is allocated; parameters holding NaN are refused; and
+        the model's sites (from a seeded probe, as at :meth:`save`) are compared with the
+        saved ones by name, kind, distribution type and shape (the rule for sites that
+        occur in only some runs: :func:`~infcomp.inference.artifacts.signature_differences`).
+        ``strict=False`` loads an artifact that does not fit the model with an
+        :class:`~infcomp.errors.ArtifactWarning` listing the differences instead. Version-1
+        files (no checksums or signature) load unverified, with that warning.
+
+        Raises:
+            ArtifactError: (a ``ValueError``) a foreign, unreadable, corrupt or
+                oversized file, parameters that do not fit the guide or are NaN, missing
+                ``observation_embeddings``, or (with ``strict``) a model that differs from
+                the saved one; each difference is named.
         """
-        saved = torch.load(path, weights_only=True, map_location="cpu")
-        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not an infcomp CSIS artifact")
-        version = saved.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{os.fspath(path)!r} has format version {version}; this infcomp reads "
-                f"version {FORMAT_VERSION}"
-            )
+        where = describe(path)
+        saved = read_artifact(path)
         config = saved["config"]
         if guide is None:
             if config.get("network") is None:
-                raise ValueError(
-                    f"{os.fspath(path)!r} holds a user-written {config['guide_class']}: pass a "
+                raise ArtifactError(
+                    f"{where} holds a user-written {config['guide_class']}: pass a "
                     f"freshly built guide of that class"
                 )
             embeddings = options.pop("observation_embeddings", None)
-            # Its initial values are overwritten: building it must not move the random stream.
-            with untouched_random_state():
-                guide = InferenceNetwork.from_config_dict(config["network"], embeddings)
-        try:
-            guide.load_state_dict(saved["guide"])
-        except RuntimeError as error:
-            raise ValueError(
-                f"the saved parameters (of a {config['guide_class']}) do not fit "
-                f"guide {program_name(guide)}: {error}"
-            ) from error
+            guide = build_network(
+                config["network"], saved["guide"], embeddings, f"the parameters in {where}"
+            )
+        load_guide_state(
+            guide,
+            saved["guide"],
+            f"the saved parameters (of a {config['guide_class']}) do not fit "
+            f"guide {program_name(guide)}",
+        )
         if optimizer is None:
             # The same parameter groups in the same order, so that the state loads.
             named = dict(guide.named_parameters())
@@ -677,7 +712,13 @@ class CSIS:
             for group in groups[1:]:
                 optimizer.add_param_group({"params": group})
         csis = cls(model, guide, optimizer, **options)
-        csis.optimizer.load_state_dict(saved["optimizer"])
+        check_signature(
+            saved.get("signature"),
+            probe_signature(csis.simulator, csis.args, csis.kwargs),
+            strict,
+            where,
+        )
+        load_optimizer_state(csis.optimizer, saved["optimizer"], where)
         if csis.scheduler is not None and saved["scheduler"] is not None:
             csis.scheduler.load_state_dict(saved["scheduler"])
         csis.num_steps = int(config["num_steps"])

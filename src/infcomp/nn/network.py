@@ -326,6 +326,13 @@ class InferenceNetwork(nn.Module):
         return {
             "config": self.config.to_dict(),
             "observations": {name: list(slot.shape) for name, slot in self.observations.items()},
+            # The observe sites embedded by the user's modules (by class name), which
+            # loading needs again: the file holds their parameters, not their code.
+            "embeddings": {
+                name: type(self.user_embeddings[name]).__qualname__
+                for name in self.observations
+                if name in self.user_embeddings
+            },
             "families": [
                 {
                     "base": family.base,
