@@ -22,6 +22,7 @@ values, for scoring a guide). What a proposal does inside a run is the
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import multiprocessing
@@ -37,7 +38,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, biject_to, constraints
 from torch.distributions.utils import lazy_property
 
 from infcomp.errors import (
@@ -517,7 +518,7 @@ class ParticleEngine:
             if not _is_invalid_parameter(failure.error):
                 raise
         restore()
-        with _validation_off():
+        with _validation_off(), _SafeDraws():
             return self._guarded(call), True
 
     def _user_error(self, failure: _ProgramError, hint: str = "") -> ModelError:
@@ -582,9 +583,9 @@ class ParticleEngine:
         if result.invalid_sites:
             sites = ", ".join(f"{name!r} ({count})" for name, count in result.invalid_sites.items())
             warn_user(
-                f"{self.what}: some particles met distributions with invalid parameters "
-                f"(e.g. a scale of 0 or NaN) at sites {sites} of {result.log_weights.numel()} "
-                f"particles; their weight is zero",
+                f"{self.what}: distributions with invalid parameters (a scale of 0, a NaN, "
+                f"...) in some of the {result.log_weights.numel()} particles, at sites "
+                f"{sites}; those particles have weight zero",
                 InferenceWarning,
             )
         return result
@@ -593,9 +594,10 @@ class ParticleEngine:
         return self.job.proposal.run(self.job, request)
 
     def _unbatched(self, request: Request) -> SingleRun:
-        """One unbatched run (the probe); an exception in the program is the user's."""
+        """One unbatched run (the probe): an exception in the program is the user's;
+        invalid parameters there are not (they may be a rare draw, like the particles')."""
         try:
-            return self._guarded(lambda: self._single(request))
+            return self._tolerant(lambda: self._single(request))[0]
         except _ProgramError as failure:
             raise self._user_error(failure) from failure.error
 
@@ -1147,6 +1149,44 @@ def _validation_off() -> Iterator[None]:
             _Validation.users -= 1
             if _Validation.users == 0:
                 Distribution.set_default_validate_args(_Validation.saved)
+
+
+class _SafeDraws(Messenger):
+    """Draw latent values even where a distribution's parameters are invalid in some
+    particles (torch refuses to sample a negative scale): those particles' parameters
+    are replaced by valid stand-ins (see :func:`_repaired`) for the draw alone, since
+    their weight is zero whatever they draw. Outermost, so it draws last."""
+
+    def process_message(self, site: Site) -> None:
+        if site.value is not None or site.fn is None:
+            return
+        try:
+            site.value = site.fn.sample()
+        except (RuntimeError, ValueError):
+            site.value = _repaired(site.fn).sample()
+
+
+def _repaired(fn: Distribution) -> Distribution:
+    """A copy of ``fn`` whose parameters outside their constraints (its own, and those
+    of the distributions it wraps) are replaced by a point inside, elementwise."""
+    fn = copy.copy(fn)
+    try:
+        arg_constraints = fn.arg_constraints
+    except NotImplementedError:
+        arg_constraints = {}
+    for param, constraint in arg_constraints.items():
+        value = vars(fn).get(param)
+        if not isinstance(value, Tensor) or constraints.is_dependent(constraint):
+            continue
+        inside = constraint.check(value)
+        inside = inside.reshape(inside.shape + (1,) * (value.dim() - inside.dim()))
+        to_constraint = biject_to(constraint)
+        stand_in = to_constraint(value.new_zeros(to_constraint.inverse_shape(value.shape)))
+        setattr(fn, param, torch.where(inside, value, stand_in))
+    for name, inner in list(vars(fn).items()):
+        if isinstance(inner, Distribution):
+            setattr(fn, name, _repaired(inner))
+    return fn
 
 
 def _invalid_particles(
