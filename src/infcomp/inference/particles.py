@@ -12,6 +12,19 @@ Every inference algorithm runs particles through one :class:`ParticleEngine`. Gi
    once (:class:`~infcomp.errors.VectorizationNotice`) and from then on runs particle
    by particle, in worker processes when asked, grouping the traces by structure.
 
+3. tells apart why a batched run failed (see :meth:`ParticleEngine._choose`): only a
+   shape error means the program does not vectorize; an exception the program raises
+   is the user's :class:`~infcomp.errors.ModelError` (naming the last site reached,
+   chained to it), or with ``on_error="skip"`` a dropped and counted simulation;
+   invalid distribution parameters in some particles give those particles weight
+   zero; running out of memory fails at once, pointing to streaming.
+
+How often the program runs: one probe per call (cached per data structure, and per
+simulation or replay structure, for the engine's lifetime), then one batched run, or
+N single runs after a failed batched attempt when it does not vectorize (one more run
+where a batch is retried or redone for invalid parameters). The README has the table
+per entry point.
+
 It has three modes: :meth:`ParticleEngine.run` (proposal and model on observed data,
 for importance sampling), :meth:`ParticleEngine.simulate` (joint simulation, for
 training proposals) and :meth:`ParticleEngine.replay` (a program run on given latent
@@ -436,44 +449,62 @@ class ParticleEngine:
         - a :class:`~infcomp.errors.ModelError` is the user's error and propagates;
         - running out of memory raises a ``MemoryError`` at once (see
           :meth:`_out_of_memory`), never a particle-by-particle loop;
-        - the program raised: unless the error is a shape error (or infcomp's particle
-          handler saw the structure change), the batch is retried once, since a
+        - a shape error (torch's message for control flow on a batch, mismatched
+          shapes, a batch turned into a number; or infcomp's particle handler saw the
+          structure change) means the program does not vectorize: a one-time notice
+          (a :class:`~infcomp.errors.VectorizationError` when ``vectorize=True``) and
+          from then on the sequential path;
+        - any other exception the program raised: the batch is retried once, since a
           program that fails at random (a simulator that raises now and then) rarely
           fails twice running, while one that does not vectorize always does. If the
           retry succeeds, the first failure was the user's: ``recover(failure,
-          result)`` decides (by default a ModelError naming the site reached);
-        - otherwise the batch is redone one at a time: a trace that fails there is the
-          user's error (``sequential`` raises it, or with ``on_error="skip"`` counts
-          it, and later batches stay vectorized); if none fails, the program does not
-          vectorize: a one-time notice, and from then on the sequential path.
+          result)`` decides (by default a ModelError naming the last site reached).
+          If it fails too, the batch is redone one at a time: a trace that fails there
+          is the user's error (``sequential`` raises it, or with ``on_error="skip"``
+          drops and counts it, and later batches stay vectorized); if none fails, the
+          program does not vectorize (as above).
+
+        Invalid distribution parameters in some particles are no failure at all (see
+        :meth:`_tolerant`).
         """
         if self.vectorize is False:
             return sequential()
         result, failure = self._attempt(batched)
         if failure is None:
             return result  # type: ignore[return-value]
-        if not _looks_unvectorized(failure.error):
+        shape_error = _looks_unvectorized(failure.error)
+        if not shape_error:
             result, again = self._attempt(batched)
             if again is None:
                 if recover is None:
                     raise self._user_error(failure) from failure.error
                 return recover(failure, result)  # type: ignore[arg-type]
-        if self.vectorize and _looks_unvectorized(failure.error):
-            raise self._cannot_vectorize(failure.error) from failure.error
+            if _looks_unvectorized(again.error):
+                failure, shape_error = again, True
+        if shape_error:
+            self._fall_back(failure)
+            return sequential()
         result = sequential()  # a trace that fails there raises the user's error
         if isinstance(result, JointBatch) and result.failures:
             return result  # the program failed in some traces, skipped: stay vectorized
+        self._fall_back(failure)
+        return result
+
+    def _fall_back(self, failure: _ProgramError) -> None:
+        """The program does not vectorize: an error if forced, else say so (once) and
+        keep to the particle-by-particle path from now on."""
+        error = failure.error
         if self.vectorize:
-            raise self._cannot_vectorize(failure.error) from failure.error
+            raise VectorizationError(
+                f"{self.what} cannot run with a leading batch dimension: {error}"
+            ) from error
         warn_user(
             f"{self.what} runs one trace at a time because it could not be vectorized "
-            f"({type(failure.error).__name__}: {failure.error}); pass vectorize=False to "
-            f"choose this path directly",
+            f"({type(error).__name__}: {error}); pass vectorize=False to choose this "
+            f"path directly",
             VectorizationNotice,
         )
-        # Keep to the path that works from now on (and say so only once).
         self.vectorize = False
-        return result
 
     def _attempt(self, batched: Callable[[], _T]) -> tuple[_T | None, _ProgramError | None]:
         """``batched()``'s result, or why it failed; user's errors and memory raise."""
@@ -488,9 +519,6 @@ class ParticleEngine:
                 raise self._out_of_memory(error) from error
             # The particle handler, or infcomp's handling of the batched trace, failed.
             return None, _ProgramError(error, None)
-
-    def _cannot_vectorize(self, error: BaseException) -> VectorizationError:
-        return VectorizationError(f"{self.what} cannot run with a leading batch dimension: {error}")
 
     def _guarded(self, call: Callable[[], _T]) -> _T:
         """``call()``, a run of the user's program; an exception it raises (other than
