@@ -365,3 +365,25 @@ def test_the_model_runs_as_often_as_the_readme_says():
     calls.clear()
     ic.importance(sequential, data, 10, vectorize=False)
     assert len(calls) == 1 + 10
+
+
+def test_runs_with_invalid_parameters_in_several_threads_leave_validation_on():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def model():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        ic.observe("x", Normal(z, _zero_scale_where(z)))
+
+    def infer(_: int) -> int:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ic.InferenceWarning)
+            run = engine_for(model).run(as_data({"x": 0.5}), 2000)
+        z = run.traces[0]["z"].value
+        assert torch.equal(torch.isneginf(run.log_weights), z > 1.0)
+        return run.invalid_sites["x"]
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(count > 0 for count in pool.map(infer, range(8)))
+    assert torch.distributions.Distribution._validate_args
+    with pytest.raises(ValueError, match="Expected parameter scale"):
+        Normal(0.0, 0.0)  # torch validates again

@@ -175,3 +175,19 @@ def test_when_every_simulation_fails_skipping_raises_the_users_error():
             ic.JointSimulator(hopeless, vectorize=vectorize, on_error="skip")(20)
     with pytest.raises(ValueError, match="on_error"):
         ic.JointSimulator(gaussian, on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_a_probe_that_fails_is_tried_again_when_skipping():
+    def first_call_fails():
+        calls.append(1)
+        z = ic.sample("z", Normal(0.0, 1.0))
+        if len(calls) == 1:
+            raise RuntimeError("cold start")
+        ic.observe("x", Normal(z, 1.0))
+
+    calls: list[int] = []
+    with pytest.raises(ic.ModelError, match="RuntimeError: cold start.*'z'"):
+        ic.JointSimulator(first_call_fails)(10)
+    calls.clear()
+    batch = ic.JointSimulator(first_call_fails, on_error="skip")(10)
+    assert batch.vectorized and batch.size == 10 and len(calls) == 3

@@ -1142,11 +1142,11 @@ def _is_invalid_parameter(error: BaseException) -> bool:
 
 def _random_state() -> Callable[[], None]:
     """A function that puts torch's random state (CPU, and CUDA if in use) back as now."""
-    cpu = torch.random.get_rng_state()
+    cpu = torch.default_generator.get_state()  # once per particle on the sequential path
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
     def restore() -> None:
-        torch.random.set_rng_state(cpu)
+        torch.default_generator.set_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
 
