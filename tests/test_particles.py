@@ -171,3 +171,219 @@ def test_integer_data_score_as_floats_do():
     torch.manual_seed(0)
     as_floats = ic.importance(coin, {"x": torch.tensor([1.0, 0, 1, 1])}, 100).log_weights
     assert torch.equal(as_integers, as_floats)
+
+
+# -- failures: the user's program, invalid parameters, memory (issue 11) -------------------
+
+
+def _flaky(fail_on_call: int):
+    """A broadcasting model whose simulator raises on one call (counted from 1)."""
+    calls = []
+
+    def model():
+        calls.append(1)
+        z = ic.sample("z", Normal(0.0, 1.0))
+        if len(calls) == fail_on_call:
+            raise RuntimeError("the simulator diverged")
+        ic.observe("x", Normal(z, 1.0))
+
+    return model, calls
+
+
+def test_a_model_that_raises_once_is_the_users_error_not_a_vectorization_failure():
+    model, calls = _flaky(fail_on_call=2)  # the probe passes, the batched run raises
+    engine = engine_for(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ic.VectorizationNotice)
+        with pytest.raises(ic.ModelError, match="RuntimeError: the simulator diverged") as info:
+            engine.run(as_data({"x": 1.0}), 1000)
+    assert "the last site it reached was 'z'" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)  # the model's traceback is kept
+    assert len(calls) == 3  # probe, the failed batch, one retry (which succeeded)
+    assert engine.vectorize is not False and engine.run(as_data({"x": 1.0}), 1000).vectorized
+
+
+def test_a_model_that_always_raises_is_the_users_error_on_either_path():
+    def broken():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        ic.observe("x", Normal(z, 1.0))
+        raise KeyError("missing table")
+
+    for vectorize in (None, True, False):
+        with pytest.raises(ic.ModelError, match="KeyError.*last site it reached was 'x'"):
+            engine_for(broken, vectorize=vectorize).run(as_data({"x": 1.0}), 10)
+
+
+def test_a_model_that_raises_in_some_particles_is_reported_from_the_one_at_a_time_run():
+    def flaky():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        if bool((z > 2.5).any()):  # about 0.6 % of particles
+            raise ArithmeticError("overflow in the simulator")
+        ic.observe("x", Normal(z, 1.0))
+
+    engine = engine_for(flaky)
+    with pytest.raises(ic.ModelError, match="ArithmeticError: overflow.*'z'"):
+        engine.run(as_data({"x": 1.0}), 2000)
+    assert engine.vectorize is not False
+
+
+def _zero_scale_where(z):
+    return torch.where(z > 1.0, torch.zeros_like(z), torch.ones_like(z))
+
+
+@pytest.mark.parametrize("vectorize", [None, False])
+def test_particles_with_invalid_parameters_get_weight_zero_and_are_attributed(vectorize):
+    def model():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        ic.observe("x", Normal(z, _zero_scale_where(z)))  # scale 0 where z > 1
+
+    engine = engine_for(model, vectorize=vectorize)
+    with pytest.warns(ic.InferenceWarning, match=r"invalid parameters.*'x' \(\d+\)"):
+        run = engine.run(as_data({"x": 0.5}), 300 if vectorize is False else 10_000)
+    z = torch.cat([trace["z"].value for trace in run.traces])
+    invalid = z > 1.0
+    assert run.vectorized == (vectorize is None) and engine.vectorize is vectorize
+    assert torch.equal(torch.isneginf(run.log_weights), invalid) and invalid.any()
+    expected = Normal(z[~invalid], 1.0).log_prob(torch.tensor(0.5)).double()
+    assert torch.allclose(run.log_weights[~invalid], expected)
+    assert run.invalid_sites == {"x": int(invalid.sum())}
+    assert torch.distributions.Distribution._validate_args  # switched back on
+
+
+def test_a_latent_that_is_sometimes_zero_as_a_scale_matches_enumeration():
+    # k ~ Poisson(1); x ~ N(0, k): k = 0 is an invalid scale (weight zero), so the
+    # estimate is of p(x, k > 0) = Σ_{k≥1} Poisson(k; 1) N(x; 0, k).
+    from torch.distributions import Poisson
+
+    def model():
+        k = ic.sample("k", Poisson(1.0))
+        ic.observe("x", Normal(0.0, k))
+
+    with pytest.warns(ic.InferenceWarning, match="'x'"):
+        post = ic.importance(model, {"x": 0.7}, 20_000)
+    ks = torch.arange(1, 60, dtype=torch.float64)
+    exact = torch.logsumexp(
+        Poisson(1.0).log_prob(ks) + Normal(0.0, ks).log_prob(ks.new_tensor(0.7)), 0
+    )
+    assert abs(float(post.log_evidence) - float(exact)) < 4 * float(post.log_evidence_stderr)
+    assert post.num_zero_weights == pytest.approx(20_000 * math.exp(-1), rel=0.05)
+
+
+def test_a_guide_with_invalid_parameters_in_some_particles_is_attributed_to_the_guide():
+    def guide(observations=None):
+        ic.sample("z", Normal(0.0, 1.0 - 2.0 * (torch.rand(()) < 0.1).float()))
+
+    with pytest.warns(ic.InferenceWarning, match="'guide z'"):
+        run = engine_for(gaussian, guide, vectorize=False).run(as_data(DATA), 200)
+    assert int(torch.isneginf(run.log_weights).sum()) == run.invalid_sites["guide z"] > 0
+
+
+def test_a_latent_drawn_from_invalid_parameters_in_some_particles_stays_vectorized():
+    def model():
+        s = ic.sample("s", Normal(0.0, 1.0))
+        z = ic.sample("z", Normal(0.0, s))  # torch cannot even draw where s < 0
+        ic.observe("x", Normal(z, 1.0))
+
+    engine = engine_for(model)
+    with pytest.warns(ic.InferenceWarning, match=r"'z' \(\d+\)"):
+        run = engine.run(as_data({"x": 0.5}), 1000)
+    s, z = run.traces[0]["s"].value, run.traces[0]["z"].value
+    assert run.vectorized and torch.equal(torch.isneginf(run.log_weights), s < 0)
+    expected = Normal(z[s > 0], 1.0).log_prob(torch.tensor(0.5)).double()
+    assert torch.allclose(run.log_weights[s > 0], expected)
+    assert run.invalid_sites == {"z": int((s < 0).sum())}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 17.00 GiB"),
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+        ),
+    ],
+)
+def test_running_out_of_memory_fails_at_once_and_points_to_streaming(error):
+    calls = []
+
+    def hungry():
+        calls.append(1)
+        z = ic.sample("z", Normal(0.0, 1.0))
+        if z.numel() > 100:
+            raise error
+        ic.observe("x", Normal(z, 1.0))
+
+    expected = torch.OutOfMemoryError if isinstance(error, torch.OutOfMemoryError) else MemoryError
+    with pytest.raises(expected, match="importance_stream"):
+        ic.importance(hungry, {"x": 1.0}, 1000)
+    assert len(calls) == 2  # the probe and the batch: never particle by particle
+    with pytest.raises(expected, match="batch_size"):
+        ic.JointSimulator(hungry)(1000)
+
+
+# -- how often the model runs (issue 11, item 13; the README's table) ---------------------
+
+
+def _counting(vectorizes: bool = True):
+    calls = []
+
+    def model():
+        calls.append(1)
+        z = ic.sample("z", Normal(0.0, 1.0))
+        if not vectorizes and z > 0:  # control flow on a sampled value
+            pass
+        ic.observe("x", Normal(z, 1.0))
+
+    return model, calls
+
+
+def test_the_model_runs_as_often_as_the_readme_says():
+    data = {"x": 1.0}
+    model, calls = _counting()
+    ic.importance(model, data, 100)
+    assert len(calls) == 2  # the probe and one batched run
+    calls.clear()
+    ic.importance_batch(model, {"x": torch.zeros(3)}, 10)
+    assert len(calls) == 2
+    calls.clear()
+    ic.importance_stream(model, data, 50, chunk_size=10)
+    assert len(calls) == 1 + 5  # one probe, one run per chunk
+    calls.clear()
+    simulator = ic.JointSimulator(model)
+    simulator(10)
+    simulator(10)
+    assert len(calls) == 2 + 1  # the probe is cached
+    calls.clear()
+    ic.CSIS(model)
+    assert len(calls) == 2  # the probe and one batch, to build the network
+
+    sequential, calls = _counting(vectorizes=False)
+    with pytest.warns(ic.VectorizationNotice):
+        ic.importance(sequential, data, 10)
+    assert len(calls) == 1 + 1 + 10  # probe, the batch that fails, then N (no new probe)
+    calls.clear()
+    ic.importance(sequential, data, 10, vectorize=False)
+    assert len(calls) == 1 + 10
+
+
+def test_runs_with_invalid_parameters_in_several_threads_leave_validation_on():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def model():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        ic.observe("x", Normal(z, _zero_scale_where(z)))
+
+    def infer(_: int) -> int:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ic.InferenceWarning)
+            run = engine_for(model).run(as_data({"x": 0.5}), 2000)
+        z = run.traces[0]["z"].value
+        assert torch.equal(torch.isneginf(run.log_weights), z > 1.0)
+        return run.invalid_sites["x"]
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(count > 0 for count in pool.map(infer, range(8)))
+    assert torch.distributions.Distribution._validate_args
+    with pytest.raises(ValueError, match="Expected parameter scale"):
+        Normal(0.0, 0.0)  # torch validates again

@@ -97,3 +97,97 @@ def test_prior_inflation_must_be_a_finite_number_of_at_least_one(factor):
         ValueError, match=r"the inflation factor must be a finite number of at least 1"
     ):
         inflate(factor=factor)
+
+
+def _raising_above(threshold: float, calls: list[int] | None = None):
+    """A broadcasting simulator that raises when any draw of z exceeds ``threshold``."""
+
+    def model():
+        if calls is not None:
+            calls.append(1)
+        z = ic.sample("z", Normal(0.0, 1.0))
+        if bool((z > threshold).any()):
+            raise FloatingPointError("the solver did not converge")
+        ic.observe("x", Normal(z, 1.0))
+
+    return model
+
+
+def test_a_failing_simulation_is_the_users_error_with_the_site_and_traceback():
+    simulator = ic.JointSimulator(_raising_above(2.33))  # 1 % of the particles
+    with pytest.raises(ic.ModelError, match=r"FloatingPointError.*'z'.*on_error='skip'") as info:
+        simulator(2000)
+    assert isinstance(info.value.__cause__, FloatingPointError)
+    assert simulator.vectorize is not False
+
+
+def test_skipping_drops_and_counts_failing_simulations_and_stays_vectorized():
+    threshold = 2.33  # P(z > 2.33) ≈ 1 %: every batch of 2000 fails as a batch
+    simulator = ic.JointSimulator(_raising_above(threshold), on_error="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ic.VectorizationNotice)
+        batch = simulator(2000)
+    assert set(batch.failures) == {"z"} and batch.failures["z"] > 0
+    assert batch.size + batch.failures["z"] == 2000
+    z = torch.cat([trace["z"].value for trace in batch.traces])
+    assert z.shape == (batch.size,) and bool((z <= threshold).all())
+    assert simulator.vectorize is not False  # the next batch is tried as one again
+    small = simulator(10)  # fails as a batch with probability 0.1 only
+    assert small.size + sum(small.failures.values()) == 10
+
+
+def test_a_batch_that_fails_once_is_retried_and_counted_as_one_failure():
+    calls: list[int] = []
+
+    def model():
+        calls.append(1)
+        z = ic.sample("z", Normal(0.0, 1.0))
+        if len(calls) == 2:
+            raise OSError("the simulator's licence server did not answer")
+        ic.observe("x", Normal(z, 1.0))
+
+    batch = ic.JointSimulator(model, on_error="skip")(500)
+    assert batch.vectorized and batch.size == 500 and batch.failures == {"z": 1}
+    assert len(calls) == 3  # probe, the failed batch, the retry
+
+
+def test_skipping_in_a_model_simulated_trace_by_trace():
+    def rejecting():
+        u = ic.sample("u", Normal(0.0, 1.0))
+        if u > 1.5:  # control flow: trace by trace; fails in about 7 % of the traces
+            raise ValueError("u out of range")
+        ic.observe("x", Normal(u, 1.0))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.VectorizationNotice)
+        batch = ic.JointSimulator(rejecting, vectorize=False, on_error="skip")(500)
+    assert not batch.vectorized and batch.failures["u"] > 0
+    assert batch.size + batch.failures["u"] == 500
+
+
+def test_when_every_simulation_fails_skipping_raises_the_users_error():
+    def hopeless():
+        ic.sample("z", Normal(0.0, 1.0))
+        raise RuntimeError("always")
+
+    for vectorize in (None, False):
+        with pytest.raises(ic.ModelError, match="RuntimeError: always"):
+            ic.JointSimulator(hopeless, vectorize=vectorize, on_error="skip")(20)
+    with pytest.raises(ValueError, match="on_error"):
+        ic.JointSimulator(gaussian, on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_a_probe_that_fails_is_tried_again_when_skipping():
+    def first_call_fails():
+        calls.append(1)
+        z = ic.sample("z", Normal(0.0, 1.0))
+        if len(calls) == 1:
+            raise RuntimeError("cold start")
+        ic.observe("x", Normal(z, 1.0))
+
+    calls: list[int] = []
+    with pytest.raises(ic.ModelError, match="RuntimeError: cold start.*'z'"):
+        ic.JointSimulator(first_call_fails)(10)
+    calls.clear()
+    batch = ic.JointSimulator(first_call_fails, on_error="skip")(10)
+    assert batch.vectorized and batch.size == 10 and len(calls) == 3

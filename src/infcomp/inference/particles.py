@@ -12,6 +12,19 @@ Every inference algorithm runs particles through one :class:`ParticleEngine`. Gi
    once (:class:`~infcomp.errors.VectorizationNotice`) and from then on runs particle
    by particle, in worker processes when asked, grouping the traces by structure.
 
+3. tells apart why a batched run failed (see :meth:`ParticleEngine._choose`): only a
+   shape error means the program does not vectorize; an exception the program raises
+   is the user's :class:`~infcomp.errors.ModelError` (naming the last site reached,
+   chained to it), or with ``on_error="skip"`` a dropped and counted simulation;
+   invalid distribution parameters in some particles give those particles weight
+   zero; running out of memory fails at once, pointing to streaming.
+
+How often the program runs: one probe per call (cached per data structure, and per
+simulation or replay structure, for the engine's lifetime), then one batched run, or
+N single runs after a failed batched attempt when it does not vectorize (one more run
+where a batch is retried or redone for invalid parameters). The README has the table
+per entry point.
+
 It has three modes: :meth:`ParticleEngine.run` (proposal and model on observed data,
 for importance sampling), :meth:`ParticleEngine.simulate` (joint simulation, for
 training proposals) and :meth:`ParticleEngine.replay` (a program run on given latent
@@ -21,22 +34,33 @@ values, for scoring a guide). What a proposal does inside a run is the
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import inspect
 import multiprocessing
 import pickle
+import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, biject_to, constraints
+from torch.distributions.utils import lazy_property
 
-from infcomp.errors import GuideError, ModelError, VectorizationError, VectorizationNotice
+from infcomp.errors import (
+    GuideError,
+    InferenceWarning,
+    ModelError,
+    VectorizationError,
+    VectorizationNotice,
+)
 from infcomp.handlers import condition, particles, replay, trace, uncondition
 from infcomp.inference.common import (
     Program,
@@ -58,6 +82,12 @@ from infcomp.runtime import (
 from infcomp.traces import group_traces, index_trace, structure_key
 
 _T = TypeVar("_T")
+
+#: What simulation does when the user's program raises: raise a ModelError, or skip.
+OnError = Literal["raise", "skip"]
+
+#: The key of :attr:`JointBatch.failures` for simulations that failed before any site.
+BEFORE_ANY_SITE = "(before any site)"
 
 
 # -- records -----------------------------------------------------------------------------
@@ -160,6 +190,9 @@ class ParticleRun:
             (filled only when some log weight is NaN or +inf).
         per_dataset: with batched data run particle by particle, one run per data set
             (then ``traces`` is empty and ``log_weights`` stacks theirs).
+        invalid_sites: per site, how many particles met a distribution whose parameters
+            are invalid there (a scale of 0, a NaN); those particles have weight zero
+            (log weight ``-inf``). A guide's sites are named ``"guide <name>"``.
     """
 
     traces: list[Trace]
@@ -169,6 +202,7 @@ class ParticleRun:
     vectorized: bool
     nonfinite_sites: dict[str, int]
     per_dataset: list[ParticleRun] | None = None
+    invalid_sites: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -179,11 +213,17 @@ class JointBatch:
         traces: one trace per group, values with a leading dimension of the group's size.
         sizes: the number of simulations in each group.
         vectorized: whether the model ran once for the whole batch.
+        failures: with ``on_error="skip"``, the simulations that raised in the user's
+            program and were dropped, counted by the last site each reached
+            (:data:`BEFORE_ANY_SITE` when none); a batched run that failed, and whose
+            retry succeeded, counts as one failure at the site it reached. The batch
+            then holds fewer simulations than asked (``size`` says how many).
     """
 
     traces: list[Trace]
     sizes: list[int]
     vectorized: bool
+    failures: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -395,32 +435,147 @@ class ParticleEngine:
                 self._probes[key] = single()
         return self._probes[key]  # type: ignore[no-any-return]
 
-    def _choose(self, batched: Callable[[], _T], sequential: Callable[[], _T]) -> _T:
+    def _choose(
+        self,
+        batched: Callable[[], _T],
+        sequential: Callable[[], _T],
+        recover: Callable[[_ProgramError, _T], _T] | None = None,
+    ) -> _T:
         """Run ``batched()``, or ``sequential()`` when the program cannot be vectorized.
 
-        A :class:`~infcomp.errors.ModelError` is never a reason to fall back: it is the
-        user's error and propagates.
+        Why a batched run failed decides what happens (the only reason to fall back is
+        a program that does not vectorize):
+
+        - a :class:`~infcomp.errors.ModelError` is the user's error and propagates;
+        - running out of memory raises a ``MemoryError`` at once (see
+          :meth:`_out_of_memory`), never a particle-by-particle loop;
+        - a shape error (torch's message for control flow on a batch, mismatched
+          shapes, a batch turned into a number; or infcomp's particle handler saw the
+          structure change) means the program does not vectorize: a one-time notice
+          (a :class:`~infcomp.errors.VectorizationError` when ``vectorize=True``) and
+          from then on the sequential path;
+        - any other exception the program raised: the batch is retried once, since a
+          program that fails at random (a simulator that raises now and then) rarely
+          fails twice running, while one that does not vectorize always does. If the
+          retry succeeds, the first failure was the user's: ``recover(failure,
+          result)`` decides (by default a ModelError naming the last site reached).
+          If it fails too, the batch is redone one at a time: a trace that fails there
+          is the user's error (``sequential`` raises it, or with ``on_error="skip"``
+          drops and counts it, and later batches stay vectorized); if none fails, the
+          program does not vectorize (as above).
+
+        Invalid distribution parameters in some particles are no failure at all (see
+        :meth:`_tolerant`).
         """
         if self.vectorize is False:
             return sequential()
+        result, failure = self._attempt(batched)
+        if failure is None:
+            return result  # type: ignore[return-value]
+        shape_error = _looks_unvectorized(failure.error)
+        if not shape_error:
+            result, again = self._attempt(batched)
+            if again is None:
+                if recover is None:
+                    raise self._user_error(failure) from failure.error
+                return recover(failure, result)  # type: ignore[arg-type]
+            if _looks_unvectorized(again.error):
+                failure, shape_error = again, True
+        if shape_error:
+            self._fall_back(failure)
+            return sequential()
+        result = sequential()  # a trace that fails there raises the user's error
+        if isinstance(result, JointBatch) and result.failures:
+            return result  # the program failed in some traces, skipped: stay vectorized
+        self._fall_back(failure)
+        return result
+
+    def _fall_back(self, failure: _ProgramError) -> None:
+        """The program does not vectorize: an error if forced, else say so (once) and
+        keep to the particle-by-particle path from now on."""
+        error = failure.error
+        if self.vectorize:
+            raise VectorizationError(
+                f"{self.what} cannot run with a leading batch dimension: {error}"
+            ) from error
+        warn_user(
+            f"{self.what} runs one trace at a time because it could not be vectorized "
+            f"({type(error).__name__}: {error}); pass vectorize=False to choose this "
+            f"path directly",
+            VectorizationNotice,
+        )
+        self.vectorize = False
+
+    def _attempt(self, batched: Callable[[], _T]) -> tuple[_T | None, _ProgramError | None]:
+        """``batched()``'s result, or why it failed; user's errors and memory raise."""
         try:
-            return batched()
+            return batched(), None
         except ModelError:
             raise
+        except _ProgramError as failure:
+            return None, failure
         except Exception as error:
-            if self.vectorize:
-                raise VectorizationError(
-                    f"{self.what} cannot run with a leading batch dimension: {error}"
-                ) from error
-            warn_user(
-                f"{self.what} runs one trace at a time because it could not be vectorized "
-                f"({type(error).__name__}: {error}); pass vectorize=False to choose this "
-                f"path directly",
-                VectorizationNotice,
-            )
-        # Keep to the path that works from now on (and say so only once).
-        self.vectorize = False
-        return sequential()
+            if _is_out_of_memory(error):
+                raise self._out_of_memory(error) from error
+            # The particle handler, or infcomp's handling of the batched trace, failed.
+            return None, _ProgramError(error, None)
+
+    def _guarded(self, call: Callable[[], _T]) -> _T:
+        """``call()``, a run of the user's program; an exception it raises (other than
+        infcomp's own and running out of memory) becomes a :class:`_ProgramError`
+        that knows the last site the run reached."""
+        with _Progress() as progress:
+            try:
+                return call()
+            except (ModelError, VectorizationError):
+                raise
+            except Exception as error:
+                if _is_out_of_memory(error):
+                    raise self._out_of_memory(error) from error
+                raise _ProgramError(error, progress.site) from error
+
+    def _tolerant(self, call: Callable[[], _T]) -> tuple[_T, bool]:
+        """``(call(), reran)``: a run that constructs a distribution with invalid
+        parameters in some particles (torch's argument validation raises) is redone in
+        the same random state with validation off, so the particles are the same and
+        those with invalid parameters can be found (:func:`_invalid_particles`)."""
+        restore = _random_state()
+        try:
+            return self._guarded(call), False
+        except _ProgramError as failure:
+            if not _is_invalid_parameter(failure.error):
+                raise
+        restore()
+        with _validation_off(), _SafeDraws():
+            return self._guarded(call), True
+
+    def _user_error(self, failure: _ProgramError, hint: str = "") -> ModelError:
+        """The user's program raised: a ModelError naming the last site reached (raise
+        it ``from failure.error`` to keep the program's traceback)."""
+        error = failure.error
+        where = (
+            f"the last site it reached was {failure.site!r}"
+            if failure.site is not None
+            else "before it reached any site"
+        )
+        return ModelError(
+            f"{self.what} raised {type(error).__name__}: {error} ({where}); this is an "
+            f"error in the program itself, not in how infcomp runs it (see the traceback "
+            f"above){hint}"
+        )
+
+    def _out_of_memory(self, error: BaseException) -> Exception:
+        """Running out of memory: say so at once and point to streaming."""
+        message = (
+            f"out of memory running {self.what} for many particles at once "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            f"run fewer at a time: infcomp.importance_stream(model, data, num_particles, "
+            f"chunk_size=...) keeps memory at one chunk, or use fewer particles (a smaller "
+            f"batch_size for simulation)"
+        )
+        if isinstance(error, torch.OutOfMemoryError):
+            return torch.OutOfMemoryError(message)
+        return MemoryError(message)
 
     # -- importance sampling -----------------------------------------------------------
 
@@ -440,7 +595,7 @@ class ParticleEngine:
         first = {name: value[0] for name, value in data.items()} if batched_data else data
         key = ("run", tuple((name, tuple(value.shape)) for name, value in data.items()))
         try:
-            probe = self._probe(key, lambda: _check_precision(self._single(Request(first))))
+            probe = self._probe(key, lambda: _check_precision(self._unbatched(Request(first))))
         except ModelError as error:
             if not batched_data:
                 raise
@@ -449,18 +604,35 @@ class ParticleEngine:
         if batched_data:
             batch_shape += (next(iter(data.values())).shape[0],)
             _check_every_dataset(data, probe)
-        return self._choose(
+        result = self._choose(
             lambda: self._vectorized(data, batch_shape, probe),
             lambda: self._each_dataset(data, batch_shape, probe),
         )
+        if result.invalid_sites:
+            sites = ", ".join(f"{name!r} ({count})" for name, count in result.invalid_sites.items())
+            warn_user(
+                f"{self.what}: distributions with invalid parameters (a scale of 0, a NaN, "
+                f"...) in some of the {result.log_weights.numel()} particles, at sites "
+                f"{sites}; those particles have weight zero",
+                InferenceWarning,
+            )
+        return result
 
     def _single(self, request: Request) -> SingleRun:
         return self.job.proposal.run(self.job, request)
 
+    def _unbatched(self, request: Request) -> SingleRun:
+        """One unbatched run (the probe): an exception in the program is the user's;
+        invalid parameters there are not (they may be a rare draw, like the particles')."""
+        try:
+            return self._tolerant(lambda: self._single(request))[0]
+        except _ProgramError as failure:
+            raise self._user_error(failure) from failure.error
+
     def _vectorized(
         self, data: dict[str, Tensor], batch_shape: tuple[int, ...], probe: SingleRun
     ) -> ParticleRun:
-        run = self._single(Request(data, batch_shape, probe))
+        run, reran = self._tolerant(lambda: self._single(Request(data, batch_shape, probe)))
         _check_data_used(data, [probe, run])
         for site in run.model_trace.sites.values():
             # Observed values carry no particle dimension; give them one (a view) so that
@@ -471,11 +643,20 @@ class ParticleEngine:
                 site.value = site.value.expand(site.fn.batch_shape + site.fn.event_shape)
         log_weights, log_proposal = _log_weight(run)
         log_weights = torch.broadcast_to(log_weights, batch_shape)
+        invalid = _invalid_particles(run, batch_shape) if reran else None
+        if invalid is not None:
+            log_weights = log_weights.masked_fill(invalid[0], -torch.inf)
         if log_proposal is not None:
             log_proposal = torch.broadcast_to(log_proposal, batch_shape)
         nonfinite = _nonfinite_sites([run], len(batch_shape)) if _bad(log_weights) else {}
         return ParticleRun(
-            [run.model_trace], [batch_shape[0]], log_weights, log_proposal, True, nonfinite
+            [run.model_trace],
+            [batch_shape[0]],
+            log_weights,
+            log_proposal,
+            True,
+            nonfinite,
+            invalid_sites={} if invalid is None else invalid[1],
         )
 
     def _each_dataset(
@@ -497,16 +678,38 @@ class ParticleEngine:
     ) -> ParticleRun:
         if self.workers > 1 and num_particles > 1:
             return self._in_workers(data, num_particles)
-        runs = [self._single(Request(data)) for _ in range(num_particles)]
+        runs: list[SingleRun] = []
+        invalid_sites: dict[str, int] = {}
+        invalid_indices: list[int] = []
+        for index in range(num_particles):
+            try:
+                run, reran = self._tolerant(lambda: self._single(Request(data)))
+            except _ProgramError as failure:
+                raise self._user_error(failure) from failure.error
+            runs.append(run)
+            invalid = _invalid_particles(run, ()) if reran else None
+            if invalid is not None:
+                invalid_indices.append(index)
+                for name, count in invalid[1].items():
+                    invalid_sites[name] = invalid_sites.get(name, 0) + count
         _check_data_used(data, [probe, *runs])
         weights = [_log_weight(run) for run in runs]
         log_weights = torch.stack([w for w, _ in weights])
+        log_weights[invalid_indices] = -torch.inf
         traces, sizes, order = group_traces([run.model_trace for run in runs], distributions=False)
         log_proposal = None
         if weights[0][1] is not None:
             log_proposal = torch.stack([q for _, q in weights])[order]  # type: ignore[misc]
         nonfinite = _nonfinite_sites(runs, 0) if _bad(log_weights) else {}
-        return ParticleRun(traces, sizes, log_weights[order], log_proposal, False, nonfinite)
+        return ParticleRun(
+            traces,
+            sizes,
+            log_weights[order],
+            log_proposal,
+            False,
+            nonfinite,
+            invalid_sites=invalid_sites,
+        )
 
     def _in_workers(self, data: dict[str, Tensor], num_particles: int) -> ParticleRun:
         """The particle-by-particle path split over spawned worker processes, each with
@@ -541,21 +744,54 @@ class ParticleEngine:
 
     # -- joint simulation --------------------------------------------------------------
 
-    def simulate(self, batch_size: int, prior_inflation: float = 1.0) -> JointBatch:
+    def simulate(
+        self, batch_size: int, prior_inflation: float = 1.0, on_error: OnError = "raise"
+    ) -> JointBatch:
         """``batch_size`` joint simulations (x, y) ~ p(x, y): the program runs with its
         observe statements sampling (no gradients: it is never differentiated). With
         ``prior_inflation`` > 1, latent draws come from priors widened by that factor
-        (see :class:`inflate`)."""
+        (see :class:`inflate`).
+
+        A simulation that raises in the user's program (an exception, or a distribution
+        given invalid parameters) is a :class:`~infcomp.errors.ModelError` naming the
+        last site it reached, chained to the program's exception, with ``on_error=
+        "raise"``. With ``"skip"`` failing simulations are dropped and counted in
+        :attr:`JointBatch.failures`: a batched run that fails is retried, then redone
+        trace by trace for that batch only (later batches stay vectorized), so the batch
+        may hold fewer simulations than asked; if all fail, the error is raised.
+        Simulations that do not fail are draws from p(x, y | the program does not fail).
+        """
         batch_size = check_positive_int("batch_size", batch_size)
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        hint = "; pass on_error='skip' to drop and count failing simulations"
+
+        def recover(failure: _ProgramError, batch: JointBatch) -> JointBatch:
+            if on_error == "raise":
+                raise self._user_error(failure, hint) from failure.error
+            batch.failures = {failure.site or BEFORE_ANY_SITE: 1}
+            return batch
+
+        def unbatched() -> Trace:
+            # With "skip", a probe that fails is tried again (a few times: a program that
+            # always fails is the user's error all the same).
+            for _ in range(1 if on_error == "raise" else _PROBE_ATTEMPTS):
+                try:
+                    return self._guarded(lambda: self._joint((), None, prior_inflation))
+                except _ProgramError as failure:
+                    last = failure
+            raise self._user_error(last, hint) from last.error
+
         with torch.no_grad():
-            probe = self._probe(
-                ("simulate", prior_inflation), lambda: self._joint((), None, prior_inflation)
-            )
+            probe = self._probe(("simulate", prior_inflation), unbatched)
             return self._choose(
                 lambda: JointBatch(
-                    [self._joint((batch_size,), probe, prior_inflation)], [batch_size], True
+                    [self._guarded(lambda: self._joint((batch_size,), probe, prior_inflation))],
+                    [batch_size],
+                    True,
                 ),
-                lambda: self._joint_sequential(batch_size, prior_inflation),
+                lambda: self._joint_sequential(batch_size, prior_inflation, on_error, hint),
+                recover,
             )
 
     def _joint(
@@ -579,10 +815,23 @@ class ParticleEngine:
             )
         return tracer.trace
 
-    def _joint_sequential(self, batch_size: int, prior_inflation: float) -> JointBatch:
-        singles = [self._joint((), None, prior_inflation) for _ in range(batch_size)]
+    def _joint_sequential(
+        self, batch_size: int, prior_inflation: float, on_error: OnError, hint: str
+    ) -> JointBatch:
+        singles: list[Trace] = []
+        failures: dict[str, int] = {}
+        for _ in range(batch_size):
+            try:
+                singles.append(self._guarded(lambda: self._joint((), None, prior_inflation)))
+            except _ProgramError as failure:
+                if on_error == "raise" or (
+                    not singles and sum(failures.values()) + 1 == batch_size
+                ):
+                    raise self._user_error(failure, hint) from failure.error
+                site = failure.site or BEFORE_ANY_SITE
+                failures[site] = failures.get(site, 0) + 1
         traces, sizes, _ = group_traces(singles)
-        return JointBatch(traces, sizes, False)
+        return JointBatch(traces, sizes, False, failures)
 
     # -- replaying given values --------------------------------------------------------
 
@@ -598,9 +847,16 @@ class ParticleEngine:
 
         def run_one(index: int) -> tuple[Trace, Trace]:
             one = index_trace(joint, index)
-            with trace() as tracer, replay(trace=one):
-                self.job.call(observations=observations_of(one))
-            return one, tracer.trace
+
+            def call() -> Trace:
+                with trace() as tracer, replay(trace=one):
+                    self.job.call(observations=observations_of(one))
+                return tracer.trace
+
+            try:
+                return one, self._guarded(call)
+            except _ProgramError as failure:
+                raise self._user_error(failure) from failure.error
 
         def natural_shapes() -> dict[str, torch.Size]:
             one, program_trace = run_one(0)
@@ -609,13 +865,17 @@ class ParticleEngine:
 
         def batched() -> Tensor:
             natural = self._probe(("replay", structure_key(joint)), natural_shapes)
-            with (
-                trace(batch_ndim=1) as tracer,
-                replay(trace=joint),
-                particles(batch_shape=(size,), natural_shapes=natural),
-            ):
-                self.job.call(observations=observations_of(joint))
-            return score(joint, tracer.trace, 1)
+
+            def call() -> Trace:
+                with (
+                    trace(batch_ndim=1) as tracer,
+                    replay(trace=joint),
+                    particles(batch_shape=(size,), natural_shapes=natural),
+                ):
+                    self.job.call(observations=observations_of(joint))
+                return tracer.trace
+
+            return score(joint, self._guarded(call), 1)
 
         def sequential() -> Tensor:
             return torch.stack([score(*run_one(index), 0) for index in range(size)])
@@ -710,6 +970,10 @@ def _concatenate(runs: list[ParticleRun], dim: int) -> ParticleRun:
     for run in runs:
         for name, count in run.nonfinite_sites.items():
             nonfinite[name] = nonfinite.get(name, 0) + count
+    invalid: dict[str, int] = {}
+    for run in runs:
+        for name, count in run.invalid_sites.items():
+            invalid[name] = invalid.get(name, 0) + count
     log_proposals = [run.log_proposal for run in runs]
     join = torch.cat if dim == 0 else torch.stack
     return ParticleRun(
@@ -719,6 +983,7 @@ def _concatenate(runs: list[ParticleRun], dim: int) -> ParticleRun:
         None if log_proposals[0] is None else join(log_proposals, dim=dim),  # type: ignore[arg-type]
         False,
         nonfinite,
+        invalid_sites=invalid,
     )
 
 
@@ -814,3 +1079,187 @@ def _same_objects(a: Any, b: Any) -> bool:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+# -- failures ----------------------------------------------------------------------------
+
+#: How often a failing probe is tried with ``on_error="skip"``.
+_PROBE_ATTEMPTS = 10
+
+
+class _ProgramError(Exception):
+    """The user's program raised ``error`` in a run; ``site``: the last site it reached."""
+
+    def __init__(self, error: Exception, site: str | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.site = site
+
+
+class _Progress(Messenger):
+    """Remembers the last site a run reached (outermost, so it sees every site)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.site: str | None = None
+
+    def process_message(self, site: Site) -> None:
+        self.site = site.name
+
+
+# Torch's messages when a program does not broadcast over leading particle dimensions:
+# control flow on a batch (`if z > 0:`), a batch turned into a number, shapes that do not
+# match. Such a failure is not retried before running one trace at a time.
+_SHAPE_ERROR = re.compile(
+    r"Boolean value of Tensor with more than one value|cannot be converted to (Python )?"
+    r"[Ss]calar|only one element tensors|size of tensor|must match the size|shapes? |"
+    r"Sizes of tensors|same number of dimensions|too many indices|Dimension out of range|"
+    r"expand|broadcast"
+)
+
+
+def _looks_unvectorized(error: BaseException) -> bool:
+    if isinstance(error, VectorizationError):
+        return True
+    return (
+        isinstance(error, (RuntimeError, ValueError, IndexError, TypeError))
+        and not _is_invalid_parameter(error)
+        and _SHAPE_ERROR.search(str(error)) is not None
+    )
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError)
+        and ("can't allocate memory" in str(error) or "out of memory" in str(error))
+    )
+
+
+def _is_invalid_parameter(error: BaseException) -> bool:
+    """Whether torch's argument validation rejected a distribution's parameters."""
+    return isinstance(error, ValueError) and str(error).startswith("Expected parameter ")
+
+
+def _random_state() -> Callable[[], None]:
+    """A function that puts torch's random state (CPU, and CUDA if in use) back as now."""
+    cpu = torch.default_generator.get_state()  # once per particle on the sequential path
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore() -> None:
+        torch.default_generator.set_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+    return restore
+
+
+class _Validation:
+    """Torch's argument validation is one process-wide switch; runs that need it off
+    (see :meth:`ParticleEngine._tolerant`) count themselves in and out, so that it is
+    turned back on only when the last one ends, in whatever thread."""
+
+    lock = threading.Lock()
+    users = 0
+    saved = True
+
+
+@contextlib.contextmanager
+def _validation_off() -> Iterator[None]:
+    with _Validation.lock:
+        if _Validation.users == 0:
+            _Validation.saved = bool(Distribution._validate_args)
+            Distribution.set_default_validate_args(False)
+        _Validation.users += 1
+    try:
+        yield
+    finally:
+        with _Validation.lock:
+            _Validation.users -= 1
+            if _Validation.users == 0:
+                Distribution.set_default_validate_args(_Validation.saved)
+
+
+class _SafeDraws(Messenger):
+    """Draw latent values even where a distribution's parameters are invalid in some
+    particles (torch refuses to sample a negative scale): those particles' parameters
+    are replaced by valid stand-ins (see :func:`_repaired`) for the draw alone, since
+    their weight is zero whatever they draw. Outermost, so it draws last."""
+
+    def process_message(self, site: Site) -> None:
+        if site.value is not None or site.fn is None:
+            return
+        try:
+            site.value = site.fn.sample()
+        except (RuntimeError, ValueError):
+            site.value = _repaired(site.fn).sample()
+
+
+def _repaired(fn: Distribution) -> Distribution:
+    """A copy of ``fn`` whose parameters outside their constraints (its own, and those
+    of the distributions it wraps) are replaced by a point inside, elementwise."""
+    fn = copy.copy(fn)
+    try:
+        arg_constraints = fn.arg_constraints
+    except NotImplementedError:
+        arg_constraints = {}
+    for param, constraint in arg_constraints.items():
+        value = vars(fn).get(param)
+        if not isinstance(value, Tensor) or constraints.is_dependent(constraint):
+            continue
+        inside = constraint.check(value)
+        inside = inside.reshape(inside.shape + (1,) * (value.dim() - inside.dim()))
+        to_constraint = biject_to(constraint)
+        stand_in = to_constraint(value.new_zeros(to_constraint.inverse_shape(value.shape)))
+        setattr(fn, param, torch.where(inside, value, stand_in))
+    for name, inner in list(vars(fn).items()):
+        if isinstance(inner, Distribution):
+            setattr(fn, name, _repaired(inner))
+    return fn
+
+
+def _invalid_particles(
+    run: SingleRun, batch_shape: tuple[int, ...]
+) -> tuple[Tensor, dict[str, int]] | None:
+    """The particles (a mask of ``batch_shape``) whose distributions have parameters
+    outside their ``arg_constraints`` at some site, and how many per site; None if none."""
+    invalid = torch.zeros(batch_shape, dtype=torch.bool)
+    counts: dict[str, int] = {}
+    for prefix, tr in (("", run.model_trace), ("guide ", run.proposal_trace)):
+        for name, site in (tr.sites if tr is not None else {}).items():
+            if site.fn is None:
+                continue
+            bad = _invalid_parameters(site.fn, len(batch_shape))
+            if bad is None or not bool(bad.any()):
+                continue
+            bad = torch.broadcast_to(bad.to(invalid.device), batch_shape)
+            counts[prefix + name] = int(bad.sum())
+            invalid = invalid.to(bad.device) | bad
+    return (invalid, counts) if counts else None
+
+
+def _invalid_parameters(fn: Distribution, batch_ndim: int) -> Tensor | None:
+    """Per particle (the leading ``batch_ndim`` dimensions), whether a parameter of ``fn``
+    or of a distribution it wraps violates its constraint (torch's own check)."""
+    bad: Tensor | None = None
+    try:
+        arg_constraints = fn.arg_constraints
+    except NotImplementedError:
+        arg_constraints = {}
+    for param, constraint in arg_constraints.items():
+        if constraints.is_dependent(constraint):
+            continue
+        if param not in vars(fn) and isinstance(getattr(type(fn), param, None), lazy_property):
+            continue  # a parametrization not given (probs when logits were), as torch skips
+        value = getattr(fn, param, None)
+        if not isinstance(value, Tensor):
+            continue
+        outside = ~constraint.check(value)
+        if outside.dim() > batch_ndim:
+            outside = outside.reshape(outside.shape[:batch_ndim] + (-1,)).any(-1)
+        bad = outside if bad is None else bad | outside
+    for inner in vars(fn).values():
+        if isinstance(inner, Distribution):
+            inside = _invalid_parameters(inner, batch_ndim)
+            if inside is not None:
+                bad = inside if bad is None else bad | inside
+    return bad

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from infcomp.inference.common import Program, check_finite
-from infcomp.inference.particles import Job, JointBatch, ParticleEngine, observations_of
+from infcomp.inference.particles import Job, JointBatch, OnError, ParticleEngine, observations_of
 from infcomp.inference.proposals import PriorProposal
 
 __all__ = ["JointBatch", "JointSimulator", "observations_of"]
@@ -33,6 +33,13 @@ class JointSimulator:
             chooses.
         prior_inflation: widen the latent sites' priors by this factor (see
             :class:`~infcomp.inference.particles.inflate`); 1 simulates the model as it is.
+        on_error: what a simulation that raises in the model does: ``"raise"`` (a
+            :class:`~infcomp.errors.ModelError` naming the last site it reached, chained
+            to the model's exception) or ``"skip"`` (dropped, and counted by site in
+            :attr:`JointBatch.failures`; a batch then holds fewer simulations than
+            asked, see :meth:`~infcomp.inference.particles.ParticleEngine.simulate`).
+            Either way a model that raises is never taken for one that does not
+            vectorize.
 
     Example:
         >>> import infcomp as ic
@@ -49,9 +56,13 @@ class JointSimulator:
         kwargs: Mapping[str, Any] | None = None,
         vectorize: bool | None = None,
         prior_inflation: float = 1.0,
+        on_error: OnError = "raise",
     ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.model = model
         self.prior_inflation = check_finite("prior_inflation", prior_inflation, minimum=1)
+        self.on_error: OnError = on_error
         job = Job(model, PriorProposal(), tuple(args), dict(kwargs or {}))
         self.engine = ParticleEngine(job, vectorize)
 
@@ -73,4 +84,4 @@ class JointSimulator:
             self.engine = self.engine.with_arguments(
                 job.args if args is None else tuple(args), job.kwargs if kwargs is None else kwargs
             )
-        return self.engine.simulate(batch_size, self.prior_inflation)
+        return self.engine.simulate(batch_size, self.prior_inflation, self.on_error)
