@@ -49,7 +49,7 @@ def test_an_unbatched_distribution_cannot_be_indexed():
 
 def test_minibatches_cover_every_simulation_once_per_epoch_for_a_variable_structure():
     torch.manual_seed(0)
-    csis = ic.CSIS(marsaglia)
+    csis = ic.CSIS(marsaglia, vectorize=False)
     dataset = csis.simulate(500)
     assert len(dataset) == 500 and len(dataset.traces) > 1  # one group per structure
     assert sum(dataset.sizes) == 500
@@ -177,6 +177,38 @@ def test_training_on_a_simulator_that_mostly_fails_stops_with_the_site_and_fract
         csis.step(batch_size=500)
     with pytest.raises(ic.ModelError, match=r"\(8\d%\).*'x1'"):
         csis.simulate(500)
+
+
+def sometimes_raises(rate=0.02):
+    """The Gaussian as a one-trace-at-a-time simulator that raises for u < rate."""
+    z = ic.sample("z", Normal(1.0, 5**0.5))
+    u = ic.sample("u", Uniform(0.0, 1.0))
+    if u < rate:
+        raise RuntimeError("the solver diverged")
+    ic.observe("x1", Normal(z, 2**0.5))
+    ic.observe("x2", Normal(z, 2**0.5))
+
+
+def test_simulations_that_raise_are_skipped_and_counted_when_asked():
+    torch.manual_seed(0)
+    csis = ic.CSIS(sometimes_raises, vectorize=False, on_error="skip")
+    with pytest.warns(ic.SimulationWarning, match=r"raised in the model.*'u'"):
+        dataset = csis.simulate(1000)
+        csis.train(num_steps=3, batch_size=100, progress=False)
+    # The failing runs got as far as 'u'; 2 % of 1,300, binomially, within 5 sd.
+    assert set(csis.failed_simulations) == {"u"}
+    failed = csis.failed_simulations["u"]
+    assert csis.num_simulations == 1300
+    assert abs(failed - 26) < 5 * math.sqrt(1300 * 0.02 * 0.98)
+    assert len(dataset) == 1000 - dataset.failed["u"]
+    with pytest.raises(ic.ModelError, match="raised"):
+        ic.CSIS(sometimes_raises, vectorize=False).step(batch_size=500)
+
+
+def test_training_stops_when_most_simulations_raise():
+    csis = ic.CSIS(sometimes_raises, kwargs={"rate": 0.7}, vectorize=False, on_error="skip")
+    with pytest.raises(ic.ModelError, match=r"\((6|7|8)\d%\) are unusable.*raised in the program"):
+        csis.simulate(300)
 
 
 class SqrtGuide(nn.Module):

@@ -48,11 +48,11 @@ from infcomp.inference.common import (
 from infcomp.inference.dataset import (
     TraceDataset,
     check_invalid_fraction,
+    clean_batch,
     default_batch_size,
-    drop_invalid,
 )
 from infcomp.inference.importance import Options, importance, importance_batch
-from infcomp.inference.particles import Job, JointBatch
+from infcomp.inference.particles import Job, JointBatch, OnError
 from infcomp.inference.proposals import NetworkProposal, as_proposal
 from infcomp.inference.simulation import JointSimulator
 from infcomp.nn.network import InferenceNetwork, NetworkConfig
@@ -106,11 +106,16 @@ class CSIS:
             tensors must be on that device too); inference moves the data there.
         clip_grad_norm: the gradients' total norm is clipped to this before each step
             (``torch.nn.utils.clip_grad_norm_``; sbi's default, 5); None: no clipping.
+        on_error: what a simulation that raises in the model does: ``"raise"`` (the
+            error, as the user's, naming the last site reached) or ``"skip"`` (dropped,
+            counted in :attr:`failed_simulations` by that site, one
+            :class:`~infcomp.errors.SimulationWarning`).
 
     Simulations with NaN or infinite values (a failing simulator) are dropped from
     training and counted in :attr:`invalid_simulations` by the site where they first
     went wrong, with one :class:`SimulationWarning`; when more than half of a batch is
-    invalid, training stops with a :class:`~infcomp.errors.ModelError`. A step whose
+    invalid (or failed, with ``on_error="skip"``), training stops with a
+    :class:`~infcomp.errors.ModelError`. A step whose
     loss or gradients are not finite is never applied (counted in
     :attr:`skipped_steps`).
 
@@ -147,6 +152,7 @@ class CSIS:
         dtype: torch.dtype | None = None,
         validation_batch_size: int | None = None,
         clip_grad_norm: float | None = 5.0,
+        on_error: OnError = "raise",
     ) -> None:
         if not callable(model):
             raise TypeError("CSIS needs a callable model")
@@ -166,7 +172,12 @@ class CSIS:
             "num_inference_samples", num_inference_samples
         )
         self.simulator = JointSimulator(
-            model, self.args, self.kwargs, vectorize, prior_inflation=prior_inflation
+            model,
+            self.args,
+            self.kwargs,
+            vectorize,
+            prior_inflation=prior_inflation,
+            on_error=on_error,
         )
         if guide is None:
             # Simulate the model once to find its observe sites and latent families.
@@ -211,6 +222,8 @@ class CSIS:
         self.num_simulations = 0
         #: Simulations dropped for NaN or infinite values, by the first such site.
         self.invalid_simulations: dict[str, int] = {}
+        #: Simulations that raised in the model and were skipped, by the last site reached.
+        self.failed_simulations: dict[str, int] = {}
         #: Training steps not applied because the loss or gradients were not finite.
         self.skipped_steps = 0
         self._warned: set[str] = set()
@@ -303,20 +316,24 @@ class CSIS:
     ) -> JointBatch:
         """``size`` joint simulations, without (and counting) those that are not finite."""
         batch = self.simulator(size, args, kwargs)
-        self.num_simulations += batch.size
-        batch = drop_invalid(batch, self.invalid_simulations)
-        self._report_invalid()
+        self.num_simulations += size
+        batch = clean_batch(batch, size, self.invalid_simulations, self.failed_simulations)
+        self._report_dropped()
         return batch
 
-    def _report_invalid(self) -> None:
-        if self.invalid_simulations:
-            counts = ", ".join(f"{n!r}: {c}" for n, c in self.invalid_simulations.items())
-            self._warn_once(
-                "invalid",
-                f"simulations with NaN or infinite values are dropped from training (so far, "
-                f"by the first site where it happened: {counts}, of {self.num_simulations}); "
-                f"CSIS.invalid_simulations keeps the count",
-            )
+    def _report_dropped(self) -> None:
+        for key, counts, what, where in (
+            ("invalid", self.invalid_simulations, "with NaN or infinite values", "first"),
+            ("failed", self.failed_simulations, "that raised in the model", "last"),
+        ):
+            if counts:
+                listed = ", ".join(f"{n!r}: {c}" for n, c in counts.items())
+                self._warn_once(
+                    key,
+                    f"simulations {what} are dropped from training (so far, by the {where} "
+                    f"site: {listed}, of {self.num_simulations}); CSIS.{key}_simulations "
+                    f"keeps the count",
+                )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -332,7 +349,7 @@ class CSIS:
             with untouched_random_state():
                 torch.manual_seed(self._validation_seed)
                 batch = self.simulator(self.validation_size, self.args, self.kwargs)
-            self._validation_batch = drop_invalid(batch, {})
+            self._validation_batch = clean_batch(batch, self.validation_size, {}, {})
         self._train_mode(False)
         with torch.no_grad():
             return float(self.loss(self._validation_batch))
@@ -466,15 +483,19 @@ class CSIS:
         batches = []
         remaining = num_simulations
         while remaining > 0:
-            batch = self.simulator(min(chunk_size, remaining), self.args, self.kwargs)
-            batches.append(batch)
-            remaining -= batch.size
+            asked = min(chunk_size, remaining)
+            batches.append(self.simulator(asked, self.args, self.kwargs))
+            remaining -= asked
         dataset = TraceDataset.from_batches(batches)
-        check_invalid_fraction(dataset.invalid, num_simulations)
+        check_invalid_fraction(dataset.invalid, dataset.failed, num_simulations)
         self.num_simulations += num_simulations
-        for name, count in dataset.invalid.items():
-            self.invalid_simulations[name] = self.invalid_simulations.get(name, 0) + count
-        self._report_invalid()
+        for counts, new in (
+            (self.invalid_simulations, dataset.invalid),
+            (self.failed_simulations, dataset.failed),
+        ):
+            for name, count in new.items():
+                counts[name] = counts.get(name, 0) + count
+        self._report_dropped()
         return dataset
 
     def dataset_loss(self, dataset: TraceDataset, batch_size: int = 256) -> float:

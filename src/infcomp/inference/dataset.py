@@ -10,7 +10,8 @@ A :class:`TraceDataset` holds the traces grouped by structure (site names and sh
 each group one trace whose values and distributions carry a leading dimension, so that a
 minibatch of a variable-structure program is a few batched groups, not a loop over traces.
 Simulations whose values are not finite (NaN or ±inf: a failed simulator run) are dropped
-when the dataset is made and counted by the site where they first went wrong.
+when the dataset is made and counted by the site where they first went wrong; so are
+simulations that raised, when the simulator skips them (``on_error="skip"``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class TraceDataset:
         sizes: the number of simulations in each group.
         invalid: simulations dropped because a value was NaN or ±inf, counted by the
             first site (in program order) where that happened.
+        failed: simulations that raised in the program and were skipped (``on_error=
+            "skip"``), counted by the last site each reached.
 
     Example:
         >>> import torch
@@ -58,6 +61,7 @@ class TraceDataset:
     traces: list[Trace]
     sizes: list[int]
     invalid: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(self.sizes)
@@ -65,11 +69,15 @@ class TraceDataset:
     @classmethod
     def from_batches(cls, batches: list[JointBatch]) -> TraceDataset:
         """Join batches of joint simulations: groups of one structure are concatenated
-        (where their distributions can be; otherwise kept apart), and simulations with
-        values that are not finite are dropped and counted."""
+        (where their distributions can be; otherwise kept apart), simulations with
+        values that are not finite are dropped and counted, and the batches' failures
+        (simulations skipped because they raised) are counted."""
         by_structure: dict[object, list[Trace]] = {}
         invalid: dict[str, int] = {}
+        failed: dict[str, int] = {}
         for batch in batches:
+            for name, count in batch.failures.items():
+                failed[name] = failed.get(name, 0) + count
             for trace in batch.traces:
                 kept = _drop_invalid(trace, invalid)
                 if kept is not None:
@@ -78,7 +86,7 @@ class TraceDataset:
         for members in by_structure.values():
             joined = _concatenate(members) if len(members) > 1 else members[0]
             traces.extend([joined] if joined is not None else members)
-        return cls(traces, [_size(trace) for trace in traces], invalid)
+        return cls(traces, [_size(trace) for trace in traces], invalid, failed)
 
     def split(
         self, fraction: float, generator: torch.Generator
@@ -99,7 +107,9 @@ class TraceDataset:
                 if selected.any():
                     out.append(_take(trace, selected.nonzero().squeeze(-1)))
         return (
-            TraceDataset(training, [_size(t) for t in training], dict(self.invalid)),
+            TraceDataset(
+                training, [_size(t) for t in training], dict(self.invalid), dict(self.failed)
+            ),
             TraceDataset(validation, [_size(t) for t in validation]),
         )
 
@@ -134,32 +144,46 @@ def default_batch_size(num_simulations: int) -> int:
     return min(max(num_simulations // 100, 32), 256)
 
 
-def drop_invalid(batch: JointBatch, counts: dict[str, int]) -> JointBatch:
-    """``batch`` without the simulations whose values are NaN or ±inf, each counted in
-    ``counts`` by the first site where it went wrong.
+def clean_batch(
+    batch: JointBatch, asked: int, invalid: dict[str, int], failed: dict[str, int]
+) -> JointBatch:
+    """``batch`` (of ``asked`` simulations) without those whose values are NaN or ±inf,
+    each counted in ``invalid`` by the first site where it went wrong; the simulations
+    that raised and were skipped (``batch.failures``) are added to ``failed``.
 
     Raises:
-        ModelError: when more than half of the batch is invalid, naming the sites and
-            the fraction (training on what is left would learn a different model).
+        ModelError: when more than half of the simulations asked for are invalid or
+            failed, naming the sites and the fraction (training on what is left would
+            learn a different model).
     """
     seen: dict[str, int] = {}
     kept = [trace for trace in (_drop_invalid(t, seen) for t in batch.traces) if trace is not None]
-    check_invalid_fraction(seen, batch.size)
-    for name, count in seen.items():
-        counts[name] = counts.get(name, 0) + count
+    check_invalid_fraction(seen, batch.failures, asked)
+    for counts, new in ((invalid, seen), (failed, batch.failures)):
+        for name, count in new.items():
+            counts[name] = counts.get(name, 0) + count
     return JointBatch(kept, [_size(trace) for trace in kept], batch.vectorized)
 
 
-def check_invalid_fraction(invalid: dict[str, int], total: int) -> None:
-    """Raise :class:`ModelError` when more than half of ``total`` simulations are invalid."""
-    dropped = sum(invalid.values())
+def check_invalid_fraction(invalid: dict[str, int], failed: dict[str, int], total: int) -> None:
+    """Raise :class:`ModelError` when more than half of ``total`` simulations are invalid
+    (NaN or infinite values) or failed (raised in the program)."""
+    dropped = sum(invalid.values()) + sum(failed.values())
     if total and dropped / total > MAX_INVALID_FRACTION:
-        where = ", ".join(f"{name!r}: {count}" for name, count in invalid.items())
+        parts = [
+            f"{sum(counts.values())} {what} (by site: "
+            + ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+            + ")"
+            for what, counts in (
+                ("have NaN or infinite values", invalid),
+                ("raised in the program", failed),
+            )
+            if counts
+        ]
         raise ModelError(
-            f"{dropped} of {total} simulations ({dropped / total:.0%}) have values that are "
-            f"NaN or infinite (first at site {where}); the simulator fails for most of its "
-            f"prior, so training would learn a different model. Fix the simulator or its "
-            f"prior."
+            f"{dropped} of {total} simulations ({dropped / total:.0%}) are unusable: "
+            f"{'; '.join(parts)}. The simulator fails for most of its prior, so training "
+            f"would learn a different model; fix the simulator or its prior."
         )
 
 
