@@ -611,6 +611,40 @@ def answered(task: Task, data: Data, quick: bool) -> tuple[Data, Answer]:
     return data, task.exact(data)
 
 
+def write(
+    options: argparse.Namespace,
+    header: str,
+    rows: list[Row],
+    contenders: Sequence[str],
+    notes: list[str],
+    seconds: float | None,
+) -> None:
+    """The ``--markdown`` and ``--json`` files (after each task, so that a long run
+    stopped early keeps what it measured; ``seconds`` is None until the end)."""
+    if options.markdown:
+        total = "unfinished" if seconds is None else f"{seconds:.0f} s"
+        options.markdown.write_text(
+            f"# infcomp quality benchmark\n\n{header}\n\n{table(rows, contenders)}\n\n"
+            + "\n".join(f"- {n}" for n in notes)
+            + f"\n\nTotal time: {total}.\n",
+            encoding="utf-8",
+        )
+    if options.json:
+        # NaN (a figure that does not apply) is written as null.
+        records = [
+            {
+                "task": r.task,
+                "budget": r.budget,
+                "figures": {
+                    c: {k: None if v != v else v for k, v in vars(f).items()}
+                    for c, f in r.figures.items()
+                },
+            }
+            for r in rows
+        ]
+        options.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse(argv)
     if options.threads > 0:
@@ -674,30 +708,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if contender == "prior":
                         prior = row.figures.get("prior")
                 rows.append(row)
+        write(options, header, rows, contenders, notes, None)
     seconds = time.perf_counter() - started
-    text = table(rows, contenders)
-    print("\n" + text + "\n\n" + "\n".join(notes) + f"\n\ntotal {seconds:.0f} s")
-    if options.markdown:
-        options.markdown.write_text(
-            f"# infcomp quality benchmark\n\n{header}\n\n{text}\n\n"
-            + "\n".join(f"- {n}" for n in notes)
-            + f"\n\nTotal time: {seconds:.0f} s.\n",
-            encoding="utf-8",
-        )
-    if options.json:
-        options.json.write_text(
-            json.dumps(
-                [
-                    {
-                        "task": r.task,
-                        "budget": r.budget,
-                        "figures": {c: vars(f) for c, f in r.figures.items()},
-                    }
-                    for r in rows
-                ],
-                indent=1,
-            )
-        )
+    print("\n" + table(rows, contenders) + "\n\n" + "\n".join(notes) + f"\n\ntotal {seconds:.0f} s")
+    write(options, header, rows, contenders, notes, seconds)
     return 0
 
 
