@@ -3,6 +3,7 @@
 #   make test   lint, type check, the core's size (tools/core_lines.py) and the test suite
 #   make bench  the benchmark table (installs Pyro as the peer to compare with)
 #   make bench-compare REV=fba5945  infcomp's figures for REV (default HEAD) and this tree
+#   make bench-quality  quality at 10^3..10^5 simulations vs sbi NPE+IS and prior IS (installs sbi)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-.PHONY: install-run install-dev install-bench demo test test-all bench bench-compare
+.PHONY: install-run install-dev install-bench install-sbi demo test test-all bench bench-compare bench-quality
 
 install-run: $(BIN)/python
 	$(PIP) -e '.[plot]'
@@ -21,6 +22,9 @@ install-dev: $(BIN)/python
 
 install-bench: $(BIN)/python
 	$(PIP) -e '.[bench]'
+
+install-sbi: $(BIN)/python
+	$(PIP) -e '.[sbi]'
 
 demo: install-run
 	$(BIN)/python -m infcomp.demo
@@ -40,3 +44,6 @@ bench: install-bench
 
 bench-compare: install-bench
 	$(BIN)/python bench/compare.py $(or $(REV),HEAD)
+
+bench-quality: install-sbi
+	$(BIN)/python bench/quality.py

@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 
 import infcomp as ic
-from infcomp.examples import coin, gaussian, hmm, marsaglia
+from infcomp.examples import coin, gaussian, gaussian_linear, hmm, marsaglia, slcp
 
 pytestmark = pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
 
@@ -142,3 +142,31 @@ def test_hmm_forward_backward_agrees_with_enumeration():
     for t in range(5):
         enumerated = torch.stack([posterior[paths[:, t] == k].sum() for k in range(3)])
         assert torch.allclose(hmm.posterior_marginals(data, 5)[t], enumerated, atol=1e-10)
+
+
+def test_gaussian_linear_closed_form_against_prior_importance_sampling():
+    torch.manual_seed(4)
+    x = ic.trace(ic.uncondition(gaussian_linear.gaussian_linear)).get_trace()["x"].value
+    post = ic.importance(gaussian_linear.gaussian_linear, {"x": x}, num_particles=200_000)
+    exact = gaussian_linear.exact_posterior(x)
+    errors = (post.mean("theta") - exact.mean).abs() / (post.std("theta") / post.ess.sqrt())
+    assert errors.max() < 4.5, errors  # ten coordinates
+    assert abs(float(post.log_evidence) - gaussian_linear.exact_log_evidence(x)) < 4 * float(
+        post.log_evidence_stderr
+    )
+
+
+def test_slcp_reference_agrees_with_prior_importance_sampling():
+    # The reference's proposal is exact in (θ₁, θ₂); plain prior IS is an independent check.
+    torch.manual_seed(5)
+    x = ic.trace(ic.uncondition(slcp.slcp)).get_trace()["x"].value
+    reference = slcp.reference_posterior(x, num_particles=200_000, seed=1)
+    post = ic.importance(slcp.slcp, {"x": x}, num_particles=500_000)
+    stderr = reference.std * math.sqrt(1 / float(post.ess) + 1 / reference.ess)
+    errors = (post.mean("theta") - reference.mean).abs() / stderr
+    assert errors.max() < 4.5, errors  # five coordinates
+    assert abs(float(post.log_evidence) - reference.log_evidence) < 4 * float(
+        post.log_evidence_stderr
+    )
+    with pytest.raises(ValueError, match=r"shape \(4, 2\)"):
+        slcp.reference_posterior(torch.zeros(8))

@@ -15,11 +15,12 @@ import warnings
 import pytest
 import torch
 from scipy import stats
-from torch.distributions import Bernoulli, Multinomial, Normal, Poisson
+from torch.distributions import Bernoulli, Multinomial, Normal
 
 import infcomp as ic
 from infcomp.examples import gaussian as g
 from infcomp.examples import hmm
+from infcomp.examples.branching import branching, enumerate_posterior
 from infcomp.examples.marsaglia import marsaglia
 from infcomp.nn import NetworkConfig, UnsupportedSiteError
 from infcomp.nn.network import split_index
@@ -188,33 +189,10 @@ def test_a_rare_branch_of_a_discrete_latent_keeps_its_posterior_mass():
     assert abs(float(post.mean("c")) - p1) < 4 * float(post.mcse("c")) + 1e-4
 
 
-def branching():
-    k = ic.sample("k", Poisson(3.0))
-    mean = k
-    if k > 4:
-        mean = k + ic.sample("m", Poisson(2.0))
-    ic.observe("y", Normal(mean, 1.0))
-
-
-def branching_exact(y, limit=80):
-    """Enumerate k, m < limit: p(k | y) and log p(y)."""
-    k = torch.arange(limit, dtype=torch.float64)
-    log_pk = Poisson(torch.tensor(3.0, dtype=torch.float64)).log_prob(k)
-    log_pm = Poisson(torch.tensor(2.0, dtype=torch.float64)).log_prob(k)
-    total = k.unsqueeze(1) + k.unsqueeze(0)  # k + m
-    branch = (
-        log_pk.unsqueeze(1) + log_pm.unsqueeze(0) + Normal(total, 1.0).log_prob(torch.tensor(y))
-    )
-    small = log_pk + Normal(k, 1.0).log_prob(torch.tensor(y))
-    log_k = torch.where(k > 4, branch.logsumexp(1), small)
-    log_evidence = log_k.logsumexp(0)
-    return (log_k - log_evidence).exp(), float(log_evidence)
-
-
 @pytest.mark.slow  # minutes of training; the fast path: test_the_slow_models_compile_briefly
 def test_branching_model_with_poisson_latents_matches_enumeration():
     csis = compiled(branching, 300, batch_size=64)
-    posterior_k, log_evidence = branching_exact(7.0)
+    posterior_k, log_evidence = enumerate_posterior(7.0)
     post = csis.run({"y": 7.0}, num_particles=3000)
     prior = ic.importance(branching, {"y": 7.0}, num_particles=3000)
     ess = float(post.ess)
@@ -281,7 +259,7 @@ def test_marsaglia_with_a_varying_number_of_sites():
             {"x"},
             lambda data: hmm.forward_log_evidence(data, 4),
         ),
-        (branching, (), {"y": 7.0}, {"k", "m"}, lambda data: branching_exact(7.0)[1]),
+        (branching, (), {"y": 7.0}, {"k", "m"}, lambda data: enumerate_posterior(7.0)[1]),
         (marsaglia, (), g.DATA, {"u", "v"}, lambda data: g.exact_log_evidence()),
     ],
     ids=["hmm", "branching", "marsaglia"],

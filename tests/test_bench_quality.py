@@ -1,0 +1,92 @@
+"""The quality benchmark (bench/quality.py): a smoke run of its quick mode, and the switch
+of the infcomp contender to ``CSIS.train(num_simulations=...)`` when CSIS has it."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+import infcomp as ic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import quality
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning"),
+    pytest.mark.filterwarnings("ignore::infcomp.VectorizationNotice"),
+]
+
+
+def test_quick_mode_runs_one_task_and_reports_every_figure(tmp_path, capsys):
+    path = tmp_path / "quality.json"
+    argv = ["--quick", "--tasks", "gaussian", "--no-sbi", "--budgets", "100", "--json", str(path)]
+    assert quality.main(argv) == 0
+    (row,) = json.loads(path.read_text())
+    assert (row["task"], row["budget"]) == ("gaussian", 100)
+    assert set(row["figures"]) == {"infcomp", "prior"}
+    for name, figures in row["figures"].items():
+        assert 0 < figures["ess"] <= 1 and 0 < figures["median_ess"] <= 1, name
+        for key in ("mean_error", "std_error", "log_z_error", "infer_seconds"):
+            assert math.isfinite(figures[key]), (name, key)
+    assert figures["train_seconds"] is None  # the prior trains nothing
+    assert row["figures"]["infcomp"]["train_seconds"] > 0
+    table = capsys.readouterr().out
+    assert "| gaussian | 1e2 |" in table and "infcomp ESS/N" in table
+
+
+def test_bad_options_are_named(capsys):
+    with pytest.raises(SystemExit):
+        quality.main(["--tasks", "gaussian,nope"])
+    assert "unknown task(s) ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality.main(["--budgets", "1e3,x"])
+    assert "expected numbers separated by commas" in capsys.readouterr().err
+
+
+def test_the_exact_answers_are_those_of_the_examples():
+    data = quality.TASKS["gaussian"].observation()
+    answer = quality.TASKS["gaussian"].exact(data)
+    assert float(answer.mean) == pytest.approx(7.25)
+    assert float(answer.std) == pytest.approx(math.sqrt(5 / 6))
+    hmm = quality.TASKS["hmm"]
+    answer = hmm.exact(hmm.observation())
+    assert answer.mean.shape == (16,) and ((answer.mean >= 0) & (answer.mean <= 2)).all()
+
+
+def test_fit_infcomp_trains_online_on_exactly_the_budget(monkeypatch):
+    sizes = []
+    step = ic.CSIS.step
+
+    def counting(self, *args, batch_size=None, **kwargs):
+        sizes.append(batch_size)
+        return step(self, *args, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(ic.CSIS, "step", counting)
+    quality.fit_infcomp(quality.TASKS["gaussian"], 25, seed=0)
+    assert sum(sizes) == 25 and max(sizes) == quality.ONLINE_BATCH
+
+
+def test_fit_infcomp_uses_train_num_simulations_when_csis_has_it(monkeypatch):
+    calls = []
+
+    def train(self, num_steps=None, batch_size=None, *, num_simulations=None, progress=True):
+        calls.append(num_simulations)
+
+    monkeypatch.setattr(ic.CSIS, "train", train)
+    run = quality.fit_infcomp(quality.TASKS["gaussian"], 1234, seed=0)
+    assert calls == [1234]
+    assert run(quality.TASKS["gaussian"].observation(), 10).num_particles == 10
+
+
+@pytest.mark.slow  # sbi's training: tens of seconds
+def test_sbi_contender_on_the_gaussian_and_slcp():
+    pytest.importorskip("sbi")
+    for name in ("gaussian", "slcp"):
+        task = quality.TASKS[name]
+        run = quality.fit_sbi(task, 500, seed=0)
+        post = run(task.observation(), 300)
+        assert post.num_particles == 300 and float(post.ess) > 1, name
+    assert quality.fit_sbi(quality.TASKS["hmm"], 500, seed=0) is None
