@@ -18,13 +18,15 @@ from infcomp.nn.heads import (
     make_head,
 )
 
-# Which head each prior got before the heads became a registry: the registry must keep
-# choosing the same ones (saved networks and results for a seed depend on it).
+# Which head each prior gets: the registry must keep choosing the same ones (saved networks
+# and results for a seed depend on it). Real vectors moved from "real" to "flow" with the
+# network's architecture version 2 (networks saved before are refused on loading).
 PRIORS = {
     "normal": (D.Normal(0.5, 2.0), "real"),
     "normal-batch": (D.Normal(torch.zeros(3), 1.0), "real"),
-    "mvn": (D.MultivariateNormal(torch.zeros(2), torch.eye(2)), "real"),
-    "independent-normal": (D.Independent(D.Normal(torch.zeros(2), 1.0), 1), "real"),
+    "mvn": (D.MultivariateNormal(torch.zeros(2), torch.eye(2)), "flow"),
+    "independent-normal": (D.Independent(D.Normal(torch.zeros(2), 1.0), 1), "flow"),
+    "independent-normal-1": (D.Independent(D.Normal(torch.zeros(1), 1.0), 1), "real"),
     "cauchy": (D.Cauchy(1.0, 2.0), "real"),
     "gamma": (D.Gamma(2.0, 1.0), "constrained"),
     "exponential": (D.Exponential(1.5), "constrained"),
@@ -130,7 +132,7 @@ def test_specs_saved_before_the_registry_still_load():
     }
     spec = HeadSpec.from_dict(saved)
     assert spec == head_spec("x", D.Categorical(torch.ones(2, 4)))
-    for kind in ("real", "constrained", "bernoulli", "categorical", "one_hot", "count"):
+    for kind in ("flow", "real", "constrained", "bernoulli", "categorical", "one_hot", "count"):
         assert head_class(kind).kind == kind
     with pytest.raises(ValueError, match="unknown head kind 'wishart'"):
         head_class("wishart")

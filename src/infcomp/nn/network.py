@@ -7,8 +7,12 @@ the latent sites in program order; at site t its input is
     [context, address embedding of the site's family, features of the loop index,
      embedding of the previous site's value],
 
-and a head chosen by the site's prior support maps the hidden state to the proposal
-q(x_t | x_<t, y). Sites named with a loop index (``x_3``, ``x[3]``) share one family:
+and a head chosen by the site's prior support maps ``[h_t, context]`` (the LSTM's
+state and, skipping the core, the observation context) to the proposal
+q(x_t | x_<t, y). The context is unbounded: a head read off the LSTM's state alone
+(bounded by its tanh) could not move its proposal far enough for observations in the
+tails of the simulations. Sites named
+with a loop index (``x_3``, ``x[3]``) share one family:
 its address embedding, value embedding and head, with the index as an input.
 
 Inference wraps it in a :class:`~infcomp.inference.NetworkProposal`: importance sampling asks it
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -34,10 +38,21 @@ from infcomp._deprecation import warn_renamed
 from infcomp.distributions import DefensiveMixture
 from infcomp.errors import ModelError
 from infcomp.nn.embeddings import MLPEmbedding
-from infcomp.nn.heads import HeadSpec, UnsupportedSiteError, head_class, head_spec, make_head
+from infcomp.nn.heads import (
+    FlowHead,
+    HeadSpec,
+    RealHead,
+    UnsupportedSiteError,
+    head_class,
+    head_spec,
+    make_head,
+)
 from infcomp.runtime import Site, Trace, sum_rightmost
 
 INDEX_FEATURES = 8
+#: The version of :meth:`InferenceNetwork.config_dict`'s architecture; 2 added
+#: the heads' skip connection from the context, standardized observation embeddings and flow heads.
+NETWORK_VERSION = 2
 _INDEXED = re.compile(r"^(?P<base>.*?)(?:_|\[)?(?P<index>\d+)\]?$")
 
 
@@ -73,6 +88,9 @@ class NetworkConfig:
             ones a discretized-logistic head.
         prior_sites: site names or families to propose from their prior instead of a
             head; ``("*unsupported*",)`` does so for every site no head covers.
+        flows: real vector sites (event size > 1) get a joint normalizing-flow head
+            (:class:`~infcomp.nn.heads.FlowHead`); False gives them the mixture of
+            diagonal Normals of the scalar sites (cheaper, no correlations).
     """
 
     hidden_size: int = 64
@@ -82,6 +100,7 @@ class NetworkConfig:
     components: int = 5
     max_categories: int = 256
     prior_sites: tuple[str, ...] = ()
+    flows: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +209,9 @@ class InferenceNetwork(nn.Module):
             if site.kind == "observe" and name not in self.observations:
                 assert site.value is not None
                 self._add_observation(name, tuple(site.value.shape[lead:]))
+                embedding = self.observation_embeddings[self.observations[name].key]
+                if isinstance(embedding, MLPEmbedding) and lead > 0:
+                    embedding.fit(site.value.reshape((-1, *site.value.shape[lead:])))
             elif site.kind == "sample" and site.fn is not None:
                 self._family(name, site.fn, lead, create=True)
 
@@ -219,6 +241,8 @@ class InferenceNetwork(nn.Module):
         if not ({name, base} & set(self.config.prior_sites)):
             try:
                 spec = head_spec(name, prior, self.config.max_categories, lead)
+                if spec.kind == FlowHead.kind and not self.config.flows:
+                    spec = replace(spec, kind=RealHead.kind)
             except UnsupportedSiteError:
                 if UNSUPPORTED not in self.config.prior_sites:
                     raise
@@ -233,7 +257,8 @@ class InferenceNetwork(nn.Module):
         self.addresses[family.key] = address
         self._new_parameters.append(address)
         if family.spec is not None:
-            self._adopt(family.key, make_head(family.spec, c.hidden_size, c.components), self.heads)
+            width = c.hidden_size + c.observation_size
+            self._adopt(family.key, make_head(family.spec, width, c.components), self.heads)
             features = head_class(family.spec.kind).value_feature_size(family.spec)
             self._adopt(family.key, nn.Linear(features, c.value_size), self.value_embeddings)
 
@@ -324,6 +349,7 @@ class InferenceNetwork(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """What rebuilds this network's modules (with :meth:`from_config_dict`)."""
         return {
+            "version": NETWORK_VERSION,
             "config": self.config.to_dict(),
             "observations": {name: list(slot.shape) for name, slot in self.observations.items()},
             # The observe sites embedded by the user's modules (by class name), which
@@ -352,7 +378,19 @@ class InferenceNetwork(nn.Module):
     def from_config_dict(
         cls, data: Mapping[str, Any], embeddings: Mapping[str, nn.Module] | None = None
     ) -> InferenceNetwork:
-        """Rebuild a network (untrained) from :meth:`config_dict`; then load its state."""
+        """Rebuild a network (untrained) from :meth:`config_dict`; then load its state.
+
+        Raises:
+            ValueError: the config is of another architecture version than
+                :data:`NETWORK_VERSION` (a network saved by an older infcomp: train anew).
+        """
+        version = data.get("version", 1)
+        if version != NETWORK_VERSION:
+            raise ValueError(
+                f"the saved inference network has architecture version {version}; this "
+                f"infcomp builds version {NETWORK_VERSION} (the heads now read "
+                f"[hidden, context] and observations are standardized): compile it anew"
+            )
         network = cls(NetworkConfig.from_dict(data["config"]), embeddings)
         for name, shape in data["observations"].items():
             network._add_observation(name, tuple(shape))
@@ -443,8 +481,9 @@ class NetworkProposer:
         self.hidden, self.cell = network.core(step_input, (self.hidden, self.cell))
         if family is None or family.spec is None:
             return None
-        hidden = self.hidden.reshape(self.lead + self.hidden.shape[-1:])
-        proposal = network.heads[family.key](hidden, prior)
+        readout = torch.cat([self.hidden, self.context], dim=-1)
+        readout = readout.reshape(self.lead + readout.shape[-1:])
+        proposal = network.heads[family.key](readout, prior)
         if self.defensive > 0:
             proposal = DefensiveMixture(proposal, prior, self.defensive)
         return proposal
