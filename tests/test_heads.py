@@ -19,7 +19,7 @@ from infcomp.nn.heads import (
 )
 
 # Which head each prior gets: the registry must keep choosing the same ones (saved networks
-# and results for a seed depend on it). Real vectors moved from "real" to "flow" with the
+# and results for a seed depend on it). Vectors moved from "real" and "constrained" to "flow" with the
 # network's architecture version 2 (networks saved before are refused on loading).
 PRIORS = {
     "normal": (D.Normal(0.5, 2.0), "real"),
@@ -34,8 +34,9 @@ PRIORS = {
     "halfnormal": (D.HalfNormal(1.0), "constrained"),
     "beta": (D.Beta(2.0, 2.0), "constrained"),
     "uniform": (D.Uniform(-1.0, 3.0), "constrained"),
-    "dirichlet": (D.Dirichlet(torch.ones(3)), "constrained"),
-    "independent-gamma": (D.Independent(D.Gamma(torch.ones(3), 1.0), 1), "constrained"),
+    "dirichlet": (D.Dirichlet(torch.ones(3)), "flow"),
+    "dirichlet-2": (D.Dirichlet(torch.ones(2)), "constrained"),
+    "independent-gamma": (D.Independent(D.Gamma(torch.ones(3), 1.0), 1), "flow"),
     "bernoulli": (D.Bernoulli(0.3), "bernoulli"),
     "categorical": (D.Categorical(torch.tensor([0.1, 0.2, 0.3, 0.4])), "categorical"),
     "binomial": (D.Binomial(10, 0.3), "categorical"),

@@ -56,6 +56,7 @@ from torch.distributions import (
     OneHotCategorical,
     Poisson,
     TransformedDistribution,
+    Uniform,
     biject_to,
     constraints,
 )
@@ -117,12 +118,19 @@ class UnsupportedSiteError(ModelError):
     """No proposal head fits a site's distribution."""
 
 
-def head_spec(name: str, prior: Distribution, max_categories: int = 256, lead: int = 0) -> HeadSpec:
+def head_spec(
+    name: str,
+    prior: Distribution,
+    max_categories: int = 256,
+    lead: int = 0,
+    skip: tuple[str, ...] = (),
+) -> HeadSpec:
     """The head for a site's prior: the first head of :data:`HEADS` that covers its support.
 
     ``prior`` may carry ``lead`` leading batch dimensions (particles, simulations); the
-    spec describes one of its rows. Raises :class:`UnsupportedSiteError` (naming the
-    site) for supports no head covers.
+    spec describes one of its rows. Heads whose kind is in ``skip`` are passed over
+    (``("flow",)``: the diagonal heads for vector sites). Raises
+    :class:`UnsupportedSiteError` (naming the site) for supports no head covers.
 
     Example:
         >>> from torch.distributions import Gamma, Normal, Poisson
@@ -142,6 +150,8 @@ def head_spec(name: str, prior: Distribution, max_categories: int = 256, lead: i
         distribution=type(prior).__name__,
     )
     for head in HEADS:
+        if head.kind in skip:
+            continue
         spec = head.spec_for(prior, blank, max_categories)
         if spec is not None:
             return spec
@@ -396,30 +406,36 @@ class RealHead(ProposalHead):
 
 
 class FlowHead(ProposalHead):
-    """A conditional normalizing flow over a real vector site, relative to the prior.
+    """A conditional normalizing flow over a continuous vector site, relative to the prior.
 
-    ``x = m + s ⊙ (a + softplus(b) ⊙ u)`` with (m, s) the prior's mean and standard
-    deviation (elementwise), (a, b) an elementwise location and scale read off the
-    network's readout r like :class:`RealHead`'s (so that the head starts near the prior
-    and learns where the posterior lies as fast as a Gaussian head does), and
+    For a real support, ``x = m + s ⊙ (a + softplus(b) ⊙ u)``: (m, s) the prior's mean
+    and standard deviation (elementwise); (a, b) an elementwise location and scale read
+    off the network's readout r, as in :class:`RealHead` (so that the head starts near
+    the prior and finds where the posterior lies as fast as a Gaussian head does); and
     ``u ~ NSF(· | c)``, a neural spline flow (Durkan et al., NeurIPS 2019; zuko's
     :class:`zuko.flows.NSF`, as in sbi) of :data:`FLOW_TRANSFORMS` autoregressive
-    rational-quadratic spline transforms of a standard Normal, conditioned on
-    ``c``, :data:`FLOW_CONTEXT` features per element of the site's batch, also read off
-    r (with a and b by one linear layer). One joint distribution per batch element
-    over the whole event (of any shape, flattened to D = event size > 1), so that
-    correlated and multimodal posteriors are represented. Chosen for real vector
-    sites, before :class:`RealHead`.
+    rational-quadratic spline transforms of a standard Normal, conditioned on c,
+    :data:`FLOW_CONTEXT` features per element of the site's batch read off r by the same
+    linear layer. One joint distribution per batch element over the whole event (of
+    any shape, flattened to D > 1 coordinates), so that correlated and multimodal
+    posteriors are represented. A constrained support (positive, interval, simplex,
+    ...) gets the same in the unconstrained space, pushed through
+    ``T = biject_to(support)`` and located at ``T⁻¹(mean)`` as in
+    :class:`ConstrainedHead`. Chosen for vector sites whose unconstrained event has
+    more than one coordinate, before :class:`RealHead` and :class:`ConstrainedHead`.
+
+    Shapes: ``forward(r, prior)`` with r of shape ``lead + (H,)`` returns a distribution
+    with the prior's batch and event shapes (``sample``, ``rsample``, ``log_prob``).
     """
 
     kind = "flow"
 
     @classmethod
     def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
-        real = isinstance(_base_constraint(prior.support), constraints._Real)
-        if real and math.prod(prior.event_shape) > 1:
-            return replace(blank, kind=cls.kind)
-        return None
+        shape = _unconstrained_event_shape(prior)
+        if shape is None or not prior.event_shape or math.prod(shape) <= 1:
+            return None
+        return replace(blank, kind=cls.kind, base_event_shape=shape)
 
     @classmethod
     def examples(cls) -> tuple[Distribution, ...]:
@@ -427,10 +443,12 @@ class FlowHead(ProposalHead):
             MultivariateNormal(torch.zeros(2), torch.tensor([[1.0, 0.8], [0.8, 1.0]])),
             Independent(Normal(torch.zeros(3), 2.0), 1),
             Independent(Normal(torch.zeros(2, 2, 3), 1.0), 2),  # natural (2,), event (2, 3)
+            Independent(Uniform(-3 * torch.ones(5), 3.0), 1),
+            Dirichlet(torch.ones(3)),
         )
 
     def __init__(self, spec: HeadSpec, hidden_size: int, components: int = 1) -> None:
-        self.event = torch.Size(spec.event_shape)
+        self.event = torch.Size(spec.base_event_shape)
         super().__init__(spec, hidden_size, FLOW_CONTEXT + 2 * self.event.numel())
         self.flow = zuko.flows.NSF(
             self.event.numel(),
@@ -441,7 +459,14 @@ class FlowHead(ProposalHead):
 
     def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
         size = self.event.numel()
-        loc, spread = location_and_spread(prior)
+        support = prior.support
+        real = isinstance(_base_constraint(support), constraints._Real)
+        if real:
+            loc, spread = location_and_spread(prior)
+        else:
+            assert support is not None
+            constrain = biject_to(support)
+            loc, spread = _unconstrained_location(prior, constrain, prior.batch_shape + self.event)
         shape = prior.batch_shape + (size,)
         loc, spread = loc.reshape(shape), spread.reshape(shape)
         raw = self.raw(hidden, prior)
@@ -450,6 +475,8 @@ class FlowHead(ProposalHead):
         transforms: list[Transform] = [AffineTransform(loc + spread * offset, scale, event_dim=1)]
         if len(self.event) != 1:
             transforms.append(ReshapeTransform(torch.Size([size]), self.event))
+        if not real:
+            transforms.append(constrain)
         base = self.flow(raw[..., :FLOW_CONTEXT])
         return TransformedDistribution(base, transforms, validate_args=False)
 
@@ -470,26 +497,16 @@ class ConstrainedHead(RealHead):
 
     @classmethod
     def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
-        support = prior.support
-        if support is None or support.is_discrete or constraints.is_dependent(support):
-            return None
-        try:
-            transform = biject_to(support)
-        except NotImplementedError:
-            return None
-        # The transform's parameters may carry the batch: map the whole shape, then keep
-        # the event part.
-        full = transform.inverse_shape(prior.batch_shape + prior.event_shape)
-        shape = tuple(full[len(prior.batch_shape) :])
-        return replace(blank, kind=cls.kind, base_event_shape=shape)
+        shape = _unconstrained_event_shape(prior)
+        return None if shape is None else replace(blank, kind=cls.kind, base_event_shape=shape)
 
     @classmethod
     def examples(cls) -> tuple[Distribution, ...]:
         return (
             Gamma(2.0, 1.0),
             Beta(2.0, 2.0),
-            Dirichlet(torch.ones(3)),
-            Independent(Gamma(torch.ones(3), 1.0), 1),
+            Gamma(torch.ones(3), 1.0),
+            Dirichlet(torch.ones(2)),  # one unconstrained coordinate
         )
 
     def __init__(self, spec: HeadSpec, hidden_size: int, components: int) -> None:
@@ -501,6 +518,22 @@ class ConstrainedHead(RealHead):
         center, spread = _unconstrained_location(prior, transform, prior.batch_shape + self.event)
         base = self.mixture(hidden, prior.batch_shape, center, spread)
         return TransformedDistribution(base, [transform], validate_args=False)
+
+
+def _unconstrained_event_shape(prior: Distribution) -> tuple[int, ...] | None:
+    """The event shape of ``biject_to(prior.support)``'s domain (None: a discrete or
+    dependent support, or one with no bijection)."""
+    support = prior.support
+    if support is None or support.is_discrete or constraints.is_dependent(support):
+        return None
+    try:
+        transform = biject_to(support)
+    except NotImplementedError:
+        return None
+    # The transform's parameters may carry the batch: map the whole shape, then keep the
+    # event part.
+    full = transform.inverse_shape(prior.batch_shape + prior.event_shape)
+    return tuple(full[len(prior.batch_shape) :])
 
 
 def _unconstrained_location(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -41,7 +41,6 @@ from infcomp.nn.embeddings import MLPEmbedding
 from infcomp.nn.heads import (
     FlowHead,
     HeadSpec,
-    RealHead,
     UnsupportedSiteError,
     head_class,
     head_spec,
@@ -50,8 +49,8 @@ from infcomp.nn.heads import (
 from infcomp.runtime import Site, Trace, sum_rightmost
 
 INDEX_FEATURES = 8
-#: The version of :meth:`InferenceNetwork.config_dict`'s architecture; 2 added
-#: the heads' skip connection from the context, standardized observation embeddings and flow heads.
+#: The version of :meth:`InferenceNetwork.config_dict`'s architecture; 2 added the heads'
+#: skip connection from the context, standardized observation embeddings and flow heads.
 NETWORK_VERSION = 2
 _INDEXED = re.compile(r"^(?P<base>.*?)(?:_|\[)?(?P<index>\d+)\]?$")
 
@@ -88,9 +87,10 @@ class NetworkConfig:
             ones a discretized-logistic head.
         prior_sites: site names or families to propose from their prior instead of a
             head; ``("*unsupported*",)`` does so for every site no head covers.
-        flows: real vector sites (event size > 1) get a joint normalizing-flow head
-            (:class:`~infcomp.nn.heads.FlowHead`); False gives them the mixture of
-            diagonal Normals of the scalar sites (cheaper, no correlations).
+        flows: continuous vector sites (unconstrained event size > 1) get a joint
+            normalizing-flow head (:class:`~infcomp.nn.heads.FlowHead`); False gives
+            them the diagonal Normal mixtures of the scalar sites (cheaper, no
+            correlations).
     """
 
     hidden_size: int = 64
@@ -240,9 +240,8 @@ class InferenceNetwork(nn.Module):
         spec: HeadSpec | None = None
         if not ({name, base} & set(self.config.prior_sites)):
             try:
-                spec = head_spec(name, prior, self.config.max_categories, lead)
-                if spec.kind == FlowHead.kind and not self.config.flows:
-                    spec = replace(spec, kind=RealHead.kind)
+                skip = () if self.config.flows else (FlowHead.kind,)
+                spec = head_spec(name, prior, self.config.max_categories, lead, skip)
             except UnsupportedSiteError:
                 if UNSUPPORTED not in self.config.prior_sites:
                     raise
