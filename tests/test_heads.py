@@ -243,6 +243,10 @@ def test_flow_head_fits_a_correlated_gaussian_posterior():
     head = make_head(spec, HIDDEN, components=1)
     covariance = torch.tensor([[1.0, 0.8], [0.8, 1.0]])
     a = torch.tensor([[1.5, 0.0], [0.5, -1.0]])
+    with torch.no_grad():  # untrained, it starts near the prior, N(0, 4 I)
+        draws = head(torch.randn(1, HIDDEN), prior.expand((1,))).sample((20000,))
+    assert torch.allclose(draws.mean((0, 1)), torch.zeros(2), atol=0.2)
+    assert torch.allclose(draws.std((0, 1)), torch.full((2,), 2.0), atol=0.2)
 
     def posterior(y):
         return D.MultivariateNormal(y @ a.T, covariance)

@@ -456,6 +456,13 @@ class FlowHead(ProposalHead):
             transforms=FLOW_TRANSFORMS,
             hidden_features=(64, 64),
         )
+        # Small last layers: spline parameters near zero are the identity (uniform bins,
+        # unit slopes), so the head starts near N(m, s²), like the mixture heads.
+        with torch.no_grad():
+            for transform in self.flow.transform.transforms:
+                last = transform.hyper[-1]
+                last.weight.mul_(0.01)
+                last.bias.zero_()
 
     def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
         size = self.event.numel()
