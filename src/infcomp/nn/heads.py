@@ -84,7 +84,8 @@ class HeadSpec:
             ``"count"``); saved networks store it.
         natural_shape: the prior's batch shape in an unbatched run.
         event_shape: the prior's event shape.
-        base_event_shape: for ``"constrained"``, the unconstrained event shape.
+        base_event_shape: for ``"constrained"`` and ``"flow"``, the unconstrained event
+            shape.
         num_categories: for ``"categorical"`` and ``"one_hot"``.
         lower, upper: for ``"categorical"`` and ``"count"``, the integer range
             (``upper`` is ``math.inf`` for unbounded counts).
