@@ -27,6 +27,7 @@ PRIORS = {
     "mvn": (D.MultivariateNormal(torch.zeros(2), torch.eye(2)), "flow"),
     "independent-normal": (D.Independent(D.Normal(torch.zeros(2), 1.0), 1), "flow"),
     "independent-normal-1": (D.Independent(D.Normal(torch.zeros(1), 1.0), 1), "real"),
+    "large-vector": (D.Independent(D.Normal(torch.zeros(300), 1.0), 1), "real"),  # > 256
     "cauchy": (D.Cauchy(1.0, 2.0), "real"),
     "gamma": (D.Gamma(2.0, 1.0), "constrained"),
     "exponential": (D.Exponential(1.5), "constrained"),

@@ -423,7 +423,8 @@ class FlowHead(ProposalHead):
     ...) gets the same in the unconstrained space, pushed through
     ``T = biject_to(support)`` and located at ``T⁻¹(mean)`` as in
     :class:`ConstrainedHead`. Chosen for vector sites whose unconstrained event has
-    more than one coordinate, before :class:`RealHead` and :class:`ConstrainedHead`.
+    more than one and at most :data:`FLOW_MAX_SIZE` coordinates, before
+    :class:`RealHead` and :class:`ConstrainedHead`.
 
     Shapes: ``forward(r, prior)`` with r of shape ``lead + (H,)`` returns a distribution
     with the prior's batch and event shapes (``sample``, ``rsample``, ``log_prob``).
@@ -434,7 +435,7 @@ class FlowHead(ProposalHead):
     @classmethod
     def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
         shape = _unconstrained_event_shape(prior)
-        if shape is None or not prior.event_shape or math.prod(shape) <= 1:
+        if shape is None or not prior.event_shape or not 1 < math.prod(shape) <= FLOW_MAX_SIZE:
             return None
         return replace(blank, kind=cls.kind, base_event_shape=shape)
 
@@ -451,12 +452,15 @@ class FlowHead(ProposalHead):
     def __init__(self, spec: HeadSpec, hidden_size: int, components: int = 1) -> None:
         self.event = torch.Size(spec.base_event_shape)
         super().__init__(spec, hidden_size, FLOW_CONTEXT + 2 * self.event.numel())
-        self.flow = zuko.flows.NSF(
-            self.event.numel(),
-            context=FLOW_CONTEXT,
-            transforms=FLOW_TRANSFORMS,
-            hidden_features=(64, 64),
-        )
+        # zuko builds its masks with operations the meta device lacks (a saved network's
+        # blueprint is built there): the flow, of bounded size, is built on the CPU.
+        with torch.device("cpu"):
+            self.flow = zuko.flows.NSF(
+                self.event.numel(),
+                context=FLOW_CONTEXT,
+                transforms=FLOW_TRANSFORMS,
+                hidden_features=(64, 64),
+            )
         # Small last layers: spline parameters near zero are the identity (uniform bins,
         # unit slopes), so the head starts near N(m, s²), like the mixture heads.
         with torch.no_grad():
@@ -493,6 +497,9 @@ class FlowHead(ProposalHead):
 FLOW_CONTEXT = 32
 #: Spline transforms of a :class:`FlowHead`'s flow.
 FLOW_TRANSFORMS = 3
+#: The largest event (unconstrained coordinates) a :class:`FlowHead` takes: sampling an
+#: autoregressive flow costs one pass per coordinate; larger sites get diagonal heads.
+FLOW_MAX_SIZE = 256
 
 
 class ConstrainedHead(RealHead):
