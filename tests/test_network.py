@@ -390,7 +390,7 @@ def test_vector_sites_get_a_flow_head_unless_turned_off_and_it_survives_saving()
     assert torch.equal(rebuilt.log_prob_trace(joint), network.log_prob_trace(joint))
     old = network.config_dict()
     del old["version"]  # as saved before the heads read the observation context
-    with pytest.raises(ValueError, match="architecture version 1.*compile it anew"):
+    with pytest.raises(ValueError, match="architecture version 1.*compile the model anew"):
         InferenceNetwork.from_config_dict(old)
 
 

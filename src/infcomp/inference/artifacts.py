@@ -35,7 +35,12 @@ from torch import Tensor, nn
 from infcomp.errors import ArtifactError, ArtifactWarning
 from infcomp.inference.common import untouched_random_state, warn_user
 from infcomp.inference.simulation import JointSimulator
-from infcomp.nn.network import NETWORK_VERSION, InferenceNetwork, NetworkConfig, split_index
+from infcomp.nn.network import (
+    InferenceNetwork,
+    NetworkConfig,
+    architecture_mismatch,
+    split_index,
+)
 
 FORMAT = "infcomp.csis"
 FORMAT_VERSION = 2
@@ -272,14 +277,9 @@ def build_network(
     embeddings = dict(embeddings or {})
     if not isinstance(state, Mapping):
         raise ArtifactError(f"{what}: the stored state is not a state dict")
-    version = data.get("version", 1)
-    if version != NETWORK_VERSION:
-        raise ArtifactError(
-            f"{what}: the inference network has architecture version {version}; this "
-            f"infcomp builds version {NETWORK_VERSION} (the heads read the observation "
-            f"context, observations are standardized, vector sites get flows): compile "
-            f"the model anew"
-        )
+    mismatch = architecture_mismatch(data)
+    if mismatch is not None:
+        raise ArtifactError(f"{what}: {mismatch}")
     try:
         _check_config(data, state)
         _check_embeddings(data, embeddings)

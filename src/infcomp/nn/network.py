@@ -383,13 +383,9 @@ class InferenceNetwork(nn.Module):
             ValueError: the config is of another architecture version than
                 :data:`NETWORK_VERSION` (a network saved by an older infcomp: train anew).
         """
-        version = data.get("version", 1)
-        if version != NETWORK_VERSION:
-            raise ValueError(
-                f"the saved inference network has architecture version {version}; this "
-                f"infcomp builds version {NETWORK_VERSION} (the heads now read "
-                f"[hidden, context] and observations are standardized): compile it anew"
-            )
+        mismatch = architecture_mismatch(data)
+        if mismatch is not None:
+            raise ValueError(mismatch)
         network = cls(NetworkConfig.from_dict(data["config"]), embeddings)
         for name, shape in data["observations"].items():
             network._add_observation(name, tuple(shape))
@@ -400,6 +396,19 @@ class InferenceNetwork(nn.Module):
             network._build_family(Family(f"f{index}", item["base"], lookup, spec))
         network.pop_new_parameters()
         return network
+
+
+def architecture_mismatch(data: Mapping[str, Any]) -> str | None:
+    """Why a :meth:`InferenceNetwork.config_dict` cannot be rebuilt by this infcomp (its
+    architecture version is not :data:`NETWORK_VERSION`), or None."""
+    version = data.get("version", 1)
+    if version == NETWORK_VERSION:
+        return None
+    return (
+        f"the inference network has architecture version {version}; this infcomp builds "
+        f"version {NETWORK_VERSION} (the heads read the observation context, observations "
+        f"are standardized, vector sites get flows): compile the model anew"
+    )
 
 
 @dataclass(frozen=True)
