@@ -369,6 +369,20 @@ def test_version_1_files_load_unverified_with_a_warning(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_networks_of_an_older_architecture_are_refused_by_version(tmp_path):
+    # Automatic networks saved before the heads read the observation context (no
+    # "version" in their config) cannot be rebuilt: the error says so, not "malformed".
+    _, path = save_base(tmp_path, "network")
+
+    def as_architecture_1(saved):
+        del saved["config"]["network"]["version"]
+        del saved["config"]["network"]["config"]["flows"]
+
+    rewrite(path, as_architecture_1)
+    with pytest.raises(ic.ArtifactError, match="architecture version 1.*compile the model anew"):
+        load(path, BASE, "network")
+
+
 # -- untrusted sizes -----------------------------------------------------------------------
 
 

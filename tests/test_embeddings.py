@@ -70,3 +70,20 @@ def test_observe_sites_unknown_to_the_network_are_ignored_at_inference():
         csis = ic.CSIS(brightness)
     with pytest.raises(ic.ModelError, match="none of the observations"):
         csis.network.context({"other": torch.zeros(3)}, 0)
+
+
+def test_mlp_embedding_standardizes_with_fitted_moments():
+    torch.manual_seed(0)
+    embedding = MLPEmbedding((2,), 8)
+    values = torch.stack([10 + 3 * torch.randn(500), torch.full((500,), 4.0)], -1)
+    embedding.fit(values)
+    assert torch.allclose(embedding.loc, values.mean(0))
+    # A constant element keeps scale 1 (no division by zero).
+    assert torch.allclose(embedding.scale, torch.stack([values[:, 0].std(), torch.tensor(1.0)]))
+    # The embedding of y equals that of the unfitted module on the z-scores within 5 sd.
+    fresh = MLPEmbedding((2,), 8)
+    fresh.load_state_dict({**embedding.state_dict(), "loc": torch.zeros(2), "scale": torch.ones(2)})
+    inside = values[:5]
+    z = (inside - embedding.loc) / embedding.scale
+    assert bool((z.abs() < 5).all())
+    assert torch.allclose(embedding(inside), fresh(z), atol=1e-6)

@@ -15,14 +15,14 @@ import warnings
 import pytest
 import torch
 from scipy import stats
-from torch.distributions import Bernoulli, Multinomial, Normal
+from torch.distributions import Bernoulli, Independent, Multinomial, Normal
 
 import infcomp as ic
 from infcomp.examples import gaussian as g
 from infcomp.examples import hmm
 from infcomp.examples.branching import branching, enumerate_posterior
 from infcomp.examples.marsaglia import marsaglia
-from infcomp.nn import NetworkConfig, UnsupportedSiteError
+from infcomp.nn import InferenceNetwork, NetworkConfig, UnsupportedSiteError
 from infcomp.nn.network import split_index
 
 pytestmark = [
@@ -383,3 +383,35 @@ def test_a_loaded_network_gives_the_same_proposal_in_a_fresh_process(gaussian_cs
     torch.manual_seed(5)
     expected = gaussian_csis.run(g.DATA, num_particles=5).log_weights
     assert [float(v) for v in out.stdout.split()] == pytest.approx(expected.tolist(), abs=1e-9)
+
+
+def vector_model():
+    theta = ic.sample("theta", Independent(Normal(torch.zeros(3), 2.0), 1))
+    ic.observe("x", Independent(Normal(theta, 1.0), 1))
+
+
+def test_vector_sites_get_a_flow_head_unless_turned_off_and_it_survives_saving():
+    torch.manual_seed(0)
+    trace = ic.trace(ic.uncondition(vector_model)).get_trace()
+    network = InferenceNetwork.from_traces([trace])
+    assert [f.spec.kind for f in network.families.values()] == ["flow"]
+    off = InferenceNetwork.from_traces([trace], NetworkConfig(flows=False))
+    assert [f.spec.kind for f in off.families.values()] == ["real"]
+    joint = ic.JointSimulator(vector_model)(16).traces[0]
+    rebuilt = InferenceNetwork.from_config_dict(network.config_dict())
+    rebuilt.load_state_dict(network.state_dict())
+    assert torch.equal(rebuilt.log_prob_trace(joint), network.log_prob_trace(joint))
+    old = network.config_dict()
+    del old["version"]  # as saved before the heads read the observation context
+    with pytest.raises(ValueError, match="architecture version 1.*compile the model anew"):
+        InferenceNetwork.from_config_dict(old)
+
+
+def test_observations_are_standardized_with_the_simulations_that_build_the_network():
+    torch.manual_seed(0)
+    csis = ic.CSIS(g.gaussian)  # x1, x2 ~ N(1, √7) marginally
+    for name in ("x1", "x2"):
+        embedding = csis.network.observation_embeddings[csis.network.observations[name].key]
+        # 64 simulations: the mean within 4 standard errors, the sd within 30%.
+        assert abs(float(embedding.loc) - 1.0) < 4 * math.sqrt(7 / 64)
+        assert abs(float(embedding.scale) / math.sqrt(7) - 1) < 0.3

@@ -35,7 +35,12 @@ from torch import Tensor, nn
 from infcomp.errors import ArtifactError, ArtifactWarning
 from infcomp.inference.common import untouched_random_state, warn_user
 from infcomp.inference.simulation import JointSimulator
-from infcomp.nn.network import InferenceNetwork, NetworkConfig, split_index
+from infcomp.nn.network import (
+    InferenceNetwork,
+    NetworkConfig,
+    architecture_mismatch,
+    split_index,
+)
 
 FORMAT = "infcomp.csis"
 FORMAT_VERSION = 2
@@ -272,6 +277,9 @@ def build_network(
     embeddings = dict(embeddings or {})
     if not isinstance(state, Mapping):
         raise ArtifactError(f"{what}: the stored state is not a state dict")
+    mismatch = architecture_mismatch(data)
+    if mismatch is not None:
+        raise ArtifactError(f"{what}: {mismatch}")
     try:
         _check_config(data, state)
         _check_embeddings(data, embeddings)
@@ -315,6 +323,10 @@ def _check_config(data: Mapping[str, Any], state: Mapping[str, Any]) -> None:
     config = data["config"]
     for field in fields(NetworkConfig):
         if field.name == "prior_sites":
+            continue
+        if field.name == "flows":
+            if not isinstance(config[field.name], bool):
+                raise ArtifactError(f"the network's config asks for flows={config['flows']!r}")
             continue
         # max_categories only chooses between heads; the heads' sizes are in their specs.
         bound = math.inf if field.name == "max_categories" else MAX_WIDTH

@@ -9,33 +9,61 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
+
+#: Standardized observations are linear up to this many standard deviations, log beyond.
+STANDARD_RANGE = 5.0
 
 
 class MLPEmbedding(nn.Module):
-    """Flatten, then a two-layer MLP: the default embedding of any observation.
+    """Standardize, flatten, then a two-layer MLP: the default embedding of any observation.
 
-    Values are squashed by ``sign(y)·log1p(|y|)`` first, so that observations of any
-    scale give well-conditioned inputs.
+    Each element is z-scored, ``z = (y - μ) / σ``, with the mean and standard deviation
+    of the simulations the network was built from (:meth:`fit`; 0 and 1 before, as sbi
+    does with ``z_score_x``), and kept linear up to ``|z| = 5`` and logarithmic beyond,
+    ``sign(z)·(5 + log1p(|z| - 5))``: observations of any scale give well-conditioned
+    inputs, and observations in the tails of the simulations still move the embedding
+    in proportion (a ``log1p`` of the raw value compressed them, and the proposals for
+    tail data fell short).
 
     Example:
         >>> import torch
         >>> from infcomp.nn.embeddings import MLPEmbedding
         >>> embed = MLPEmbedding((3, 4), features=16)
+        >>> embed.fit(10 + 2 * torch.randn(64, 3, 4))  # simulated observations
         >>> embed(torch.randn(5, 3, 4)).shape  # 5 observations of shape (3, 4)
         torch.Size([5, 16])
     """
 
+    loc: Tensor
+    scale: Tensor
+
     def __init__(self, shape: tuple[int, ...], features: int = 64) -> None:
         super().__init__()
         size = max(math.prod(shape), 1)
+        self.register_buffer("loc", torch.zeros(size))
+        self.register_buffer("scale", torch.ones(size))
         self.network = nn.Sequential(
             nn.Flatten(), nn.Linear(size, features), nn.ReLU(), nn.Linear(features, features)
         )
 
+    @torch.no_grad()
+    def fit(self, values: Tensor) -> None:
+        """Set the standardization from simulated observations ``(M, *shape)``, M ≥ 2:
+        elementwise mean and standard deviation (1 where the deviation is 0)."""
+        flat = values.reshape(values.shape[0], -1).to(self.loc)
+        if flat.shape[0] < 2:
+            return
+        scale = flat.std(0)
+        self.loc.copy_(flat.mean(0))
+        self.scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
+
     def forward(self, values: Tensor) -> Tensor:
-        values = values.reshape(values.shape[0], -1).to(next(self.parameters()))
-        return self.network(values.sign() * values.abs().log1p())
+        values = values.reshape(values.shape[0], -1).to(self.loc)
+        z = (values - self.loc) / self.scale
+        tail = (z.abs() - STANDARD_RANGE).clamp_min(0)
+        return self.network(z.clamp(-STANDARD_RANGE, STANDARD_RANGE) + z.sign() * tail.log1p())
 
 
 class ConvEmbedding(nn.Module):

@@ -2,8 +2,12 @@
 
 A head is chosen by the prior's support (``torch.distributions.constraints``):
 
-- real, scalar or vector: a mixture of K Normals, located and scaled relative to the
-  prior's mean and standard deviation, ``loc = m + s·a``, ``scale = s·softplus(b)``;
+- real vectors (event size > 1): a conditional normalizing flow (zuko's neural spline
+  flow) relative to the prior's mean and standard deviation, ``x = m + s·u``, which
+  represents correlated and multimodal posteriors;
+- real scalars (and vectors where the network's config turns flows off): a mixture of
+  K Normals, located and scaled relative to the prior's mean and standard deviation,
+  ``loc = m + s·a``, ``scale = s·softplus(b)``;
 - constrained continuous (positive, interval, simplex, ...): that real head in the
   unconstrained space, pushed through ``biject_to(support)``;
 - boolean: Bernoulli with ``logits = prior logits + a``;
@@ -32,6 +36,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import torch
+import zuko
 from torch import Tensor, nn
 from torch.distributions import (
     Bernoulli,
@@ -51,10 +56,16 @@ from torch.distributions import (
     OneHotCategorical,
     Poisson,
     TransformedDistribution,
+    Uniform,
     biject_to,
     constraints,
 )
-from torch.distributions.transforms import IndependentTransform, Transform
+from torch.distributions.transforms import (
+    AffineTransform,
+    IndependentTransform,
+    ReshapeTransform,
+    Transform,
+)
 
 from infcomp.distributions import DiscretizedLogisticMixture
 from infcomp.errors import ModelError
@@ -68,12 +79,13 @@ class HeadSpec:
     """What a head needs to know of a site, independent of any batch.
 
     Attributes:
-        kind: the ``kind`` of the head class in :data:`HEADS` (``"real"``,
+        kind: the ``kind`` of the head class in :data:`HEADS` (``"flow"``, ``"real"``,
             ``"constrained"``, ``"bernoulli"``, ``"categorical"``, ``"one_hot"``,
             ``"count"``); saved networks store it.
         natural_shape: the prior's batch shape in an unbatched run.
         event_shape: the prior's event shape.
-        base_event_shape: for ``"constrained"``, the unconstrained event shape.
+        base_event_shape: for ``"constrained"`` and ``"flow"``, the unconstrained event
+            shape.
         num_categories: for ``"categorical"`` and ``"one_hot"``.
         lower, upper: for ``"categorical"`` and ``"count"``, the integer range
             (``upper`` is ``math.inf`` for unbounded counts).
@@ -107,12 +119,19 @@ class UnsupportedSiteError(ModelError):
     """No proposal head fits a site's distribution."""
 
 
-def head_spec(name: str, prior: Distribution, max_categories: int = 256, lead: int = 0) -> HeadSpec:
+def head_spec(
+    name: str,
+    prior: Distribution,
+    max_categories: int = 256,
+    lead: int = 0,
+    skip: tuple[str, ...] = (),
+) -> HeadSpec:
     """The head for a site's prior: the first head of :data:`HEADS` that covers its support.
 
     ``prior`` may carry ``lead`` leading batch dimensions (particles, simulations); the
-    spec describes one of its rows. Raises :class:`UnsupportedSiteError` (naming the
-    site) for supports no head covers.
+    spec describes one of its rows. Heads whose kind is in ``skip`` are passed over
+    (``("flow",)``: the diagonal heads for vector sites). Raises
+    :class:`UnsupportedSiteError` (naming the site) for supports no head covers.
 
     Example:
         >>> from torch.distributions import Gamma, Normal, Poisson
@@ -132,6 +151,8 @@ def head_spec(name: str, prior: Distribution, max_categories: int = 256, lead: i
         distribution=type(prior).__name__,
     )
     for head in HEADS:
+        if head.kind in skip:
+            continue
         spec = head.spec_for(prior, blank, max_categories)
         if spec is not None:
             return spec
@@ -330,7 +351,7 @@ class RealHead(ProposalHead):
         return (
             Normal(0.5, 2.0),
             Normal(torch.zeros(3), 1.0),
-            MultivariateNormal(torch.zeros(2), torch.eye(2)),
+            Independent(Normal(torch.zeros(2, 1), 1.0), 1),  # event size 1
             Cauchy(1.0, 2.0),
         )
 
@@ -385,6 +406,102 @@ class RealHead(ProposalHead):
         return self.mixture(hidden, prior.batch_shape, loc, spread)
 
 
+class FlowHead(ProposalHead):
+    """A conditional normalizing flow over a continuous vector site, relative to the prior.
+
+    For a real support, ``x = m + s ⊙ (a + softplus(b) ⊙ u)``: (m, s) the prior's mean
+    and standard deviation (elementwise); (a, b) an elementwise location and scale read
+    off the network's readout r, as in :class:`RealHead` (so that the head starts near
+    the prior and finds where the posterior lies as fast as a Gaussian head does); and
+    ``u ~ NSF(· | c)``, a neural spline flow (Durkan et al., NeurIPS 2019; zuko's
+    :class:`zuko.flows.NSF`, as in sbi) of :data:`FLOW_TRANSFORMS` autoregressive
+    rational-quadratic spline transforms of a standard Normal, conditioned on c,
+    :data:`FLOW_CONTEXT` features per element of the site's batch read off r by the same
+    linear layer. One joint distribution per batch element over the whole event (of
+    any shape, flattened to D > 1 coordinates), so that correlated and multimodal
+    posteriors are represented. A constrained support (positive, interval, simplex,
+    ...) gets the same in the unconstrained space, pushed through
+    ``T = biject_to(support)`` and located at ``T⁻¹(mean)`` as in
+    :class:`ConstrainedHead`. Chosen for vector sites whose unconstrained event has
+    more than one and at most :data:`FLOW_MAX_SIZE` coordinates, before
+    :class:`RealHead` and :class:`ConstrainedHead`.
+
+    Shapes: ``forward(r, prior)`` with r of shape ``lead + (H,)`` returns a distribution
+    with the prior's batch and event shapes (``sample``, ``rsample``, ``log_prob``).
+    """
+
+    kind = "flow"
+
+    @classmethod
+    def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
+        shape = _unconstrained_event_shape(prior)
+        if shape is None or not prior.event_shape or not 1 < math.prod(shape) <= FLOW_MAX_SIZE:
+            return None
+        return replace(blank, kind=cls.kind, base_event_shape=shape)
+
+    @classmethod
+    def examples(cls) -> tuple[Distribution, ...]:
+        return (
+            MultivariateNormal(torch.zeros(2), torch.tensor([[1.0, 0.8], [0.8, 1.0]])),
+            Independent(Normal(torch.zeros(3), 2.0), 1),
+            Independent(Normal(torch.zeros(2, 2, 3), 1.0), 2),  # natural (2,), event (2, 3)
+            Independent(Uniform(-3 * torch.ones(5), 3.0), 1),
+            Dirichlet(torch.ones(3)),
+        )
+
+    def __init__(self, spec: HeadSpec, hidden_size: int, components: int = 1) -> None:
+        self.event = torch.Size(spec.base_event_shape)
+        super().__init__(spec, hidden_size, FLOW_CONTEXT + 2 * self.event.numel())
+        # zuko builds its masks with operations the meta device lacks (a saved network's
+        # blueprint is built there): the flow, of bounded size, is built on the CPU.
+        with torch.device("cpu"):
+            self.flow = zuko.flows.NSF(
+                self.event.numel(),
+                context=FLOW_CONTEXT,
+                transforms=FLOW_TRANSFORMS,
+                hidden_features=(64, 64),
+            )
+        # Small last layers: spline parameters near zero are the identity (uniform bins,
+        # unit slopes), so the head starts near N(m, s²), like the mixture heads.
+        with torch.no_grad():
+            for transform in self.flow.transform.transforms:
+                last = transform.hyper[-1]
+                last.weight.mul_(0.01)
+                last.bias.zero_()
+
+    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+        size = self.event.numel()
+        support = prior.support
+        real = isinstance(_base_constraint(support), constraints._Real)
+        if real:
+            loc, spread = location_and_spread(prior)
+        else:
+            assert support is not None
+            constrain = biject_to(support)
+            loc, spread = _unconstrained_location(prior, constrain, prior.batch_shape + self.event)
+        shape = prior.batch_shape + (size,)
+        loc, spread = loc.reshape(shape), spread.reshape(shape)
+        raw = self.raw(hidden, prior)
+        offset, width = raw[..., FLOW_CONTEXT : FLOW_CONTEXT + size], raw[..., -size:]
+        scale = spread * nn.functional.softplus(width + SOFTPLUS_ONE) + 1e-6
+        transforms: list[Transform] = [AffineTransform(loc + spread * offset, scale, event_dim=1)]
+        if len(self.event) != 1:
+            transforms.append(ReshapeTransform(torch.Size([size]), self.event))
+        if not real:
+            transforms.append(constrain)
+        base = self.flow(raw[..., :FLOW_CONTEXT])
+        return TransformedDistribution(base, transforms, validate_args=False)
+
+
+#: Conditioning features of a :class:`FlowHead` per element of the site's batch.
+FLOW_CONTEXT = 32
+#: Spline transforms of a :class:`FlowHead`'s flow.
+FLOW_TRANSFORMS = 3
+#: The largest event (unconstrained coordinates) a :class:`FlowHead` takes: sampling an
+#: autoregressive flow costs one pass per coordinate; larger sites get diagonal heads.
+FLOW_MAX_SIZE = 256
+
+
 class ConstrainedHead(RealHead):
     """A :class:`RealHead` in the unconstrained space, pushed through ``biject_to(support)``:
     ``q = T_# (Normal mixture)`` with ``T = biject_to(prior.support)``, the mixture
@@ -395,26 +512,16 @@ class ConstrainedHead(RealHead):
 
     @classmethod
     def spec_for(cls, prior: Distribution, blank: HeadSpec, max_categories: int) -> HeadSpec | None:
-        support = prior.support
-        if support is None or support.is_discrete or constraints.is_dependent(support):
-            return None
-        try:
-            transform = biject_to(support)
-        except NotImplementedError:
-            return None
-        # The transform's parameters may carry the batch: map the whole shape, then keep
-        # the event part.
-        full = transform.inverse_shape(prior.batch_shape + prior.event_shape)
-        shape = tuple(full[len(prior.batch_shape) :])
-        return replace(blank, kind=cls.kind, base_event_shape=shape)
+        shape = _unconstrained_event_shape(prior)
+        return None if shape is None else replace(blank, kind=cls.kind, base_event_shape=shape)
 
     @classmethod
     def examples(cls) -> tuple[Distribution, ...]:
         return (
             Gamma(2.0, 1.0),
             Beta(2.0, 2.0),
-            Dirichlet(torch.ones(3)),
-            Independent(Gamma(torch.ones(3), 1.0), 1),
+            Gamma(torch.ones(3), 1.0),
+            Dirichlet(torch.ones(2)),  # one unconstrained coordinate
         )
 
     def __init__(self, spec: HeadSpec, hidden_size: int, components: int) -> None:
@@ -426,6 +533,22 @@ class ConstrainedHead(RealHead):
         center, spread = _unconstrained_location(prior, transform, prior.batch_shape + self.event)
         base = self.mixture(hidden, prior.batch_shape, center, spread)
         return TransformedDistribution(base, [transform], validate_args=False)
+
+
+def _unconstrained_event_shape(prior: Distribution) -> tuple[int, ...] | None:
+    """The event shape of ``biject_to(prior.support)``'s domain (None: a discrete or
+    dependent support, or one with no bijection)."""
+    support = prior.support
+    if support is None or support.is_discrete or constraints.is_dependent(support):
+        return None
+    try:
+        transform = biject_to(support)
+    except NotImplementedError:
+        return None
+    # The transform's parameters may carry the batch: map the whole shape, then keep the
+    # event part.
+    full = transform.inverse_shape(prior.batch_shape + prior.event_shape)
+    return tuple(full[len(prior.batch_shape) :])
 
 
 def _unconstrained_location(
@@ -639,6 +762,7 @@ HEADS: list[type[ProposalHead]] = [
     OneHotHead,
     CategoricalHead,
     CountHead,
+    FlowHead,
     RealHead,
     ConstrainedHead,
 ]

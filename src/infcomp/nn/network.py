@@ -7,8 +7,12 @@ the latent sites in program order; at site t its input is
     [context, address embedding of the site's family, features of the loop index,
      embedding of the previous site's value],
 
-and a head chosen by the site's prior support maps the hidden state to the proposal
-q(x_t | x_<t, y). Sites named with a loop index (``x_3``, ``x[3]``) share one family:
+and a head chosen by the site's prior support maps ``[h_t, context]`` (the LSTM's
+state and, skipping the core, the observation context) to the proposal
+q(x_t | x_<t, y). The context is unbounded: a head read off the LSTM's state alone
+(bounded by its tanh) could not move its proposal far enough for observations in the
+tails of the simulations. Sites named
+with a loop index (``x_3``, ``x[3]``) share one family:
 its address embedding, value embedding and head, with the index as an input.
 
 Inference wraps it in a :class:`~infcomp.inference.NetworkProposal`: importance sampling asks it
@@ -34,10 +38,20 @@ from infcomp._deprecation import warn_renamed
 from infcomp.distributions import DefensiveMixture
 from infcomp.errors import ModelError
 from infcomp.nn.embeddings import MLPEmbedding
-from infcomp.nn.heads import HeadSpec, UnsupportedSiteError, head_class, head_spec, make_head
+from infcomp.nn.heads import (
+    FlowHead,
+    HeadSpec,
+    UnsupportedSiteError,
+    head_class,
+    head_spec,
+    make_head,
+)
 from infcomp.runtime import Site, Trace, sum_rightmost
 
 INDEX_FEATURES = 8
+#: The version of :meth:`InferenceNetwork.config_dict`'s architecture; 2 added the heads'
+#: skip connection from the context, standardized observation embeddings and flow heads.
+NETWORK_VERSION = 2
 _INDEXED = re.compile(r"^(?P<base>.*?)(?:_|\[)?(?P<index>\d+)\]?$")
 
 
@@ -73,6 +87,10 @@ class NetworkConfig:
             ones a discretized-logistic head.
         prior_sites: site names or families to propose from their prior instead of a
             head; ``("*unsupported*",)`` does so for every site no head covers.
+        flows: continuous vector sites (unconstrained event size > 1) get a joint
+            normalizing-flow head (:class:`~infcomp.nn.heads.FlowHead`); False gives
+            them the diagonal Normal mixtures of the scalar sites (cheaper, no
+            correlations).
     """
 
     hidden_size: int = 64
@@ -82,6 +100,7 @@ class NetworkConfig:
     components: int = 5
     max_categories: int = 256
     prior_sites: tuple[str, ...] = ()
+    flows: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +209,9 @@ class InferenceNetwork(nn.Module):
             if site.kind == "observe" and name not in self.observations:
                 assert site.value is not None
                 self._add_observation(name, tuple(site.value.shape[lead:]))
+                embedding = self.observation_embeddings[self.observations[name].key]
+                if isinstance(embedding, MLPEmbedding) and lead > 0:
+                    embedding.fit(site.value.reshape((-1, *site.value.shape[lead:])))
             elif site.kind == "sample" and site.fn is not None:
                 self._family(name, site.fn, lead, create=True)
 
@@ -218,7 +240,8 @@ class InferenceNetwork(nn.Module):
         spec: HeadSpec | None = None
         if not ({name, base} & set(self.config.prior_sites)):
             try:
-                spec = head_spec(name, prior, self.config.max_categories, lead)
+                skip = () if self.config.flows else (FlowHead.kind,)
+                spec = head_spec(name, prior, self.config.max_categories, lead, skip)
             except UnsupportedSiteError:
                 if UNSUPPORTED not in self.config.prior_sites:
                     raise
@@ -233,7 +256,8 @@ class InferenceNetwork(nn.Module):
         self.addresses[family.key] = address
         self._new_parameters.append(address)
         if family.spec is not None:
-            self._adopt(family.key, make_head(family.spec, c.hidden_size, c.components), self.heads)
+            width = c.hidden_size + c.observation_size
+            self._adopt(family.key, make_head(family.spec, width, c.components), self.heads)
             features = head_class(family.spec.kind).value_feature_size(family.spec)
             self._adopt(family.key, nn.Linear(features, c.value_size), self.value_embeddings)
 
@@ -324,6 +348,7 @@ class InferenceNetwork(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """What rebuilds this network's modules (with :meth:`from_config_dict`)."""
         return {
+            "version": NETWORK_VERSION,
             "config": self.config.to_dict(),
             "observations": {name: list(slot.shape) for name, slot in self.observations.items()},
             # The observe sites embedded by the user's modules (by class name), which
@@ -352,7 +377,15 @@ class InferenceNetwork(nn.Module):
     def from_config_dict(
         cls, data: Mapping[str, Any], embeddings: Mapping[str, nn.Module] | None = None
     ) -> InferenceNetwork:
-        """Rebuild a network (untrained) from :meth:`config_dict`; then load its state."""
+        """Rebuild a network (untrained) from :meth:`config_dict`; then load its state.
+
+        Raises:
+            ValueError: the config is of another architecture version than
+                :data:`NETWORK_VERSION` (a network saved by an older infcomp: train anew).
+        """
+        mismatch = architecture_mismatch(data)
+        if mismatch is not None:
+            raise ValueError(mismatch)
         network = cls(NetworkConfig.from_dict(data["config"]), embeddings)
         for name, shape in data["observations"].items():
             network._add_observation(name, tuple(shape))
@@ -363,6 +396,19 @@ class InferenceNetwork(nn.Module):
             network._build_family(Family(f"f{index}", item["base"], lookup, spec))
         network.pop_new_parameters()
         return network
+
+
+def architecture_mismatch(data: Mapping[str, Any]) -> str | None:
+    """Why a :meth:`InferenceNetwork.config_dict` cannot be rebuilt by this infcomp (its
+    architecture version is not :data:`NETWORK_VERSION`), or None."""
+    version = data.get("version", 1)
+    if version == NETWORK_VERSION:
+        return None
+    return (
+        f"the inference network has architecture version {version}; this infcomp builds "
+        f"version {NETWORK_VERSION} (the heads read the observation context, observations "
+        f"are standardized, vector sites get flows): compile the model anew"
+    )
 
 
 @dataclass(frozen=True)
@@ -443,8 +489,9 @@ class NetworkProposer:
         self.hidden, self.cell = network.core(step_input, (self.hidden, self.cell))
         if family is None or family.spec is None:
             return None
-        hidden = self.hidden.reshape(self.lead + self.hidden.shape[-1:])
-        proposal = network.heads[family.key](hidden, prior)
+        readout = torch.cat([self.hidden, self.context], dim=-1)
+        readout = readout.reshape(self.lead + readout.shape[-1:])
+        proposal = network.heads[family.key](readout, prior)
         if self.defensive > 0:
             proposal = DefensiveMixture(proposal, prior, self.defensive)
         return proposal
