@@ -20,8 +20,8 @@ medians are drawn after ``torch.manual_seed(SIMULATED_SEED)``, the same for ever
 
 Contenders, at each budget of N joint simulations:
 
-- ``infcomp``: ``CSIS`` with its automatic network, trained by :func:`fit_infcomp` (online
-  training on the budget, or ``train(num_simulations=N)`` where CSIS has it).
+- ``infcomp``: ``CSIS`` with its automatic network, trained by :func:`fit_infcomp`:
+  ``train(num_simulations=N)``, many epochs over the N simulations with early stopping.
 - ``sbi``: NPE (``sbi.inference.NPE``, its default density estimator and training, early
   stopping on its own 10 % validation split) on N simulations of (θ, x), then importance
   sampling with the exact joint: log w = log p(θ, x) - log q(θ | x), q the untruncated flow.

@@ -68,8 +68,7 @@ def compile_and_infer(
         warnings.simplefilter("ignore", ic.SimulationWarning)  # counted below
         csis = ic.CSIS(failing_gaussian, kwargs=rates, vectorize=False, on_error="skip")
         csis.train(num_simulations=simulations, progress=False)
-    clean = {"nan_rate": 0.0, "raise_rate": 0.0}
-    posterior = csis.run(DATA, num_particles=particles, **clean)
+    posterior = csis.run(DATA, num_particles=particles, nan_rate=0.0, raise_rate=0.0)
     exact = exact_posterior()
     return Outcome(
         label,
