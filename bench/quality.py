@@ -20,8 +20,8 @@ medians are drawn after ``torch.manual_seed(SIMULATED_SEED)``, the same for ever
 
 Contenders, at each budget of N joint simulations:
 
-- ``infcomp``: ``CSIS`` with its automatic network, trained by :func:`fit_infcomp` (online
-  training on the budget, or ``train(num_simulations=N)`` where CSIS has it).
+- ``infcomp``: ``CSIS`` with its automatic network, trained by :func:`fit_infcomp`:
+  ``train(num_simulations=N)``, many epochs over the N simulations with early stopping.
 - ``sbi``: NPE (``sbi.inference.NPE``, its default density estimator and training, early
   stopping on its own 10 % validation split) on N simulations of (θ, x), then importance
   sampling with the exact joint: log w = log p(θ, x) - log q(θ | x), q the untruncated flow.
@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import inspect
 import io
 import json
 import math
@@ -88,7 +87,6 @@ SIMULATED_SEED = 1000  # the observations behind the medians
 REFERENCE_PARTICLES = 10**6  # SLCP's reference posterior
 QUICK_REFERENCE_PARTICLES = 10**4  # and with --quick
 ACCEPTANCE_DRAWS = 2 * 10**4  # sbi's flow, truncated to a bounded prior (SLCP)
-ONLINE_BATCH = 10  # simulations per step of online training (the seed notebook's)
 HMM_STEPS = 16
 CONTENDERS = ("infcomp", "sbi", "prior")
 
@@ -280,24 +278,14 @@ TASKS = {
 
 
 def fit_infcomp(task: Task, num_simulations: int, seed: int) -> Runner:
-    """Compile ``task``'s model on ``num_simulations`` joint simulations from ``seed``.
-
-    With ``CSIS.train(num_simulations=...)`` (training for many epochs on a fixed set of
-    simulations) that is used; otherwise training is online: ⌊N / 10⌋ steps of 10 fresh
-    simulations and one step of the rest, so that each simulation is used once. No
-    validation batch is drawn outside the budget (``validation_size=0``); the network's
-    construction probes the model with a few simulations that it does not train on.
+    """Compile ``task``'s model on ``num_simulations`` joint simulations from ``seed``:
+    ``CSIS.train(num_simulations=N)``, many epochs over the N simulations with early
+    stopping on a 10 % held-out part of them. The network's construction probes the
+    model with a few simulations that it does not train on.
     """
     torch.manual_seed(seed)
     csis = ic.CSIS(task.model, args=task.args, validation_size=0)
-    if "num_simulations" in inspect.signature(csis.train).parameters:
-        csis.train(num_simulations=num_simulations, progress=False)
-    else:
-        steps, rest = divmod(num_simulations, ONLINE_BATCH)
-        if steps:
-            csis.train(num_steps=steps, batch_size=ONLINE_BATCH, progress=False)
-        if rest:
-            csis.step(batch_size=rest)
+    csis.train(num_simulations=num_simulations, progress=False)
     return lambda data, n: csis.run(data, num_particles=n)
 
 

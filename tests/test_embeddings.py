@@ -87,3 +87,11 @@ def test_mlp_embedding_standardizes_with_fitted_moments():
     z = (inside - embedding.loc) / embedding.scale
     assert bool((z.abs() < 5).all())
     assert torch.allclose(embedding(inside), fresh(z), atol=1e-6)
+
+
+def test_the_standardization_ignores_failed_simulations():
+    embed = ic.nn.MLPEmbedding((2,))
+    values = torch.tensor([[1.0, 2.0], [3.0, 6.0], [float("nan"), 0.0], [5.0, float("inf")]])
+    embed.fit(values)
+    assert torch.equal(embed.loc, torch.tensor([2.0, 4.0]))
+    assert torch.allclose(embed.scale, torch.tensor([2.0, 8.0]).sqrt())

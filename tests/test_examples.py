@@ -170,3 +170,19 @@ def test_slcp_reference_agrees_with_prior_importance_sampling():
     )
     with pytest.raises(ValueError, match=r"shape \(4, 2\)"):
         slcp.reference_posterior(torch.zeros(8))
+
+
+@pytest.mark.slow  # two trainings on 10^4 simulations, run one at a time: minutes
+def test_a_simulator_with_failures_compiles_as_well_as_the_clean_one():
+    from infcomp.examples import failing_simulator as failing
+
+    clean = failing.compile_and_infer("clean", 0.0, 0.0, 10_000, 2000, seed=0)
+    broken = failing.compile_and_infer("failing", 0.01, 0.002, 10_000, 2000, seed=0)
+    assert clean.failed == clean.invalid == 0
+    # Binomial counts of 10^4 simulations, within 5 standard deviations.
+    assert abs(broken.failed - 20) < 5 * math.sqrt(10_000 * 0.002)
+    assert abs(broken.invalid - 100) < 5 * math.sqrt(10_000 * 0.01)
+    # The same quality: ESS/N within 0.1, and both means within 4 Monte Carlo errors
+    # (sd / sqrt(ESS), in units of the exact sd: 4 / sqrt(0.5 * 2000) < 0.13).
+    assert broken.ess_fraction > clean.ess_fraction - 0.1
+    assert max(broken.mean_error, clean.mean_error) < 0.13

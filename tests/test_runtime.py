@@ -158,6 +158,40 @@ def test_concurrent_inference_in_threads_gives_each_its_own_answer():
         assert abs(log_evidence - exact_log_evidence(x, x)) < 4 * stderr + 1e-3
 
 
+def test_two_threads_running_inference_1000_times_each_match_serial_runs():
+    # Deterministic weights (the latents have one possible value each), so that the
+    # threads' shared random stream cannot make the answers differ: only a mix-up of
+    # their handler stacks (a site or a likelihood of the other thread's model) can.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torch.distributions import Binomial, Categorical
+
+    def first(shift):
+        k = ic.sample("k", Categorical(probs=torch.tensor([0.0, 1.0])))
+        ic.observe("y", Normal(k + shift, 1.0))
+
+    def second(count):
+        n = ic.sample("n", Binomial(count, probs=torch.tensor(1.0)))
+        m = ic.sample("m", Binomial(count, probs=torch.tensor(0.0)))
+        ic.observe("w", Normal(n - m, 2.0))
+
+    jobs = [
+        (first, {"y": 0.5}, (float(i % 7),)) if i % 2 == 0 else (second, {"w": 1.0}, (i % 5,))
+        for i in range(2000)
+    ]
+
+    def run(job):
+        model, data, args = job
+        post = ic.importance(model, data, 8, args=args)
+        site = "k" if model is first else "n"
+        return post.log_weights.tolist(), post.values(site).tolist()
+
+    serial = [run(job) for job in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        threaded = list(pool.map(run, jobs))
+    assert threaded == serial
+
+
 def test_generator_and_async_functions_are_refused():
     def generator():
         yield ic.sample("z", Normal(0.0, 1.0))

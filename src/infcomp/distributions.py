@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -543,25 +543,95 @@ def stack_distributions(distributions: Sequence[Distribution]) -> Distribution |
         return None
 
 
-def _stack(items: list[Distribution]) -> Distribution | None:
+def concatenate_distributions(distributions: Sequence[Distribution]) -> Distribution | None:
+    """One distribution whose leading batch dimension is those of ``distributions`` one
+    after the other (each has batch shape ``(n_k,) + rest``), or ``None``; as
+    :func:`stack_distributions`, with ``torch.cat`` for ``torch.stack``."""
+    items = list(distributions)
+    if not items or any(not d.batch_shape for d in items):
+        return None
+    expected = torch.Size((sum(d.batch_shape[0] for d in items),)) + items[0].batch_shape[1:]
+    try:
+        joined = _stack(items, torch.cat, ragged=True)
+        if joined is None or joined.batch_shape != expected:
+            return None
+        joined._validate_args = items[0]._validate_args
+        return joined
+    except Exception:  # never raise: any failure means "cannot concatenate"
+        return None
+
+
+def index_distribution(fn: Distribution, index: Tensor) -> Distribution | None:
+    """The distribution of particles ``index`` of ``fn``, or ``None``.
+
+    ``fn`` has a leading particle dimension (batch shape ``(n,) + rest``); the result has
+    batch shape ``(len(index),) + rest`` and the same event shape: slice ``j`` is slice
+    ``index[j]`` of ``fn``. The inverse of :func:`stack_distributions`, built from the same
+    constructor parameters (each indexed along its first dimension), and with the same
+    reach: ``None`` (it never raises) where those cannot be found.
+
+    Example:
+        >>> import torch
+        >>> from torch.distributions import Normal
+        >>> from infcomp.distributions import index_distribution
+        >>> fn = Normal(torch.tensor([0.0, 1.0, 2.0]), 1.0)
+        >>> index_distribution(fn, torch.tensor([2, 0])).loc
+        tensor([2., 0.])
+    """
+    if not fn.batch_shape:
+        return None
+    expected = torch.Size((len(index),)) + fn.batch_shape[1:]
+    size = fn.batch_shape[0]
+
+    def take(tensors: list[Tensor]) -> Tensor:
+        (tensor,) = tensors
+        if tensor.dim() == 0 or tensor.shape[0] != size:
+            raise ValueError("a parameter without the particle dimension")
+        return tensor[index]
+
+    try:
+        selected = _stack([fn], take)
+        if (
+            selected is None
+            or type(selected) is not type(fn)
+            or selected.batch_shape != expected
+            or selected.event_shape != fn.event_shape
+        ):
+            return None
+        selected._validate_args = fn._validate_args
+        return selected
+    except Exception:  # never raise: any failure means "cannot index"
+        return None
+
+
+_Combine = Callable[[list[Tensor]], Tensor]
+
+
+def _stack(
+    items: list[Distribution], combine: _Combine = torch.stack, ragged: bool = False
+) -> Distribution | None:
+    """One distribution whose parameters are ``combine`` of the items' parameters (one by
+    one): ``torch.stack`` stacks; ``torch.cat`` concatenates (``ragged``: the leading
+    dimensions may differ); with one item, indexing takes particles out."""
     first = items[0]
     kind = type(first)
+    lead = 1 if ragged else 0
     if any(
         type(d) is not kind
-        or d.batch_shape != first.batch_shape
+        or d.batch_shape[lead:] != first.batch_shape[lead:]
         or d.event_shape != first.event_shape
         for d in items
     ):
         return None
     if kind is Independent:
         ndims = [d.reinterpreted_batch_ndims for d in items]  # type: ignore[attr-defined]
-        base = _stack([d.base_dist for d in items])  # type: ignore[attr-defined]
+        base = _stack([d.base_dist for d in items], combine, ragged)  # type: ignore[attr-defined]
         if base is None or len(set(ndims)) != 1:
             return None
         return Independent(base, ndims[0], validate_args=False)
     if kind is MixtureSameFamily:
-        mixing = _stack([d.mixture_distribution for d in items])  # type: ignore[attr-defined]
-        components = _stack([d.component_distribution for d in items])  # type: ignore[attr-defined]
+        mixing = _stack([d.mixture_distribution for d in items], combine, ragged)  # type: ignore[attr-defined]
+        components = _stack([d.component_distribution for d in items], combine, ragged)  # type: ignore[attr-defined]
         if not isinstance(mixing, Categorical) or components is None:
             return None
         return MixtureSameFamily(mixing, components, validate_args=False)
@@ -569,8 +639,8 @@ def _stack(items: list[Distribution]) -> Distribution | None:
         mixtures: list[DefensiveMixture] = items  # type: ignore[assignment]
         if len({d.epsilon for d in mixtures}) != 1:
             return None
-        proposal = _stack([d.proposal for d in mixtures])
-        prior = _stack([d.prior for d in mixtures])
+        proposal = _stack([d.proposal for d in mixtures], combine, ragged)
+        prior = _stack([d.prior for d in mixtures], combine, ragged)
         if proposal is None or prior is None:
             return None
         return DefensiveMixture(proposal, prior, mixtures[0].epsilon, validate_args=False)
@@ -581,21 +651,19 @@ def _stack(items: list[Distribution]) -> Distribution | None:
         lower_number = lowers.pop() if len(lowers) == 1 else None
         upper_number = uppers.pop() if len(uppers) == 1 else None
         return DiscretizedLogisticMixture(
-            torch.stack([d.logits for d in logistic]),
-            torch.stack([d.loc for d in logistic]),
-            torch.stack([d.scale for d in logistic]),
-            lower=torch.stack([d.lower for d in logistic])
-            if lower_number is None
-            else lower_number,
-            upper=torch.stack([d.upper for d in logistic])
-            if upper_number is None
-            else upper_number,
+            combine([d.logits for d in logistic]),
+            combine([d.loc for d in logistic]),
+            combine([d.scale for d in logistic]),
+            lower=combine([d.lower for d in logistic]) if lower_number is None else lower_number,
+            upper=combine([d.upper for d in logistic]) if upper_number is None else upper_number,
             validate_args=False,
         )
-    return _stack_by_constructor(items)
+    return _stack_by_constructor(items, combine, lead)
 
 
-def _stack_by_constructor(items: list[Distribution]) -> Distribution | None:
+def _stack_by_constructor(
+    items: list[Distribution], combine: _Combine, lead: int
+) -> Distribution | None:
     """Stack the constructor parameters of ordinary distributions and call the constructor."""
     first = items[0]
     kind = type(first)
@@ -620,9 +688,9 @@ def _stack_by_constructor(items: list[Distribution]) -> Distribution | None:
                 tensors.append(torch.as_tensor(value))
             else:
                 return None
-        if any(t.shape != tensors[0].shape for t in tensors):
+        if any(t.shape[lead:] != tensors[0].shape[lead:] for t in tensors):
             return None
-        kwargs[name] = torch.stack(tensors)
+        kwargs[name] = combine(tensors)
     signature = inspect.signature(kind.__init__)
     for name, parameter in list(signature.parameters.items())[1:]:
         if name in arg_names or name == "validate_args":

@@ -32,3 +32,8 @@ class InferenceWarning(UserWarning):
 
 class VectorizationNotice(UserWarning):
     """A program runs particle by particle because it could not be vectorized."""
+
+
+class SimulationWarning(UserWarning):
+    """Training dropped simulations of the model (NaN or infinite values), or skipped a
+    step whose loss or gradients were not finite."""

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from infcomp.distributions import stack_distributions
+from infcomp.distributions import index_distribution, stack_distributions
 from infcomp.runtime import Site, Trace
 
 
@@ -108,13 +108,20 @@ def _lost_distributions(stacked: Trace, example: Trace) -> bool:
     )
 
 
-def index_trace(trace: Trace, index: Tensor | int) -> Trace:
+def index_trace(trace: Trace, index: Tensor | int, distributions: bool = False) -> Trace:
     """Particles of a trace with one leading particle dimension: a tensor of indices
-    keeps the dimension; an int gives that one particle, unbatched."""
-    selected = Trace(batch_ndim=0 if isinstance(index, int) else 1)
+    keeps the dimension; an int gives that one particle, unbatched. With
+    ``distributions`` (and a tensor of indices), each site keeps the distributions of the
+    particles taken (see :func:`~infcomp.distributions.index_distribution`; ``fn`` is
+    None where they cannot be taken out)."""
+    batched = not isinstance(index, int)
+    selected = Trace(batch_ndim=1 if batched else 0)
     for name, site in trace.sites.items():
         assert site.value is not None
-        selected.add(Site(name, site.kind, None, site.value[index]))
+        fn = None
+        if distributions and batched and site.fn is not None:
+            fn = index_distribution(site.fn, index)  # type: ignore[arg-type]
+        selected.add(Site(name, site.kind, fn, site.value[index], site.scale))
     returned = trace.return_value
     if isinstance(returned, Tensor) and returned.dim() > 0:
         selected.return_value = returned[index]

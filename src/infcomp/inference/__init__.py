@@ -5,6 +5,7 @@ proposal protocol (:mod:`infcomp.inference.proposals`).
 """
 
 from infcomp.inference.csis import CSIS
+from infcomp.inference.dataset import TraceDataset
 from infcomp.inference.importance import importance, importance_batch, run_particles
 from infcomp.inference.objectives import iwae_bound, model_log_weights, wake_phi_loss
 from infcomp.inference.particles import (
@@ -42,6 +43,7 @@ __all__ = [
     "Proposal",
     "Request",
     "SingleRun",
+    "TraceDataset",
     "as_proposal",
     "check_guide",
     "engine_for",

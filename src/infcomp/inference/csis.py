@@ -12,6 +12,8 @@ gets importance sampling with the guide as proposal (Le, Baydin & Wood, AISTATS 
 
 from __future__ import annotations
 
+import copy
+import math
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from infcomp._deprecation import renamed_argument, warn_renamed
-from infcomp.errors import ArtifactError, ModelError
+from infcomp.errors import ArtifactError, ModelError, SimulationWarning
 from infcomp.inference.artifacts import (
     FORMAT,
     FORMAT_VERSION,
@@ -41,9 +43,16 @@ from infcomp.inference.common import (
     check_positive_int,
     program_name,
     untouched_random_state,
+    warn_user,
+)
+from infcomp.inference.dataset import (
+    TraceDataset,
+    check_invalid_fraction,
+    clean_batch,
+    default_batch_size,
 )
 from infcomp.inference.importance import Options, importance, importance_batch
-from infcomp.inference.particles import Job, JointBatch
+from infcomp.inference.particles import Job, JointBatch, OnError
 from infcomp.inference.proposals import NetworkProposal, as_proposal
 from infcomp.inference.simulation import JointSimulator
 from infcomp.nn.network import InferenceNetwork, NetworkConfig
@@ -95,6 +104,20 @@ class CSIS:
             factor (see :class:`~infcomp.inference.particles.inflate`).
         device, dtype: where the automatic network lives and its precision (the model's
             tensors must be on that device too); inference moves the data there.
+        clip_grad_norm: the gradients' total norm is clipped to this before each step
+            (``torch.nn.utils.clip_grad_norm_``; sbi's default, 5); None: no clipping.
+        on_error: what a simulation that raises in the model does: ``"raise"`` (the
+            error, as the user's, naming the last site reached) or ``"skip"`` (dropped,
+            counted in :attr:`failed_simulations` by that site, one
+            :class:`~infcomp.errors.SimulationWarning`).
+
+    Simulations with NaN or infinite values (a failing simulator) are dropped from
+    training and counted in :attr:`invalid_simulations` by the site where they first
+    went wrong, with one :class:`SimulationWarning`; when more than half of a batch is
+    invalid (or failed, with ``on_error="skip"``), training stops with a
+    :class:`~infcomp.errors.ModelError`. A step whose
+    loss or gradients are not finite is never applied (counted in
+    :attr:`skipped_steps`).
 
     Example:
         >>> import torch
@@ -128,6 +151,8 @@ class CSIS:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         validation_batch_size: int | None = None,
+        clip_grad_norm: float | None = 5.0,
+        on_error: OnError = "raise",
     ) -> None:
         if not callable(model):
             raise TypeError("CSIS needs a callable model")
@@ -147,7 +172,12 @@ class CSIS:
             "num_inference_samples", num_inference_samples
         )
         self.simulator = JointSimulator(
-            model, self.args, self.kwargs, vectorize, prior_inflation=prior_inflation
+            model,
+            self.args,
+            self.kwargs,
+            vectorize,
+            prior_inflation=prior_inflation,
+            on_error=on_error,
         )
         if guide is None:
             # Simulate the model once to find its observe sites and latent families.
@@ -182,10 +212,26 @@ class CSIS:
         self.validation_size = check_positive_int(
             "validation_size", 256 if validation is None else validation, minimum=0
         )
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be positive or None, got {clip_grad_norm}")
+        self.clip_grad_norm = clip_grad_norm
         self.num_steps = 0
         self.loss_history: list[float] = []
         self.validation_history: list[tuple[int, float]] = []
+        #: Joint simulations run for training (online steps and :meth:`simulate`).
+        self.num_simulations = 0
+        #: Simulations dropped for NaN or infinite values, by the first such site.
+        self.invalid_simulations: dict[str, int] = {}
+        #: Simulations that raised in the model and were skipped, by the last site reached.
+        self.failed_simulations: dict[str, int] = {}
+        #: Training steps not applied because the loss or gradients were not finite.
+        self.skipped_steps = 0
+        self._warned: set[str] = set()
         self._validation_batch: JointBatch | None = None
+        # The online validation batch is drawn from its own seed, so that validating (or
+        # not) leaves the training stream, and a resumed run, unchanged.
+        with untouched_random_state():
+            self._validation_seed = int(torch.randint(2**62, ()))
 
     @property
     def network(self) -> InferenceNetwork | None:
@@ -230,51 +276,150 @@ class CSIS:
         )
         model_args = tuple(args) if args else self.args
         model_kwargs = kwargs if kwargs else self.kwargs
-        batch = self.simulator(size, model_args, model_kwargs)
+        batch = self._simulate_valid(size, model_args, model_kwargs)
+        return self._gradient_step(batch, model_args, model_kwargs)
+
+    def _gradient_step(
+        self, batch: JointBatch, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> float:
+        """One optimizer step on the loss of ``batch``, unless the loss or the gradients
+        are not finite (then the parameters stay as they are); returns the loss."""
         self._train_mode(True)
         self.optimizer.zero_grad()
-        loss = self.loss(batch, model_args, model_kwargs)
+        loss = self.loss(batch, args, kwargs)
         # With every latent site proposed from its prior, log q does not depend on the
         # parameters: there is nothing to learn from this batch.
         if loss.requires_grad:
             loss.backward()
         adopt_new_parameters(self.guide, self.optimizer)
-        self.optimizer.step()
+        value = float(loss.detach())
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_norm or math.inf)
+        if math.isfinite(value) and bool(torch.isfinite(norm)):
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+            self._warn_once(
+                "step",
+                f"training step {self.num_steps + 1} was not applied: its loss ({value}) or "
+                f"gradient norm ({float(norm)}) is not finite; {self.skipped_steps} step(s) "
+                f"skipped so far (see CSIS.skipped_steps)",
+            )
         if self.scheduler is not None:
             self.scheduler.step()
         self.num_steps += 1
-        value = float(loss.detach())
         self.loss_history.append(value)
         return value
 
+    def _simulate_valid(
+        self, size: int, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> JointBatch:
+        """``size`` joint simulations, without (and counting) those that are not finite."""
+        batch = self.simulator(size, args, kwargs)
+        self.num_simulations += size
+        batch = clean_batch(batch, size, self.invalid_simulations, self.failed_simulations)
+        self._report_dropped()
+        return batch
+
+    def _report_dropped(self) -> None:
+        for key, counts, what, where in (
+            ("invalid", self.invalid_simulations, "with NaN or infinite values", "first"),
+            ("failed", self.failed_simulations, "that raised in the model", "last"),
+        ):
+            if counts:
+                listed = ", ".join(f"{n!r}: {c}" for n, c in counts.items())
+                self._warn_once(
+                    key,
+                    f"simulations {what} are dropped from training (so far, by the {where} "
+                    f"site: {listed}, of {self.num_simulations}); CSIS.{key}_simulations "
+                    f"keeps the count",
+                )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warn_user(message, SimulationWarning)
+
     def validation_loss(self) -> float:
-        """The loss on a fixed batch of ``validation_size`` simulations (drawn once)."""
+        """The loss on a fixed batch of ``validation_size`` simulations, drawn once from
+        its own random seed (it does not move the training's random stream)."""
         if self.validation_size == 0:
             raise ValueError("this CSIS has no validation batch (validation_size=0)")
         if self._validation_batch is None:
-            self._validation_batch = self.simulator(self.validation_size, self.args, self.kwargs)
+            with untouched_random_state():
+                torch.manual_seed(self._validation_seed)
+                batch = self.simulator(self.validation_size, self.args, self.kwargs)
+            self._validation_batch = clean_batch(batch, self.validation_size, {}, {})
         self._train_mode(False)
         with torch.no_grad():
             return float(self.loss(self._validation_batch))
 
     def train(
         self,
-        num_steps: int,
+        num_steps: int | None = None,
         batch_size: int | None = None,
         *,
+        num_simulations: int | None = None,
+        dataset: TraceDataset | None = None,
+        validation_fraction: float = 0.1,
+        max_epochs: int = 500,
+        patience: int = 20,
         validate_every: int = 100,
         progress: bool = True,
     ) -> list[float]:
-        """Run ``num_steps`` training steps of ``batch_size`` simulations (default
-        :attr:`training_batch_size`); returns their losses.
+        """Train the guide; returns the losses of the steps taken.
 
-        Every ``validate_every`` steps (and after the last) the validation loss is
-        recorded in :attr:`validation_history` as ``(step, loss)`` and shown on the
-        progress bar (tqdm; ``progress=False`` hides it).
+        On a **simulation budget** (for simulators that are expensive to run),
+        ``train(num_simulations=N)`` simulates N joint traces once (:meth:`simulate`), or
+        ``train(dataset=...)`` takes them ready made, and trains on them for many epochs
+        (the recipe of sbi's neural posterior estimation): a random
+        ``validation_fraction`` is held out, each epoch goes once over the rest in
+        minibatches of ``batch_size`` (default :func:`default_batch_size` of N: N/100
+        clamped to [32, 256]), the validation loss is recorded after each epoch in
+        :attr:`validation_history`, training stops after ``patience`` epochs without a
+        lower validation loss (or ``max_epochs``), and the guide's parameters of the
+        lowest validation loss are restored.
+
+        **Online** (for cheap simulators), ``train(num_steps, batch_size)`` runs
+        ``num_steps`` steps, each on ``batch_size`` fresh simulations (default
+        :attr:`training_batch_size`) used once; every ``validate_every`` steps (and after
+        the last) the loss on a fixed validation batch is recorded.
+
+        The progress bar (tqdm; ``progress=False`` hides it) shows the losses.
+
+        Raises:
+            TypeError: when not exactly one of ``num_steps``, ``num_simulations`` and
+                ``dataset`` is given.
+            ModelError: when more than half of the simulations are NaN or infinite.
         """
-        num_steps = check_positive_int("num_steps", num_steps)
+        modes = [num_steps is not None, num_simulations is not None, dataset is not None]
+        if sum(modes) != 1:
+            raise TypeError(
+                "train needs one of num_steps= (online: fresh simulations every step), "
+                "num_simulations= (a simulation budget reused for many epochs) or dataset="
+            )
         if batch_size is not None:
             batch_size = check_positive_int("batch_size", batch_size)
+        if num_steps is not None:
+            return self._train_online(
+                check_positive_int("num_steps", num_steps), batch_size, validate_every, progress
+            )
+        max_epochs = check_positive_int("max_epochs", max_epochs)
+        patience = check_positive_int("patience", patience)
+        if dataset is None:
+            assert num_simulations is not None
+            dataset = self.simulate(num_simulations)
+        elif not isinstance(dataset, TraceDataset):
+            raise TypeError(f"dataset must be a TraceDataset, got {type(dataset).__name__}")
+        if len(dataset) < 2:
+            raise ValueError(f"a training dataset needs at least 2 simulations, got {len(dataset)}")
+        return self._train_epochs(
+            dataset, batch_size, validation_fraction, max_epochs, patience, progress
+        )
+
+    def _train_online(
+        self, num_steps: int, batch_size: int | None, validate_every: int, progress: bool
+    ) -> list[float]:
         validate_every = check_positive_int("validate_every", validate_every)
         bar = tqdm(range(num_steps), desc="compiling", disable=not progress, leave=False)
         postfix: dict[str, str] = {}
@@ -288,6 +433,92 @@ class CSIS:
             bar.set_postfix(postfix, refresh=False)
         bar.close()
         return self.loss_history[-num_steps:]
+
+    def _train_epochs(
+        self,
+        dataset: TraceDataset,
+        batch_size: int | None,
+        validation_fraction: float,
+        max_epochs: int,
+        patience: int,
+        progress: bool,
+    ) -> list[float]:
+        # One draw from the global stream seeds the split and the shuffles: seeded runs repeat.
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        training, validation = dataset.split(validation_fraction, generator)
+        size = default_batch_size(len(dataset)) if batch_size is None else batch_size
+        first_step = self.num_steps
+        best_loss, best_state, stale = math.inf, None, 0
+        bar = tqdm(range(max_epochs), desc="compiling", disable=not progress, leave=False)
+        for _ in bar:
+            for batch in training.batches(size, generator):
+                self._gradient_step(batch, self.args, self.kwargs)
+            if not len(validation):
+                continue
+            loss = self.dataset_loss(validation, size)
+            self.validation_history.append((self.num_steps, loss))
+            bar.set_postfix({"validation": f"{loss:.4f}", "best": f"{min(loss, best_loss):.4f}"})
+            if loss < best_loss:
+                best_loss, stale = loss, 0
+                best_state = copy.deepcopy(self._guide_state())
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+        bar.close()
+        if best_state is not None:
+            self._restore_guide_state(best_state)
+        return self.loss_history[first_step:]
+
+    def simulate(self, num_simulations: int, chunk_size: int = 10_000) -> TraceDataset:
+        """A training dataset of ``num_simulations`` joint traces of the model (with the
+        constructor's arguments and prior inflation), simulated ``chunk_size`` at a time.
+
+        Simulations with NaN or infinite values are dropped and counted (in the dataset's
+        ``invalid`` and in :attr:`invalid_simulations`), so the dataset may be smaller
+        than asked; more than half invalid raises :class:`~infcomp.errors.ModelError`.
+        """
+        num_simulations = check_positive_int("num_simulations", num_simulations)
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+        batches = []
+        remaining = num_simulations
+        while remaining > 0:
+            asked = min(chunk_size, remaining)
+            batches.append(self.simulator(asked, self.args, self.kwargs))
+            remaining -= asked
+        dataset = TraceDataset.from_batches(batches)
+        check_invalid_fraction(dataset.invalid, dataset.failed, num_simulations)
+        self.num_simulations += num_simulations
+        for counts, new in (
+            (self.invalid_simulations, dataset.invalid),
+            (self.failed_simulations, dataset.failed),
+        ):
+            for name, count in new.items():
+                counts[name] = counts.get(name, 0) + count
+        self._report_dropped()
+        return dataset
+
+    def dataset_loss(self, dataset: TraceDataset, batch_size: int = 256) -> float:
+        """The mean of ``-log q(x_i; y_i)`` over a dataset (no gradients)."""
+        self._train_mode(False)
+        total = 0.0
+        with torch.no_grad():
+            for batch in dataset.batches(batch_size):
+                total += float(self.loss(batch)) * batch.size
+        return total / len(dataset)
+
+    def _guide_state(self) -> dict[str, Tensor]:
+        if not isinstance(self.guide, nn.Module):
+            raise TypeError(
+                f"training on a dataset restores the best parameters, so the guide must be "
+                f"an nn.Module; guide {program_name(self.guide)} is not"
+            )
+        return self.guide.state_dict()
+
+    def _restore_guide_state(self, state: dict[str, Tensor]) -> None:
+        assert isinstance(self.guide, nn.Module)
+        # Modules made after the best epoch (sites first seen later) keep their values.
+        self.guide.load_state_dict(state, strict=False)
 
     def _train_mode(self, training: bool) -> None:
         if isinstance(self.guide, nn.Module) and self.guide.training != training:
@@ -413,11 +644,17 @@ class CSIS:
                     for group in self.optimizer.param_groups
                 ],
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                # Training resumed after load continues this random stream (see load).
+                "random_state": torch.get_rng_state(),
                 "config": {
                     "guide_class": type(self.guide).__qualname__,
                     "model": getattr(self.model, "__qualname__", type(self.model).__name__),
                     "network": network.config_dict() if network is not None else None,
                     "num_steps": self.num_steps,
+                    "num_simulations": self.num_simulations,
+                    "invalid_simulations": dict(self.invalid_simulations),
+                    "skipped_steps": self.skipped_steps,
+                    "validation_seed": self._validation_seed,
                     "loss_history": list(self.loss_history),
                     "validation_history": [list(item) for item in self.validation_history],
                 },
@@ -434,6 +671,7 @@ class CSIS:
         optimizer: torch.optim.Optimizer | None = None,
         *,
         strict: bool = True,
+        restore_random_state: bool = False,
         **options: Any,
     ) -> CSIS:
         """Rebuild a :class:`CSIS` from :meth:`save`'s file.
@@ -444,6 +682,12 @@ class CSIS:
         optimizer's and scheduler's state, the step count and the loss histories are
         restored, so training resumes where it stopped. ``options`` are those of the
         constructor (give the same ``scheduler`` to resume its schedule).
+
+        The validation batch's seed is restored. With ``restore_random_state=True``, so is
+        torch's global (CPU) random state at :meth:`save`, and online training continues
+        exactly as if it had not stopped (``train(30)``, ``save``, ``load``, ``train(30)``
+        equals ``train(60)`` from the same seed); by default loading leaves the random
+        stream alone.
 
         The file is not trusted: its checksums are verified; an automatic network's
         config is bounded and the shapes it would build are compared with the stored
@@ -499,6 +743,15 @@ class CSIS:
         if csis.scheduler is not None and saved["scheduler"] is not None:
             csis.scheduler.load_state_dict(saved["scheduler"])
         csis.num_steps = int(config["num_steps"])
+        csis.num_simulations = int(config.get("num_simulations", 0))
+        csis.invalid_simulations = {
+            str(n): int(c) for n, c in config.get("invalid_simulations", {}).items()
+        }
+        csis.skipped_steps = int(config.get("skipped_steps", 0))
+        if "validation_seed" in config:
+            csis._validation_seed = int(config["validation_seed"])
+        if restore_random_state and saved.get("random_state") is not None:
+            torch.set_rng_state(saved["random_state"])
         csis.loss_history = [float(v) for v in config["loss_history"]]
         csis.validation_history = [(int(s), float(v)) for s, v in config["validation_history"]]
         return csis

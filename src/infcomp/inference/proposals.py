@@ -17,7 +17,7 @@ from torch import Tensor
 
 from infcomp.errors import GuideError
 from infcomp.handlers import particles, propose, replay, trace
-from infcomp.inference.common import Program, program_name
+from infcomp.inference.common import Program, program_name, untouched_random_state
 from infcomp.inference.particles import (
     Job,
     JointBatch,
@@ -111,13 +111,40 @@ class NetworkProposal:
         if not 0 <= self.defensive < 1:
             raise ValueError(f"the defensive weight must lie in [0, 1), got {self.defensive}")
 
+    _fixed: dict[int, tuple[Job, dict[str, Tensor]]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
     def run(self, job: Job, request: Request) -> SingleRun:
         batch_ndim = len(request.batch_shape)
+        data_batch_ndim = max(batch_ndim - 1, 0)
+        observations = dict(request.data)
+        missing = [name for name in self.network.observations if name not in observations]
+        if missing:
+            # Observations fixed in the program (observe(..., value=y)) are data too: the
+            # network saw them simulated in training and must see the value used here.
+            lead = next(iter(request.data.values())).shape[:data_batch_ndim] if request.data else ()
+            for name, value in self._fixed_observations(job).items():
+                if name in missing:
+                    observations[name] = value.expand(torch.Size(lead) + value.shape)
         proposer = self.network.proposer(
-            request.data, request.batch_shape, max(batch_ndim - 1, 0), self.defensive
+            observations, request.batch_shape, data_batch_ndim, self.defensive
         )
         handler = propose(proposer=proposer, batch_ndim=batch_ndim)
         return SingleRun(run_model(job, request, handler), handler.trace)
+
+    def _fixed_observations(self, job: Job) -> dict[str, Tensor]:
+        """The values of observe sites that a plain run of the program sets itself (with
+        ``value=``): one run of the program from its prior, cached per job, that leaves
+        the global random state untouched."""
+        cached = self._fixed.get(id(job))
+        if cached is None or cached[0] is not job:
+            with untouched_random_state(), trace() as tracer:
+                job.call()
+            values = {n: s.value for n, s in tracer.trace.sites.items() if s.kind == "observe"}
+            cached = (job, {n: v for n, v in values.items() if v is not None})
+            self._fixed[id(job)] = cached
+        return cached[1]
 
     def log_prob(self, batch: JointBatch, job: Job) -> Tensor:
         """``log q(x_i; y_i)`` by teacher forcing through the network, site by site."""

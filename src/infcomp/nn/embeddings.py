@@ -51,8 +51,10 @@ class MLPEmbedding(nn.Module):
     @torch.no_grad()
     def fit(self, values: Tensor) -> None:
         """Set the standardization from simulated observations ``(M, *shape)``, M ≥ 2:
-        elementwise mean and standard deviation (1 where the deviation is 0)."""
+        elementwise mean and standard deviation (1 where the deviation is 0), of the
+        simulations whose values are all finite (a failed simulation says nothing)."""
         flat = values.reshape(values.shape[0], -1).to(self.loc)
+        flat = flat[torch.isfinite(flat).all(-1)]
         if flat.shape[0] < 2:
             return
         scale = flat.std(0)

@@ -1,0 +1,245 @@
+"""Simulation budgets: joint traces simulated once and reused for many epochs of training.
+
+For an expensive simulator the budget is the number of simulations, not seconds, so a
+compiled proposal must learn from every simulation (the recipe of sbi's neural posterior
+estimation; Papamakarios & Murray 2016, Greenberg et al. 2019): simulate N joint traces
+once, hold out a validation fraction, train for many epochs over the rest, stop when the
+validation loss has not improved for a number of epochs, and keep the best weights.
+
+A :class:`TraceDataset` holds the traces grouped by structure (site names and shapes),
+each group one trace whose values and distributions carry a leading dimension, so that a
+minibatch of a variable-structure program is a few batched groups, not a loop over traces.
+Simulations whose values are not finite (NaN or ±inf: a failed simulator run) are dropped
+when the dataset is made and counted by the site where they first went wrong; so are
+simulations that raised, when the simulator skips them (``on_error="skip"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from infcomp.distributions import concatenate_distributions
+from infcomp.errors import ModelError
+from infcomp.inference.particles import JointBatch
+from infcomp.runtime import Site, Trace
+from infcomp.traces import index_trace, structure_key
+
+#: Training stops with an error when more than this fraction of simulations is invalid.
+MAX_INVALID_FRACTION = 0.5
+
+
+@dataclass
+class TraceDataset:
+    """Joint simulations (x_i, y_i) ~ p(x, y) kept in memory, grouped by structure.
+
+    Attributes:
+        traces: one trace per structure, values (and distributions) with a leading
+            dimension of the group's size.
+        sizes: the number of simulations in each group.
+        invalid: simulations dropped because a value was NaN or ±inf, counted by the
+            first site (in program order) where that happened.
+        failed: simulations that raised in the program and were skipped (``on_error=
+            "skip"``), counted by the last site each reached.
+
+    Example:
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.gaussian import gaussian
+        >>> _ = torch.manual_seed(0)
+        >>> dataset = ic.CSIS(gaussian).simulate(1000)
+        >>> len(dataset), dataset.traces[0]["z"].value.shape
+        (1000, torch.Size([1000]))
+        >>> training, validation = dataset.split(0.1, torch.Generator().manual_seed(0))
+        >>> len(training), len(validation)
+        (900, 100)
+    """
+
+    traces: list[Trace]
+    sizes: list[int]
+    invalid: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    @classmethod
+    def from_batches(cls, batches: list[JointBatch]) -> TraceDataset:
+        """Join batches of joint simulations: groups of one structure are concatenated
+        (where their distributions can be; otherwise kept apart), simulations with
+        values that are not finite are dropped and counted, and the batches' failures
+        (simulations skipped because they raised) are counted."""
+        by_structure: dict[object, list[Trace]] = {}
+        invalid: dict[str, int] = {}
+        failed: dict[str, int] = {}
+        for batch in batches:
+            for name, count in batch.failures.items():
+                failed[name] = failed.get(name, 0) + count
+            for trace in batch.traces:
+                kept = _drop_invalid(trace, invalid)
+                if kept is not None:
+                    by_structure.setdefault(structure_key(kept), []).append(kept)
+        traces: list[Trace] = []
+        for members in by_structure.values():
+            joined = _concatenate(members) if len(members) > 1 else members[0]
+            traces.extend([joined] if joined is not None else members)
+        return cls(traces, [_size(trace) for trace in traces], invalid, failed)
+
+    def split(
+        self, fraction: float, generator: torch.Generator
+    ) -> tuple[TraceDataset, TraceDataset]:
+        """A random split into (training, validation), the latter with
+        ``round(fraction · len(self))`` simulations (at least one when ``fraction > 0``)."""
+        if not 0 <= fraction < 1:
+            raise ValueError(f"the validation fraction must lie in [0, 1), got {fraction}")
+        total = len(self)
+        held_out = min(max(round(fraction * total), 1 if fraction > 0 else 0), total - 1)
+        chosen = torch.zeros(total, dtype=torch.bool)
+        chosen[torch.randperm(total, generator=generator)[:held_out]] = True
+        parts = torch.split(chosen, self.sizes)
+        training: list[Trace] = []
+        validation: list[Trace] = []
+        for trace, mask in zip(self.traces, parts):
+            for selected, out in ((~mask, training), (mask, validation)):
+                if selected.any():
+                    out.append(_take(trace, selected.nonzero().squeeze(-1)))
+        return (
+            TraceDataset(
+                training, [_size(t) for t in training], dict(self.invalid), dict(self.failed)
+            ),
+            TraceDataset(validation, [_size(t) for t in validation]),
+        )
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[JointBatch]:
+        """Minibatches of ``batch_size`` simulations (the last may be smaller) that cover
+        the dataset once: in a random order drawn from ``generator``, or in order when it
+        is None. A minibatch holds the simulations of each structure as one group."""
+        total = len(self)
+        order = (
+            torch.randperm(total, generator=generator)
+            if generator is not None
+            else torch.arange(total)
+        )
+        group_of = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+        starts = torch.tensor([0, *self.sizes]).cumsum(0)[:-1]
+        for begin in range(0, total, batch_size):
+            rows = order[begin : begin + batch_size]
+            groups = group_of[rows]
+            traces, sizes = [], []
+            for group in groups.unique().tolist():
+                local = rows[groups == group] - starts[group]
+                traces.append(_take(self.traces[group], local))
+                sizes.append(len(local))
+            yield JointBatch(traces, sizes, vectorized=True)
+
+
+def default_batch_size(num_simulations: int) -> int:
+    """The minibatch size for training on ``num_simulations``: about one hundredth of
+    the budget, between 32 and 256, so that small budgets still get many steps per epoch."""
+    return min(max(num_simulations // 100, 32), 256)
+
+
+def clean_batch(
+    batch: JointBatch, asked: int, invalid: dict[str, int], failed: dict[str, int]
+) -> JointBatch:
+    """``batch`` (of ``asked`` simulations) without those whose values are NaN or ±inf,
+    each counted in ``invalid`` by the first site where it went wrong; the simulations
+    that raised and were skipped (``batch.failures``) are added to ``failed``.
+
+    Raises:
+        ModelError: when more than half of the simulations asked for are invalid or
+            failed, naming the sites and the fraction (training on what is left would
+            learn a different model).
+    """
+    seen: dict[str, int] = {}
+    kept = [trace for trace in (_drop_invalid(t, seen) for t in batch.traces) if trace is not None]
+    check_invalid_fraction(seen, batch.failures, asked)
+    for counts, new in ((invalid, seen), (failed, batch.failures)):
+        for name, count in new.items():
+            counts[name] = counts.get(name, 0) + count
+    return JointBatch(kept, [_size(trace) for trace in kept], batch.vectorized)
+
+
+def check_invalid_fraction(invalid: dict[str, int], failed: dict[str, int], total: int) -> None:
+    """Raise :class:`ModelError` when more than half of ``total`` simulations are invalid
+    (NaN or infinite values) or failed (raised in the program)."""
+    dropped = sum(invalid.values()) + sum(failed.values())
+    if total and dropped / total > MAX_INVALID_FRACTION:
+        parts = [
+            f"{sum(counts.values())} {what} (by site: "
+            + ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+            + ")"
+            for what, counts in (
+                ("have NaN or infinite values", invalid),
+                ("raised in the program", failed),
+            )
+            if counts
+        ]
+        raise ModelError(
+            f"{dropped} of {total} simulations ({dropped / total:.0%}) are unusable: "
+            f"{'; '.join(parts)}. The simulator fails for most of its prior, so training "
+            f"would learn a different model; fix the simulator or its prior."
+        )
+
+
+def _drop_invalid(trace: Trace, counts: dict[str, int]) -> Trace | None:
+    """The rows of a group trace whose values are all finite; None when no row is."""
+    size = _size(trace)
+    bad = torch.zeros(size, dtype=torch.bool)
+    for name, site in trace.sites.items():
+        value = site.value
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            continue
+        here = ~torch.isfinite(value.reshape(size, -1)).all(-1).cpu()
+        new = here & ~bad
+        if new.any():
+            counts[name] = counts.get(name, 0) + int(new.sum())
+            bad |= new
+    if not bad.any():
+        return trace
+    if bad.all():
+        return None
+    return _take(trace, (~bad).nonzero().squeeze(-1))
+
+
+def _take(trace: Trace, rows: Tensor) -> Trace:
+    """Rows of a group trace, keeping each site's distribution (an error names a site
+    whose distribution cannot be taken apart)."""
+    value = next(iter(trace.sites.values())).value
+    assert value is not None
+    selected = index_trace(trace, rows.to(value.device), distributions=True)
+    for name, site in selected.sites.items():
+        if site.fn is None and trace.sites[name].fn is not None:
+            raise ModelError(
+                f"site {name!r}: cannot take simulations out of its "
+                f"{type(trace.sites[name].fn).__name__} to make minibatches; train online "
+                f"(train(num_steps=...)) for this model"
+            )
+    return selected
+
+
+def _concatenate(traces: list[Trace]) -> Trace | None:
+    """Group traces of one structure joined along their leading dimension, or None when
+    some site's distributions cannot be joined."""
+    joined = Trace(batch_ndim=1)
+    for name, site in traces[0].sites.items():
+        sites = [trace.sites[name] for trace in traces]
+        fn = None
+        if site.fn is not None:
+            fn = concatenate_distributions([s.fn for s in sites])  # type: ignore[misc]
+            if fn is None:
+                return None
+        value = torch.cat([s.value for s in sites])  # type: ignore[misc]
+        joined.add(Site(name, site.kind, fn, value, site.scale))
+    return joined
+
+
+def _size(trace: Trace) -> int:
+    value = next(iter(trace.sites.values())).value
+    assert value is not None
+    return int(value.shape[0])

@@ -1,0 +1,345 @@
+"""Training on a simulation budget (TraceDataset, epochs, early stopping), failing
+simulations, fixed observations seen by the network, and resuming a run after load."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Normal, Uniform
+
+import infcomp as ic
+from infcomp.distributions import concatenate_distributions, index_distribution
+from infcomp.examples.gaussian import exact_posterior, gaussian
+from infcomp.examples.marsaglia import marsaglia
+from infcomp.inference.dataset import default_batch_size
+
+# -- distributions taken apart and joined ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        Normal(torch.arange(4.0), torch.arange(1.0, 5.0)),
+        torch.distributions.Categorical(logits=torch.randn(4, 3)),
+        torch.distributions.Independent(Normal(torch.randn(4, 2), 1.0), 1),
+        torch.distributions.Binomial(torch.tensor([3.0, 4, 5, 6]), probs=torch.rand(4)),
+        torch.distributions.MultivariateNormal(torch.randn(4, 2), torch.eye(2)),
+    ],
+)
+def test_indexed_and_joined_distributions_score_as_the_rows_they_came_from(fn):
+    value = fn.sample()
+    index = torch.tensor([3, 0, 3])
+    taken = index_distribution(fn, index)
+    assert torch.allclose(taken.log_prob(value[index]), fn.log_prob(value)[index])
+    joined = concatenate_distributions([taken, fn])
+    assert torch.allclose(
+        joined.log_prob(torch.cat([value[index], value])),
+        torch.cat([fn.log_prob(value)[index], fn.log_prob(value)]),
+    )
+
+
+def test_an_unbatched_distribution_cannot_be_indexed():
+    assert index_distribution(Normal(0.0, 1.0), torch.tensor([0])) is None
+
+
+# -- the dataset ----------------------------------------------------------------------
+
+
+def test_minibatches_cover_every_simulation_once_per_epoch_for_a_variable_structure():
+    torch.manual_seed(0)
+    csis = ic.CSIS(marsaglia, vectorize=False)
+    dataset = csis.simulate(500)
+    assert len(dataset) == 500 and len(dataset.traces) > 1  # one group per structure
+    assert sum(dataset.sizes) == 500
+    seen = []
+    for batch in dataset.batches(64, torch.Generator().manual_seed(1)):
+        assert batch.size <= 64
+        for trace in batch.traces:
+            seen.extend(trace["x1"].value.tolist())
+            # Distributions stay with their rows: the prior scores what was drawn.
+            assert torch.isfinite(trace.log_prob_sum()).all()
+    expected = [v for trace in dataset.traces for v in trace["x1"].value.tolist()]
+    assert sorted(seen) == sorted(expected)
+
+
+def test_the_split_holds_out_the_stated_fraction_without_overlap():
+    torch.manual_seed(0)
+    dataset = ic.CSIS(gaussian).simulate(1000)
+    training, validation = dataset.split(0.1, torch.Generator().manual_seed(0))
+    assert (len(training), len(validation)) == (900, 100)
+    values = torch.cat([training.traces[0]["z"].value, validation.traces[0]["z"].value])
+    assert torch.equal(values.sort().values, dataset.traces[0]["z"].value.sort().values)
+    with pytest.raises(ValueError, match=r"validation fraction must lie in \[0, 1\)"):
+        dataset.split(1.0, torch.Generator())
+
+
+def test_the_default_batch_size_follows_the_budget():
+    assert [default_batch_size(n) for n in (100, 10_000, 10**6)] == [32, 100, 256]
+
+
+# -- training on a budget ----------------------------------------------------------------
+
+
+def test_budget_training_reaches_the_posterior_entropy_and_keeps_the_best_epoch():
+    # The loss E[-log q(z | x)] is at least the posterior's entropy, reached by q = p(z | x):
+    # for the Gaussian every posterior is Normal with variance 5/6.
+    entropy = 0.5 * math.log(2 * math.pi * math.e * 5 / 6)
+    torch.manual_seed(0)
+    csis = ic.CSIS(gaussian)
+    dataset = csis.simulate(2000)
+    training, validation = dataset.split(0.1, torch.Generator().manual_seed(3))
+    csis.train(dataset=training, patience=5, progress=False)
+    losses = [loss for _, loss in csis.validation_history]
+    # Early stopping: it stopped 5 epochs after its best one, and restored that one.
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert len(losses) == best + 6 or len(losses) == 500
+    # On data it never saw, the trained proposal is close to the best possible one.
+    held_out = csis.dataset_loss(validation)
+    standard_error = 1.0 / math.sqrt(len(validation))  # the loss per simulation has sd < 1 here
+    assert entropy - 3 * standard_error < held_out < entropy + 0.15
+    # The prior's loss (its entropy) is far above: training did learn.
+    assert held_out < 0.5 * math.log(2 * math.pi * math.e * 5) - 0.5
+
+
+def test_budget_training_restores_the_parameters_of_the_lowest_validation_loss():
+    torch.manual_seed(1)
+    csis = ic.CSIS(gaussian)
+    csis.train(num_simulations=600, patience=3, max_epochs=40, progress=False)
+    # Re-evaluate on the same held-out split: the restored weights give the best loss.
+    torch.manual_seed(1)
+    twin = ic.CSIS(gaussian)
+    dataset = twin.simulate(600)
+    generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+    _, validation = dataset.split(0.1, generator)
+    best = min(loss for _, loss in csis.validation_history)
+    assert csis.dataset_loss(validation, 64) == pytest.approx(best, rel=1e-5)
+
+
+def test_seeded_budget_training_repeats():
+    states = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        csis = ic.CSIS(gaussian)
+        csis.train(num_simulations=300, max_epochs=3, progress=False)
+        states.append(csis.guide.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_train_needs_exactly_one_way_to_get_simulations():
+    csis = ic.CSIS(gaussian)
+    with pytest.raises(TypeError, match="one of num_steps=.*num_simulations=.*dataset="):
+        csis.train()
+    with pytest.raises(TypeError, match="one of num_steps="):
+        csis.train(10, num_simulations=100)
+    with pytest.raises(TypeError, match="dataset must be a TraceDataset"):
+        csis.train(dataset=[1, 2, 3])
+    with pytest.raises(ValueError, match="num_simulations must be a positive integer"):
+        csis.train(num_simulations=0)
+
+
+# -- failing simulators ------------------------------------------------------------------
+
+
+def sometimes_nan(rate=0.01):
+    """The Gaussian whose simulator returns NaN for a fraction ``rate`` of its runs (u < rate)."""
+    z = ic.sample("z", Normal(1.0, 5**0.5))
+    u = ic.sample("u", Uniform(0.0, 1.0))
+    broken = torch.where(u < rate, torch.full_like(z, math.nan), z)
+    ic.observe("x1", Normal(broken, 2**0.5, validate_args=False))
+    ic.observe("x2", Normal(z, 2**0.5))
+
+
+def test_nan_simulations_are_dropped_counted_by_site_and_warned_once():
+    torch.manual_seed(0)
+    csis = ic.CSIS(sometimes_nan)
+    with pytest.warns(ic.SimulationWarning, match=r"NaN or infinite.*'x1'") as caught:
+        dataset = csis.simulate(10_000)
+        csis.train(num_steps=20, batch_size=256, progress=False)
+    assert len([w for w in caught if issubclass(w.category, ic.SimulationWarning)]) == 1
+    dropped = csis.invalid_simulations["x1"]
+    assert set(csis.invalid_simulations) == {"x1"}
+    assert len(dataset) == 10_000 - dataset.invalid["x1"]
+    # 1 % of 10,000 + 20 × 256 simulations, binomially: within 5 standard deviations.
+    total = 10_000 + 20 * 256
+    assert csis.num_simulations == total
+    assert abs(dropped - 0.01 * total) < 5 * math.sqrt(0.01 * 0.99 * total)
+    # No NaN reached the parameters; the kept simulations are all finite.
+    assert all(torch.isfinite(p).all() for p in csis.guide.parameters())
+    assert all(torch.isfinite(t["x1"].value).all() for t in dataset.traces)
+    assert csis.skipped_steps == 0
+
+
+def test_training_on_a_simulator_that_mostly_fails_stops_with_the_site_and_fraction():
+    csis = ic.CSIS(sometimes_nan, kwargs={"rate": 0.8})
+    with pytest.raises(ic.ModelError, match=r"\(8\d%\).*'x1'"):
+        csis.step(batch_size=500)
+    with pytest.raises(ic.ModelError, match=r"\(8\d%\).*'x1'"):
+        csis.simulate(500)
+
+
+def sometimes_raises(rate=0.02):
+    """The Gaussian as a one-trace-at-a-time simulator that raises for u < rate."""
+    z = ic.sample("z", Normal(1.0, 5**0.5))
+    u = ic.sample("u", Uniform(0.0, 1.0))
+    if u < rate:
+        raise RuntimeError("the solver diverged")
+    ic.observe("x1", Normal(z, 2**0.5))
+    ic.observe("x2", Normal(z, 2**0.5))
+
+
+def test_simulations_that_raise_are_skipped_and_counted_when_asked():
+    torch.manual_seed(0)
+    csis = ic.CSIS(sometimes_raises, vectorize=False, on_error="skip")
+    with pytest.warns(ic.SimulationWarning, match=r"raised in the model.*'u'"):
+        dataset = csis.simulate(1000)
+        csis.train(num_steps=3, batch_size=100, progress=False)
+    # The failing runs got as far as 'u'; 2 % of 1,300, binomially, within 5 sd.
+    assert set(csis.failed_simulations) == {"u"}
+    failed = csis.failed_simulations["u"]
+    assert csis.num_simulations == 1300
+    assert abs(failed - 26) < 5 * math.sqrt(1300 * 0.02 * 0.98)
+    assert len(dataset) == 1000 - dataset.failed["u"]
+    with pytest.raises(ic.ModelError, match="raised"):
+        ic.CSIS(sometimes_raises, vectorize=False).step(batch_size=500)
+
+
+def test_training_stops_when_most_simulations_raise():
+    csis = ic.CSIS(sometimes_raises, kwargs={"rate": 0.7}, vectorize=False, on_error="skip")
+    with pytest.raises(ic.ModelError, match=r"\((6|7|8)\d%\) are unusable.*raised in the program"):
+        csis.simulate(300)
+
+
+class SqrtGuide(nn.Module):
+    """A guide for the Gaussian with location sqrt(a): finite log density, and at a = 0
+    an infinite gradient."""
+
+    def __init__(self, a=0.0, scale=3.0):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a))
+        self.scale = scale
+
+    def forward(self, observations=None):
+        return ic.sample("z", Normal(torch.sqrt(self.a), self.scale))
+
+
+class NaNLossOnce(ic.CSIS):
+    """A CSIS whose loss is NaN at its second step (as from a broken custom guide)."""
+
+    def loss(self, batch, args=None, kwargs=None):
+        loss = super().loss(batch, args, kwargs)
+        return loss * math.nan if self.num_steps == 1 else loss
+
+
+def test_a_step_with_a_nan_loss_is_not_applied():
+    torch.manual_seed(0)
+    csis = NaNLossOnce(gaussian, clip_grad_norm=None)
+    csis.step(batch_size=8)
+    before = [p.detach().clone() for p in csis.guide.parameters()]
+    with pytest.warns(ic.SimulationWarning, match="step 2 was not applied"):
+        loss = csis.step(batch_size=8)
+    assert math.isnan(loss) and csis.skipped_steps == 1
+    assert all(torch.equal(p, q) for p, q in zip(csis.guide.parameters(), before))
+    csis.step(batch_size=8)
+    assert not all(torch.equal(p, q) for p, q in zip(csis.guide.parameters(), before))
+
+
+def test_a_step_with_infinite_gradients_is_not_applied():
+    torch.manual_seed(0)
+    csis = ic.CSIS(gaussian, SqrtGuide(0.0), vectorize=True)
+    with pytest.warns(ic.SimulationWarning, match=r"gradient norm \(inf\)"):
+        loss = csis.step(batch_size=8)
+    assert math.isfinite(loss) and csis.skipped_steps == 1
+    assert float(csis.guide.a.detach()) == 0.0
+
+
+def test_gradients_are_clipped_to_the_stated_norm():
+    torch.manual_seed(0)
+    guide = SqrtGuide(4.0, scale=0.1)
+    csis = ic.CSIS(gaussian, guide, torch.optim.SGD(guide.parameters(), lr=1.0), clip_grad_norm=0.5)
+    csis.step(batch_size=64)
+    # The gradient at a = 4 is far above 0.5 (the simulated z, of prior sd 2.2, are far
+    # from sqrt(4) = 2 in units of 0.1); one SGD step of learning rate 1, clipped to norm
+    # 0.5, moves a by 0.5.
+    assert abs(float(guide.a.detach()) - 4.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="clip_grad_norm must be positive"):
+        ic.CSIS(gaussian, clip_grad_norm=0.0)
+
+
+# -- observations fixed in the program ---------------------------------------------------
+
+
+def fixed_second(prior_mean=1.0):
+    z = ic.sample("z", Normal(prior_mean, 5**0.5))
+    ic.observe("x1", Normal(z, 2**0.5))
+    ic.observe("x2", Normal(z, 2**0.5), value=9.0)
+    return z
+
+
+def test_the_network_sees_observations_fixed_with_value_as_if_they_were_data():
+    torch.manual_seed(0)
+    network = ic.CSIS(gaussian).network  # untrained: any network shows it
+    posteriors = []
+    for model, data in ((gaussian, {"x1": 8.0, "x2": 9.0}), (fixed_second, {"x1": 8.0})):
+        torch.manual_seed(1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ic.InferenceWarning)  # an untrained proposal
+            posteriors.append(ic.importance(model, data, num_particles=500, guide=network))
+    first, second = posteriors
+    assert torch.equal(first.values("z"), second.values("z"))
+    assert torch.allclose(first.log_weights, second.log_weights)
+
+
+def test_a_network_for_a_program_with_only_fixed_observations_runs_without_data():
+    torch.manual_seed(0)
+
+    def all_fixed():
+        z = ic.sample("z", Normal(1.0, 5**0.5))
+        ic.observe("x1", Normal(z, 2**0.5), value=8.0)
+        ic.observe("x2", Normal(z, 2**0.5), value=9.0)
+
+    csis = ic.CSIS(all_fixed)
+    csis.train(num_steps=5, batch_size=64, progress=False)
+    posterior = csis.run({}, num_particles=20_000)
+    exact = exact_posterior()
+    assert abs(float(posterior.mean("z")) - float(exact.mean)) < 5 * float(
+        exact.stddev
+    ) / math.sqrt(float(posterior.ess))
+
+
+# -- resuming -------------------------------------------------------------------------
+
+
+def test_train_save_load_train_equals_one_run(tmp_path):
+    torch.manual_seed(1)
+    whole = ic.CSIS(gaussian, validation_size=32)
+    whole.train(20, 32, validate_every=7, progress=False)
+    torch.manual_seed(1)
+    first = ic.CSIS(gaussian, validation_size=32)
+    first.train(10, 32, validate_every=7, progress=False)
+    first.save(tmp_path / "half.pt")
+    torch.manual_seed(123)  # whatever happens in between
+    resumed = ic.CSIS.load(
+        tmp_path / "half.pt", gaussian, validation_size=32, restore_random_state=True
+    )
+    resumed.train(10, 32, validate_every=7, progress=False)
+    assert resumed.loss_history == whole.loss_history
+    state, expected = resumed.guide.state_dict(), whole.guide.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    # The validation batch is the same one: equal losses where both validated (step 14).
+    assert dict(resumed.validation_history)[14] == dict(whole.validation_history)[14]
+
+
+def test_load_restores_the_random_state_only_when_asked(tmp_path):
+    csis = ic.CSIS(gaussian)
+    torch.manual_seed(7)
+    csis.save(tmp_path / "a.pt")
+    expected = torch.rand(3)
+    ic.CSIS.load(tmp_path / "a.pt", gaussian, restore_random_state=True)
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(8)
+    expected = torch.rand(3)
+    torch.manual_seed(8)
+    ic.CSIS.load(tmp_path / "a.pt", gaussian)
+    assert torch.equal(torch.rand(3), expected)
