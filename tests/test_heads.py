@@ -272,3 +272,17 @@ def test_flow_head_fits_a_correlated_gaussian_posterior():
             stderr = float(gap.std()) / math.sqrt(4000)
             assert stderr < 0.01
             assert float(gap.mean()) < 0.1 + 3 * stderr, (y, float(gap.mean()))
+
+
+def test_importing_infcomp_leaves_torchs_argument_validation_as_it_was():
+    # zuko, which the flow head uses, switches it off for the process when imported.
+    import subprocess
+    import sys
+
+    script = (
+        "from torch.distributions import Distribution\n"
+        "assert Distribution._validate_args\n"
+        "import infcomp\n"
+        "assert Distribution._validate_args\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)

@@ -643,7 +643,9 @@ class ParticleEngine:
                 site.value = site.value.expand(site.fn.batch_shape + site.fn.event_shape)
         log_weights, log_proposal = _log_weight(run)
         log_weights = torch.broadcast_to(log_weights, batch_shape)
-        invalid = _invalid_particles(run, batch_shape) if reran else None
+        # Invalid parameters can also come without a rerun: from a distribution built
+        # with validate_args=False, or while another thread's rerun has validation off.
+        invalid = _invalid_particles(run, batch_shape) if reran or _bad(log_weights) else None
         if invalid is not None:
             log_weights = log_weights.masked_fill(invalid[0], -torch.inf)
         if log_proposal is not None:
@@ -679,22 +681,26 @@ class ParticleEngine:
         if self.workers > 1 and num_particles > 1:
             return self._in_workers(data, num_particles)
         runs: list[SingleRun] = []
+        reruns: list[bool] = []
         invalid_sites: dict[str, int] = {}
         invalid_indices: list[int] = []
-        for index in range(num_particles):
+        for _ in range(num_particles):
             try:
                 run, reran = self._tolerant(lambda: self._single(Request(data)))
             except _ProgramError as failure:
                 raise self._user_error(failure) from failure.error
             runs.append(run)
-            invalid = _invalid_particles(run, ()) if reran else None
+            reruns.append(reran)
+        _check_data_used(data, [probe, *runs])
+        weights = [_log_weight(run) for run in runs]
+        log_weights = torch.stack([w for w, _ in weights])
+        for index, (run, reran) in enumerate(zip(runs, reruns)):
+            # As in _vectorized: invalid parameters can also come without a rerun.
+            invalid = _invalid_particles(run, ()) if reran or _bad(log_weights[index]) else None
             if invalid is not None:
                 invalid_indices.append(index)
                 for name, count in invalid[1].items():
                     invalid_sites[name] = invalid_sites.get(name, 0) + count
-        _check_data_used(data, [probe, *runs])
-        weights = [_log_weight(run) for run in runs]
-        log_weights = torch.stack([w for w, _ in weights])
         log_weights[invalid_indices] = -torch.inf
         traces, sizes, order = group_traces([run.model_trace for run in runs], distributions=False)
         log_proposal = None

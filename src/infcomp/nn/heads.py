@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import torch
-import zuko
 from torch import Tensor, nn
 from torch.distributions import (
     Bernoulli,
@@ -72,6 +71,14 @@ from infcomp.errors import ModelError
 
 # softplus(SOFTPLUS_ONE) = 1: raw outputs near zero give a scale equal to the prior's.
 SOFTPLUS_ONE = math.log(math.e - 1)
+
+# zuko switches torch's argument validation off for the whole process when imported
+# (zuko/distributions.py); infcomp relies on it (data and parameter checks), and must
+# not change a global setting of its users: import it and restore the setting.
+_validation = Distribution._validate_args
+import zuko  # noqa: E402
+
+Distribution.set_default_validate_args(_validation)
 
 
 @dataclass(frozen=True)
