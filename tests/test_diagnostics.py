@@ -628,3 +628,12 @@ def test_mcse_with_equal_weights_is_the_iid_standard_error_and_zero_for_a_consta
 def test_mcse_checks_the_shapes():
     with pytest.raises(ValueError, match="do not start with the log weights' shape"):
         mcse_mean(torch.zeros(3, 2), torch.zeros(2))
+
+
+def test_mcse_of_the_sd_is_nan_where_the_weights_are_undefined():
+    from infcomp.diagnostics import mcse_sd
+
+    values = torch.tensor([0.0, 1.0, 3.0])
+    for bad in (torch.full((3,), -math.inf), torch.tensor([0.0, math.nan, 0.0])):
+        assert torch.isnan(mcse_sd(values, bad))
+    assert mcse_sd(torch.ones(3), torch.zeros(3)) == 0

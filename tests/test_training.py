@@ -343,3 +343,103 @@ def test_load_restores_the_random_state_only_when_asked(tmp_path):
     torch.manual_seed(8)
     ic.CSIS.load(tmp_path / "a.pt", gaussian)
     assert torch.equal(torch.rand(3), expected)
+
+
+# -- invalid parameters and batch-wide failures while simulating (review of issue 11) ----
+
+
+def zero_scale_sometimes():
+    """A scale of exactly zero in 1 % of the simulations (u < 0.01): invalid parameters."""
+    s = ic.sample("s", torch.distributions.HalfNormal(1.0))
+    u = ic.sample("u", Uniform(0.0, 1.0))
+    ic.observe("x", Normal(0.0, torch.where(u < 0.01, torch.zeros_like(s), s)))
+
+
+def test_simulations_with_invalid_parameters_are_dropped_counted_and_stay_vectorized():
+    torch.manual_seed(0)
+    with pytest.warns(ic.SimulationWarning, match="invalid parameters.*'x'"):
+        csis = ic.CSIS(zero_scale_sometimes)
+        dataset = csis.simulate(5000)
+        csis.train(num_steps=3, batch_size=256, progress=False)
+    assert csis.simulator.vectorize is not False  # never fell back
+    assert set(csis.invalid_simulations) == {"x"} and not csis.failed_simulations
+    total = 5000 + 3 * 256
+    assert abs(csis.invalid_simulations["x"] - 0.01 * total) < 5 * math.sqrt(0.01 * total)
+    assert len(dataset) == 5000 - dataset.invalid["x"]
+    # Every kept simulation has a positive scale: none of the dropped ones is left.
+    assert all(bool((t["x"].fn.scale > 0).all()) for t in dataset.traces)
+
+
+def raises_on_the_batch(threshold=2.88):
+    """Vectorized, but raises when any particle of the run exceeds the threshold."""
+    z = ic.sample("z", Normal(0.0, 1.0))
+    if bool((z > threshold).any()):
+        raise ValueError("the solver diverged")
+    ic.observe("x", Normal(z, 1.0))
+
+
+def test_a_batch_wide_failure_is_the_users_error_and_never_stops_vectorizing():
+    torch.manual_seed(0)
+    csis = ic.CSIS(raises_on_the_batch, on_error="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ic.VectorizationNotice)
+        warnings.simplefilter("ignore", ic.SimulationWarning)
+        csis.train(num_steps=40, batch_size=256, progress=False)
+    assert csis.simulator.vectorize is not False  # never fell back
+    assert sum(csis.failed_simulations.values()) > 0
+    simulator = ic.JointSimulator(raises_on_the_batch)
+    with pytest.raises(ic.ModelError, match="solver diverged"):
+        for _ in range(50):  # P(z > 2.88 somewhere in 4096 draws) ≈ 1
+            simulator(4096)
+    assert simulator.vectorize is not False
+
+
+def test_load_keeps_the_constructor_options_and_resumes_an_inflated_run(tmp_path):
+    options = {"prior_inflation": 2.0, "training_batch_size": 32, "validation_size": 16}
+    torch.manual_seed(2)
+    whole = ic.CSIS(gaussian, **options)
+    for _ in range(6):
+        whole.step()
+    torch.manual_seed(2)
+    first = ic.CSIS(gaussian, **options)
+    for _ in range(3):
+        first.step()
+    first.save(tmp_path / "a.pt")
+    resumed = ic.CSIS.load(tmp_path / "a.pt", gaussian, restore_random_state=True)
+    assert (resumed.simulator.prior_inflation, resumed.training_batch_size) == (2.0, 32)
+    assert resumed.validation_size == 16
+    for _ in range(3):
+        resumed.step()
+    state, expected = resumed.guide.state_dict(), whole.guide.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    assert ic.CSIS.load(tmp_path / "a.pt", gaussian, training_batch_size=8).training_batch_size == 8
+
+
+def test_training_that_applies_almost_no_step_is_an_error():
+    def heavy_tailed():
+        z = ic.sample("z", torch.distributions.StudentT(0.1))
+        ic.observe("x", Normal(z, 1.0))
+
+    torch.manual_seed(0)
+    csis = ic.CSIS(heavy_tailed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.SimulationWarning)
+        with pytest.raises(ic.ModelError, match="training steps were not applied"):
+            csis.train(num_steps=20, batch_size=64, progress=False)
+
+
+def test_the_network_refuses_nan_data_naming_the_site():
+    csis = ic.CSIS(gaussian)
+    with pytest.raises(ic.ModelError, match="'x1'.*NaN or infinite"):
+        csis.run({"x1": math.nan, "x2": 9.0}, num_particles=10)
+    with pytest.raises(ic.ModelError, match="'x2'.*NaN or infinite"):
+        csis.run_batch([{"x1": 8.0, "x2": 9.0}, {"x1": 8.0, "x2": math.inf}], num_particles=10)
+
+
+def test_a_callable_that_returns_a_generator_is_refused():
+    class Model:
+        def __call__(self):
+            yield ic.sample("z", Normal(0.0, 1.0))
+
+    with pytest.raises(ic.ModelError, match="returned a generator"):
+        ic.importance(Model(), {}, 10)

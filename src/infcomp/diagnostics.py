@@ -460,7 +460,8 @@ def mcse_sd(values: Tensor, log_weights: Tensor) -> Tensor:
     ``g_i = (f_i - mu_hat)^2``, so :func:`mcse_mean` of ``g`` is its error (the error of
     ``mu_hat`` adds only a second-order term); the delta method for ``sd = sqrt(v)``
     divides by ``2 sd``: ``mcse_sd = sqrt(sum_i wbar_i^2 (g_i - v_hat)^2) / (2 sd_hat)``,
-    and 0 where ``sd_hat`` is 0. Shapes as for :func:`mcse_mean`.
+    and 0 where ``sd_hat`` is 0 (NaN where the weights are undefined, as for
+    :func:`mcse_mean`). Shapes as for :func:`mcse_mean`.
 
     Example:
         >>> import torch
@@ -474,7 +475,8 @@ def mcse_sd(values: Tensor, log_weights: Tensor) -> Tensor:
     variance = (weights * squared_deviations).sum(0)
     mcse_variance = (weights.square() * (squared_deviations - variance).square()).sum(0).sqrt()
     sd = variance.sqrt()
-    return torch.where(sd > 0, mcse_variance / (2 * sd), torch.zeros_like(sd))
+    # 0 where the spread is 0; NaN stays NaN (undefined weights: all zero, NaN or +inf).
+    return torch.where(sd == 0, torch.zeros_like(sd), mcse_variance / (2 * sd))
 
 
 def weighted_quantile(

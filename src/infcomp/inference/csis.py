@@ -317,13 +317,22 @@ class CSIS:
         """``size`` joint simulations, without (and counting) those that are not finite."""
         batch = self.simulator(size, args, kwargs)
         self.num_simulations += size
-        batch = clean_batch(batch, size, self.invalid_simulations, self.failed_simulations)
+        batch = clean_batch(batch, self.invalid_simulations, self.failed_simulations)
+        # Judged over all simulations so far: one batch is too noisy a sample.
+        check_invalid_fraction(
+            self.invalid_simulations, self.failed_simulations, self.num_simulations
+        )
         self._report_dropped()
         return batch
 
     def _report_dropped(self) -> None:
         for key, counts, what, where in (
-            ("invalid", self.invalid_simulations, "with NaN or infinite values", "first"),
+            (
+                "invalid",
+                self.invalid_simulations,
+                "with NaN or infinite values or invalid parameters",
+                "first",
+            ),
             ("failed", self.failed_simulations, "that raised in the model", "last"),
         ):
             if counts:
@@ -349,7 +358,7 @@ class CSIS:
             with untouched_random_state():
                 torch.manual_seed(self._validation_seed)
                 batch = self.simulator(self.validation_size, self.args, self.kwargs)
-            self._validation_batch = clean_batch(batch, self.validation_size, {}, {})
+            self._validation_batch = clean_batch(batch, {}, {})
         self._train_mode(False)
         with torch.no_grad():
             return float(self.loss(self._validation_batch))
@@ -390,7 +399,8 @@ class CSIS:
         Raises:
             TypeError: when not exactly one of ``num_steps``, ``num_simulations`` and
                 ``dataset`` is given.
-            ModelError: when more than half of the simulations are NaN or infinite.
+            ModelError: when more than half of the simulations are NaN or infinite, or
+                more than half of the steps could not be applied.
         """
         modes = [num_steps is not None, num_simulations is not None, dataset is not None]
         if sum(modes) != 1:
@@ -400,10 +410,13 @@ class CSIS:
             )
         if batch_size is not None:
             batch_size = check_positive_int("batch_size", batch_size)
+        steps_before, skipped_before = self.num_steps, self.skipped_steps
         if num_steps is not None:
-            return self._train_online(
+            losses = self._train_online(
                 check_positive_int("num_steps", num_steps), batch_size, validate_every, progress
             )
+            self._check_steps_applied(steps_before, skipped_before)
+            return losses
         max_epochs = check_positive_int("max_epochs", max_epochs)
         patience = check_positive_int("patience", patience)
         if dataset is None:
@@ -413,9 +426,24 @@ class CSIS:
             raise TypeError(f"dataset must be a TraceDataset, got {type(dataset).__name__}")
         if len(dataset) < 2:
             raise ValueError(f"a training dataset needs at least 2 simulations, got {len(dataset)}")
-        return self._train_epochs(
+        losses = self._train_epochs(
             dataset, batch_size, validation_fraction, max_epochs, patience, progress
         )
+        self._check_steps_applied(steps_before, skipped_before)
+        return losses
+
+    def _check_steps_applied(self, steps_before: int, skipped_before: int) -> None:
+        """Training whose steps were mostly not applied (non-finite losses or gradients)
+        learned nothing it can be trusted with: say so."""
+        steps = self.num_steps - steps_before
+        skipped = self.skipped_steps - skipped_before
+        if steps >= 5 and skipped > steps / 2:
+            raise ModelError(
+                f"{skipped} of the {steps} training steps were not applied: their loss or "
+                f"gradients were not finite (a prior with infinite variance, such as a "
+                f"StudentT with df <= 2, or simulations of enormous values overflow); "
+                f"the guide has hardly been trained"
+            )
 
     def _train_online(
         self, num_steps: int, batch_size: int | None, validate_every: int, progress: bool
@@ -655,6 +683,15 @@ class CSIS:
                     "invalid_simulations": dict(self.invalid_simulations),
                     "skipped_steps": self.skipped_steps,
                     "validation_seed": self._validation_seed,
+                    # The constructor's options, which load reuses unless given again.
+                    "options": {
+                        "prior_inflation": self.simulator.prior_inflation,
+                        "training_batch_size": self.training_batch_size,
+                        "num_inference_samples": self.num_inference_samples,
+                        "validation_size": self.validation_size,
+                        "clip_grad_norm": self.clip_grad_norm,
+                        "on_error": self.simulator.on_error,
+                    },
                     "loss_history": list(self.loss_history),
                     "validation_history": [list(item) for item in self.validation_history],
                 },
@@ -681,7 +718,9 @@ class CSIS:
         ``observation_embeddings`` modules if it used any). The parameters, the
         optimizer's and scheduler's state, the step count and the loss histories are
         restored, so training resumes where it stopped. ``options`` are those of the
-        constructor (give the same ``scheduler`` to resume its schedule).
+        constructor (give the same ``scheduler`` to resume its schedule); the saved
+        ``prior_inflation``, ``training_batch_size``, ``num_inference_samples``,
+        ``validation_size``, ``clip_grad_norm`` and ``on_error`` are used unless given.
 
         The validation batch's seed is restored. With ``restore_random_state=True``, so is
         torch's global (CPU) random state at :meth:`save`, and online training continues
@@ -732,6 +771,11 @@ class CSIS:
             optimizer = default_optimizer(groups[0], learning_rate)
             for group in groups[1:]:
                 optimizer.add_param_group({"params": group})
+        for name, value in config.get("options", {}).items():
+            if name not in ("validation_batch_size", "validation_size") or (
+                "validation_batch_size" not in options and "validation_size" not in options
+            ):
+                options.setdefault(name, value)
         csis = cls(model, guide, optimizer, **options)
         check_signature(
             saved.get("signature"),

@@ -30,6 +30,8 @@ from infcomp.traces import index_trace, structure_key
 
 #: Training stops with an error when more than this fraction of simulations is invalid.
 MAX_INVALID_FRACTION = 0.5
+#: ... judged on at least this many simulations (or on a batch where none is usable).
+MIN_SIMULATIONS_CHECKED = 200
 
 
 @dataclass
@@ -76,8 +78,9 @@ class TraceDataset:
         invalid: dict[str, int] = {}
         failed: dict[str, int] = {}
         for batch in batches:
-            for name, count in batch.failures.items():
-                failed[name] = failed.get(name, 0) + count
+            for counts, new in ((failed, batch.failures), (invalid, batch.invalid)):
+                for name, count in new.items():
+                    counts[name] = counts.get(name, 0) + count
             for trace in batch.traces:
                 kept = _drop_invalid(trace, invalid)
                 if kept is not None:
@@ -144,47 +147,52 @@ def default_batch_size(num_simulations: int) -> int:
     return min(max(num_simulations // 100, 32), 256)
 
 
-def clean_batch(
-    batch: JointBatch, asked: int, invalid: dict[str, int], failed: dict[str, int]
-) -> JointBatch:
-    """``batch`` (of ``asked`` simulations) without those whose values are NaN or ±inf,
-    each counted in ``invalid`` by the first site where it went wrong; the simulations
-    that raised and were skipped (``batch.failures``) are added to ``failed``.
+def clean_batch(batch: JointBatch, invalid: dict[str, int], failed: dict[str, int]) -> JointBatch:
+    """``batch`` without the simulations whose values are NaN or ±inf, each counted in
+    ``invalid`` by the first site where it went wrong; the batch's own counts (of
+    simulations dropped for invalid parameters, ``batch.invalid``, and of those that
+    raised, ``batch.failures``) are added to ``invalid`` and ``failed``.
 
     Raises:
-        ModelError: when more than half of the simulations asked for are invalid or
-            failed, naming the sites and the fraction (training on what is left would
-            learn a different model).
+        ModelError: when no simulation of the batch is left.
     """
-    seen: dict[str, int] = {}
+    seen = dict(batch.invalid)
     kept = [trace for trace in (_drop_invalid(t, seen) for t in batch.traces) if trace is not None]
-    check_invalid_fraction(seen, batch.failures, asked)
     for counts, new in ((invalid, seen), (failed, batch.failures)):
         for name, count in new.items():
             counts[name] = counts.get(name, 0) + count
+    if not kept:
+        check_invalid_fraction(
+            seen, batch.failures, sum(seen.values()) + sum(batch.failures.values())
+        )
     return JointBatch(kept, [_size(trace) for trace in kept], batch.vectorized)
 
 
 def check_invalid_fraction(invalid: dict[str, int], failed: dict[str, int], total: int) -> None:
     """Raise :class:`ModelError` when more than half of ``total`` simulations are invalid
-    (NaN or infinite values) or failed (raised in the program)."""
+    (NaN or infinite values, invalid parameters) or failed (raised in the program), once
+    there are at least :data:`MIN_SIMULATIONS_CHECKED` of them (or all are): a smaller
+    count says too little about the simulator's rate of failure."""
     dropped = sum(invalid.values()) + sum(failed.values())
-    if total and dropped / total > MAX_INVALID_FRACTION:
-        parts = [
-            f"{sum(counts.values())} {what} (by site: "
-            + ", ".join(f"{name!r}: {count}" for name, count in counts.items())
-            + ")"
-            for what, counts in (
-                ("have NaN or infinite values", invalid),
-                ("raised in the program", failed),
-            )
-            if counts
-        ]
-        raise ModelError(
-            f"{dropped} of {total} simulations ({dropped / total:.0%}) are unusable: "
-            f"{'; '.join(parts)}. The simulator fails for most of its prior, so training "
-            f"would learn a different model; fix the simulator or its prior."
+    if not total or dropped / total <= MAX_INVALID_FRACTION:
+        return
+    if total < MIN_SIMULATIONS_CHECKED and dropped < total:
+        return
+    parts = [
+        f"{sum(counts.values())} {what} (by site: "
+        + ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+        + ")"
+        for what, counts in (
+            ("have NaN or infinite values or invalid parameters", invalid),
+            ("raised in the program", failed),
         )
+        if counts
+    ]
+    raise ModelError(
+        f"{dropped} of {total} simulations ({dropped / total:.0%}) are unusable: "
+        f"{'; '.join(parts)}. The simulator fails for most of its prior, so training "
+        f"would learn a different model; fix the simulator or its prior."
+    )
 
 
 def _drop_invalid(trace: Trace, counts: dict[str, int]) -> Trace | None:

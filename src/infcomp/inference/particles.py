@@ -167,8 +167,21 @@ class Job:
         )
 
     def call(self, **extra: Any) -> Any:
-        """Call the program with the job's arguments (and ``extra`` keywords)."""
-        return self.program(*self.args, **self.kwargs, **extra)
+        """Call the program with the job's arguments (and ``extra`` keywords).
+
+        Raises:
+            ModelError: the call returned a generator or coroutine (a callable object or
+                wrapper around one): its statements would never run.
+        """
+        result = self.program(*self.args, **self.kwargs, **extra)
+        if inspect.isgenerator(result) or inspect.iscoroutine(result) or inspect.isasyncgen(result):
+            if not inspect.isasyncgen(result):
+                result.close()  # no "never awaited" warning
+            raise ModelError(
+                f"program {program_name(self.program)} returned a {type(result).__name__}: its "
+                f"sample and observe statements would not run; write it as a plain function"
+            )
+        return result
 
 
 @dataclasses.dataclass
@@ -218,12 +231,16 @@ class JointBatch:
             (:data:`BEFORE_ANY_SITE` when none); a batched run that failed, and whose
             retry succeeded, counts as one failure at the site it reached. The batch
             then holds fewer simulations than asked (``size`` says how many).
+        invalid: simulations dropped because a distribution got invalid parameters in
+            them (a scale of 0, a NaN), counted by that site; they are not failures of
+            the program, and the batch stays vectorized.
     """
 
     traces: list[Trace]
     sizes: list[int]
     vectorized: bool
     failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    invalid: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -462,7 +479,8 @@ class ParticleEngine:
           If it fails too, the batch is redone one at a time: a trace that fails there
           is the user's error (``sequential`` raises it, or with ``on_error="skip"``
           drops and counts it, and later batches stay vectorized); if none fails, the
-          program does not vectorize (as above).
+          batched failure is the user's all the same (``recover`` decides), and the
+          program stays vectorized.
 
         Invalid distribution parameters in some particles are no failure at all (see
         :meth:`_tolerant`).
@@ -487,8 +505,13 @@ class ParticleEngine:
         result = sequential()  # a trace that fails there raises the user's error
         if isinstance(result, JointBatch) and result.failures:
             return result  # the program failed in some traces, skipped: stay vectorized
-        self._fall_back(failure)
-        return result
+        # No trace failed alone, yet the batch failed twice with an error that is not
+        # about shapes: the program raises on something of the whole batch (say
+        # ``if (z > c).any(): raise``). That is the user's error, not a reason to stop
+        # vectorizing: ``recover`` decides (skip and count it, or raise it).
+        if recover is None:
+            raise self._user_error(failure) from failure.error
+        return recover(failure, result)
 
     def _fall_back(self, failure: _ProgramError) -> None:
         """The program does not vectorize: an error if forced, else say so (once) and
@@ -758,8 +781,9 @@ class ParticleEngine:
         ``prior_inflation`` > 1, latent draws come from priors widened by that factor
         (see :class:`inflate`).
 
-        A simulation that raises in the user's program (an exception, or a distribution
-        given invalid parameters) is a :class:`~infcomp.errors.ModelError` naming the
+        Simulations that meet a distribution with invalid parameters (a scale of 0, a NaN)
+        are dropped and counted by site in :attr:`JointBatch.invalid`. A simulation that
+        raises in the user's program is a :class:`~infcomp.errors.ModelError` naming the
         last site it reached, chained to the program's exception, with ``on_error=
         "raise"``. With ``"skip"`` failing simulations are dropped and counted in
         :attr:`JointBatch.failures`: a batched run that fails is retried, then redone
@@ -791,14 +815,24 @@ class ParticleEngine:
         with torch.no_grad():
             probe = self._probe(("simulate", prior_inflation), unbatched)
             return self._choose(
-                lambda: JointBatch(
-                    [self._guarded(lambda: self._joint((batch_size,), probe, prior_inflation))],
-                    [batch_size],
-                    True,
-                ),
+                lambda: self._joint_batched(batch_size, probe, prior_inflation),
                 lambda: self._joint_sequential(batch_size, prior_inflation, on_error, hint),
                 recover,
             )
+
+    def _joint_batched(self, batch_size: int, probe: Trace, prior_inflation: float) -> JointBatch:
+        """One batched run of ``batch_size`` simulations, without those that met
+        distributions with invalid parameters (counted in ``JointBatch.invalid``)."""
+        joint, _ = self._tolerant(lambda: self._joint((batch_size,), probe, prior_inflation))
+        # Checked whether or not validation raised: a distribution built with
+        # validate_args=False (or while another thread's rerun had validation off) too.
+        invalid = _invalid_particles(SingleRun(joint, None), (batch_size,))
+        if invalid is None:
+            return JointBatch([joint], [batch_size], True)
+        mask, counts = invalid
+        keep = (~mask).nonzero().squeeze(-1)
+        kept = [index_trace(joint, keep, distributions=True)] if len(keep) else []
+        return JointBatch(kept, [len(keep)] if len(keep) else [], True, invalid=counts)
 
     def _joint(
         self, batch_shape: tuple[int, ...], probe: Trace | None, prior_inflation: float
@@ -826,9 +860,15 @@ class ParticleEngine:
     ) -> JointBatch:
         singles: list[Trace] = []
         failures: dict[str, int] = {}
+        invalid: dict[str, int] = {}
         for _ in range(batch_size):
             try:
-                singles.append(self._guarded(lambda: self._joint((), None, prior_inflation)))
+                joint, _ = self._tolerant(lambda: self._joint((), None, prior_inflation))
+                bad = _invalid_particles(SingleRun(joint, None), ())
+                if bad is None:
+                    singles.append(joint)
+                for name, count in (bad[1] if bad is not None else {}).items():
+                    invalid[name] = invalid.get(name, 0) + count
             except _ProgramError as failure:
                 if on_error == "raise" or (
                     not singles and sum(failures.values()) + 1 == batch_size
@@ -836,8 +876,13 @@ class ParticleEngine:
                     raise self._user_error(failure, hint) from failure.error
                 site = failure.site or BEFORE_ANY_SITE
                 failures[site] = failures.get(site, 0) + 1
+        if not singles and invalid:
+            raise ModelError(
+                f"{self.what}: every simulation met distributions with invalid parameters "
+                f"(at sites {sorted(invalid)})"
+            )
         traces, sizes, _ = group_traces(singles)
-        return JointBatch(traces, sizes, False, failures)
+        return JointBatch(traces, sizes, False, failures, invalid)
 
     # -- replaying given values --------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from infcomp.errors import GuideError
+from infcomp.errors import GuideError, ModelError
 from infcomp.handlers import particles, propose, replay, trace
 from infcomp.inference.common import Program, program_name, untouched_random_state
 from infcomp.inference.particles import (
@@ -127,6 +127,12 @@ class NetworkProposal:
             for name, value in self._fixed_observations(job).items():
                 if name in missing:
                     observations[name] = value.expand(torch.Size(lead) + value.shape)
+        for name, value in observations.items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ModelError(
+                    f"observe site {name!r}: the data hold NaN or infinite values, which "
+                    f"the inference network cannot condition on"
+                )
         proposer = self.network.proposer(
             observations, request.batch_shape, data_batch_ndim, self.defensive
         )
