@@ -443,3 +443,60 @@ def test_a_callable_that_returns_a_generator_is_refused():
 
     with pytest.raises(ic.ModelError, match="returned a generator"):
         ic.importance(Model(), {}, 10)
+
+
+# -- review of budget training --------------------------------------------------------
+
+
+def other_model():
+    z = ic.sample("z", torch.distributions.Independent(Normal(torch.zeros(2), 1.0), 1))
+    ic.observe("y", Normal(z.sum(-1), 0.1))
+
+
+def test_a_dataset_of_another_model_is_refused_naming_the_differences():
+    dataset = ic.CSIS(other_model).simulate(200)
+    csis = ic.CSIS(gaussian)
+    with pytest.raises(ic.ModelError, match=r"not of model 'gaussian'.*'y'"):
+        csis.train(dataset=dataset, progress=False)
+    assert csis.num_steps == 0
+
+
+def same_name_two_types():
+    b = ic.sample("b", torch.distributions.Bernoulli(0.5))
+    if b > 0.5:
+        z = ic.sample("z", torch.distributions.Gamma(2.0, 1.0))
+    else:
+        z = ic.sample("z", Normal(0.0, 1.0))
+    ic.observe("y", Normal(z, 0.3))
+
+
+def test_one_name_with_two_distribution_types_makes_two_groups_not_one_per_trace():
+    torch.manual_seed(0)
+    dataset = ic.CSIS(same_name_two_types, vectorize=False).simulate(300, chunk_size=100)
+    assert len(dataset.sizes) == 2 and len(dataset) == 300
+
+
+def transformed():
+    base = Normal(0.0, 1.0)
+    affine = torch.distributions.AffineTransform(1.0, 2.0)
+    z = ic.sample("z", torch.distributions.TransformedDistribution(base, [affine]))
+    ic.observe("y", Normal(z, 0.5))
+
+
+def test_a_site_that_cannot_be_minibatched_is_refused_before_the_budget_is_spent():
+    csis = ic.CSIS(transformed)
+    with pytest.raises(ic.ModelError, match="site 'z'.*TransformedDistribution"):
+        csis.simulate(50_000, chunk_size=100)
+    assert csis.num_simulations == 0
+
+
+def test_budget_training_refuses_a_function_guide_before_training():
+    weights = torch.zeros(2, requires_grad=True)
+
+    def guide(prior_mean=1.0, observations=None):
+        return ic.sample("z", Normal(weights[0], weights[1].exp()))
+
+    csis = ic.CSIS(gaussian, guide, torch.optim.Adam([weights], lr=0.01))
+    with pytest.raises(TypeError, match="must be an nn.Module.*train it online"):
+        csis.train(num_simulations=300, progress=False)
+    assert csis.num_simulations == 0 and torch.equal(weights, torch.zeros(2))

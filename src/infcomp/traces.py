@@ -71,6 +71,13 @@ def structure_key(trace: Trace) -> tuple[tuple[str, tuple[int, ...]], ...]:
     )
 
 
+def stacking_key(trace: Trace) -> tuple[Any, ...]:
+    """A trace's structure and the types of its distributions: traces of one key can be
+    stacked with their distributions (a site whose distribution type differs between
+    runs, one name in two branches, separates them)."""
+    return (structure_key(trace), tuple(type(site.fn).__name__ for site in trace.sites.values()))
+
+
 def group_traces(
     traces: Sequence[Trace], distributions: bool = True
 ) -> tuple[list[Trace], list[int], Tensor]:
@@ -83,9 +90,10 @@ def group_traces(
     stacked groups, their sizes, and the order: the index of the original trace behind
     each particle of the concatenated groups (to reorder, e.g., weights).
     """
-    members_by_key: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
+    members_by_key: dict[Any, list[int]] = {}
     for index, trace in enumerate(traces):
-        members_by_key.setdefault(structure_key(trace), []).append(index)
+        key = stacking_key(trace) if distributions else structure_key(trace)
+        members_by_key.setdefault(key, []).append(index)
     stacked, sizes, order = [], [], []
     for members in members_by_key.values():
         group = stack_traces([traces[i] for i in members], distributions)

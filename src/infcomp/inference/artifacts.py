@@ -24,7 +24,7 @@ import math
 import os
 import pickle
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +41,7 @@ from infcomp.nn.network import (
     architecture_mismatch,
     split_index,
 )
+from infcomp.runtime import Trace
 
 FORMAT = "infcomp.csis"
 FORMAT_VERSION = 2
@@ -437,8 +438,14 @@ def probe_signature(
     with untouched_random_state():
         torch.default_generator.manual_seed(PROBE_SEED)
         batch = simulator(PROBE_SIZE, args, kwargs)
+    return batch_signature(batch.traces, batch.sizes)
+
+
+def batch_signature(traces: Sequence[Trace], sizes: Sequence[int]) -> Signature:
+    """The :class:`Signature` of joint simulations grouped by structure (a
+    :class:`~infcomp.inference.particles.JointBatch`'s or a training dataset's)."""
     found: dict[tuple[str, str, str, tuple[int, ...]], SiteRecord] = {}
-    for trace, size in zip(batch.traces, batch.sizes):
+    for trace, size in zip(traces, sizes):
         seen = set()
         for name, site in trace.sites.items():
             if site.kind == "factor" or site.fn is None or site.value is None:
@@ -452,7 +459,7 @@ def probe_signature(
             seen.add(record.variant)
             known = found.get(record.variant, record)
             found[record.variant] = SiteRecord(**dict(asdict(known), runs=known.runs + size))
-    return Signature(batch.size, tuple(found.values()))
+    return Signature(sum(sizes), tuple(found.values()))
 
 
 def signature_differences(saved: Signature, current: Signature) -> list[str]:

@@ -28,6 +28,7 @@ from infcomp.inference.artifacts import (
     FORMAT,
     FORMAT_VERSION,
     Location,
+    batch_signature,
     build_network,
     check_finite_state,
     check_signature,
@@ -36,6 +37,7 @@ from infcomp.inference.artifacts import (
     load_optimizer_state,
     probe_signature,
     read_artifact,
+    signature_differences,
     write_artifact,
 )
 from infcomp.inference.common import (
@@ -417,6 +419,12 @@ class CSIS:
             )
             self._check_steps_applied(steps_before, skipped_before)
             return losses
+        if not isinstance(self.guide, nn.Module):
+            raise TypeError(
+                f"training on a simulation budget restores the best epoch's parameters, so "
+                f"the guide must be an nn.Module; guide {program_name(self.guide)} is not: "
+                f"train it online (train(num_steps=...))"
+            )
         max_epochs = check_positive_int("max_epochs", max_epochs)
         patience = check_positive_int("patience", patience)
         if dataset is None:
@@ -424,6 +432,8 @@ class CSIS:
             dataset = self.simulate(num_simulations)
         elif not isinstance(dataset, TraceDataset):
             raise TypeError(f"dataset must be a TraceDataset, got {type(dataset).__name__}")
+        else:
+            self._check_dataset(dataset)
         if len(dataset) < 2:
             raise ValueError(f"a training dataset needs at least 2 simulations, got {len(dataset)}")
         losses = self._train_epochs(
@@ -443,6 +453,19 @@ class CSIS:
                 f"gradients were not finite (a prior with infinite variance, such as a "
                 f"StudentT with df <= 2, or simulations of enormous values overflow); "
                 f"the guide has hardly been trained"
+            )
+
+    def _check_dataset(self, dataset: TraceDataset) -> None:
+        """A dataset simulated from another model (or other arguments) is an error naming
+        each difference of its sites from this model's (as :meth:`load` compares)."""
+        differences = signature_differences(
+            batch_signature(dataset.traces, dataset.sizes),
+            probe_signature(self.simulator, self.args, self.kwargs),
+        )
+        if differences:
+            raise ModelError(
+                f"the dataset's simulations are not of model {program_name(self.model)} "
+                f"(with these arguments): " + "; ".join(differences)
             )
 
     def _train_online(
@@ -513,6 +536,9 @@ class CSIS:
         while remaining > 0:
             asked = min(chunk_size, remaining)
             batches.append(self.simulator(asked, self.args, self.kwargs))
+            if remaining == num_simulations:
+                # Before spending the rest of the budget: can minibatches be taken?
+                TraceDataset.from_batches(batches[:1]).check_minibatches()
             remaining -= asked
         dataset = TraceDataset.from_batches(batches)
         check_invalid_fraction(dataset.invalid, dataset.failed, num_simulations)
@@ -536,11 +562,7 @@ class CSIS:
         return total / len(dataset)
 
     def _guide_state(self) -> dict[str, Tensor]:
-        if not isinstance(self.guide, nn.Module):
-            raise TypeError(
-                f"training on a dataset restores the best parameters, so the guide must be "
-                f"an nn.Module; guide {program_name(self.guide)} is not"
-            )
+        assert isinstance(self.guide, nn.Module)  # checked by train
         return self.guide.state_dict()
 
     def _restore_guide_state(self, state: dict[str, Tensor]) -> None:

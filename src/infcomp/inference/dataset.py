@@ -26,7 +26,7 @@ from infcomp.distributions import concatenate_distributions
 from infcomp.errors import ModelError
 from infcomp.inference.particles import JointBatch
 from infcomp.runtime import Site, Trace
-from infcomp.traces import index_trace, structure_key
+from infcomp.traces import index_trace, stacking_key
 
 #: Training stops with an error when more than this fraction of simulations is invalid.
 MAX_INVALID_FRACTION = 0.5
@@ -84,12 +84,18 @@ class TraceDataset:
             for trace in batch.traces:
                 kept = _drop_invalid(trace, invalid)
                 if kept is not None:
-                    by_structure.setdefault(structure_key(kept), []).append(kept)
+                    by_structure.setdefault(stacking_key(kept), []).append(kept)
         traces: list[Trace] = []
         for members in by_structure.values():
             joined = _concatenate(members) if len(members) > 1 else members[0]
             traces.extend([joined] if joined is not None else members)
         return cls(traces, [_size(trace) for trace in traces], invalid, failed)
+
+    def check_minibatches(self) -> None:
+        """Raise :class:`ModelError` naming a site whose distributions cannot be taken
+        apart into minibatches (e.g. a plain ``TransformedDistribution``)."""
+        for trace in self.traces:
+            _take(trace, torch.zeros(1, dtype=torch.long))
 
     def split(
         self, fraction: float, generator: torch.Generator
