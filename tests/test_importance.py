@@ -451,3 +451,16 @@ def test_workers_say_what_to_do_from_an_interactive_session_or_an_unguarded_scri
         [sys.executable, str(script)], capture_output=True, text=True, timeout=300
     )
     assert "if __name__ == '__main__':" in unguarded.stdout
+
+
+def test_particles_with_invalid_parameters_are_listed_in_the_problems_report():
+    def model():
+        z = ic.sample("z", torch.distributions.Normal(0.0, 1.0))
+        ic.observe("x", torch.distributions.Normal(0.0, torch.where(z > 1.0, 0.0, 1.0)))
+
+    torch.manual_seed(0)
+    with pytest.warns(ic.InferenceWarning, match="invalid parameters"):
+        post = ic.importance(model, {"x": 0.5}, 2000)
+    expected = int((post.values("z") > 1.0).sum())
+    assert post.invalid_sites == {"x": expected} and expected > 0
+    assert any("invalid parameters" in p and f"'x' ({expected})" in p for p in post.problems())

@@ -111,6 +111,8 @@ class Posterior(WeightedParticles):
         log_weights: ``log w_i``, shape ``(N,)``, in the order of the groups.
         nonfinite_sites: for reporting, how many particles got a NaN or +inf log
             density at each site.
+        invalid_sites: for reporting, how many particles met a distribution with
+            invalid parameters (a scale of 0) at each site; their weight is zero.
 
     Example:
         >>> import torch
@@ -136,6 +138,7 @@ class Posterior(WeightedParticles):
         sizes: Sequence[int],
         log_weights: Tensor,
         nonfinite_sites: dict[str, int] | None = None,
+        invalid_sites: dict[str, int] | None = None,
     ) -> None:
         self.traces = list(traces)
         self.log_weights = log_weights.to(torch.float64)
@@ -148,6 +151,7 @@ class Posterior(WeightedParticles):
                 f"{tuple(self.log_weights.shape)}"
             )
         self.nonfinite_sites = dict(nonfinite_sites or {})
+        self.invalid_sites = dict(invalid_sites or {})
 
     # -- weights and diagnostics -------------------------------------------------------
 
@@ -386,7 +390,7 @@ def EmpiricalMarginal(posterior: Posterior, sites: Quantity) -> Empirical:  # no
 
 def _problems(posterior: Posterior | StreamedPosterior) -> list[str]:
     """The problems report of one posterior, from its counts and diagnostics."""
-    return diagnostics.weight_problems(
+    problems = diagnostics.weight_problems(
         posterior.num_particles,
         posterior.ess,
         posterior.khat,
@@ -395,6 +399,14 @@ def _problems(posterior: Posterior | StreamedPosterior) -> list[str]:
         posterior.num_zero_weights,
         posterior.nonfinite_sites,
     )
+    invalid = getattr(posterior, "invalid_sites", {})
+    if invalid:
+        sites = ", ".join(f"{name!r} ({count})" for name, count in invalid.items())
+        problems.append(
+            f"particles met distributions with invalid parameters (weight zero) at sites "
+            f"{sites}: the posterior is conditioned on valid parameters"
+        )
+    return problems
 
 
 def _element_labels(name: str, shape: torch.Size) -> list[str]:

@@ -97,7 +97,9 @@ def importance(
     engine, observed, count = prepare(model, data, num_particles, options, batched=False)
     with torch.no_grad():
         run = engine.run(observed, count)
-    posterior = Posterior(run.traces, run.sizes, run.log_weights, run.nonfinite_sites)
+    posterior = Posterior(
+        run.traces, run.sizes, run.log_weights, run.nonfinite_sites, run.invalid_sites
+    )
     for problem in posterior.problems():
         warn_user(problem, InferenceWarning)
     return posterior
@@ -136,7 +138,8 @@ def importance_batch(
         run = engine.run(observed, count, batched_data=True)
     if run.per_dataset is not None:
         posteriors = [
-            Posterior(r.traces, r.sizes, r.log_weights, r.nonfinite_sites) for r in run.per_dataset
+            Posterior(r.traces, r.sizes, r.log_weights, r.nonfinite_sites, r.invalid_sites)
+            for r in run.per_dataset
         ]
         batch = BatchPosterior(run.log_weights, posteriors=posteriors)
     else:
