@@ -36,14 +36,16 @@ MIN_SIMULATIONS_CHECKED = 200
 
 @dataclass
 class TraceDataset:
-    """Joint simulations (x_i, y_i) ~ p(x, y) kept in memory, grouped by structure.
+    """Joint simulations (x_i, y_i) ~ p(x, y) kept in memory, grouped by structure (and
+    by distribution type, where one site's type differs between runs).
 
     Attributes:
-        traces: one trace per structure, values (and distributions) with a leading
+        traces: one trace per group, values (and distributions) with a leading
             dimension of the group's size.
         sizes: the number of simulations in each group.
-        invalid: simulations dropped because a value was NaN or ±inf, counted by the
-            first site (in program order) where that happened.
+        invalid: simulations dropped because a value was NaN or ±inf (counted by the
+            first site, in program order, where that happened) or a distribution got
+            invalid parameters (counted by that site).
         failed: simulations that raised in the program and were skipped (``on_error=
             "skip"``), counted by the last site each reached.
 
