@@ -324,9 +324,11 @@ def _check_config(data: Mapping[str, Any], state: Mapping[str, Any]) -> None:
     for field in fields(NetworkConfig):
         if field.name == "prior_sites":
             continue
-        if field.name == "flows":
+        if field.type in (bool, "bool"):  # an option: flows, attention
             if not isinstance(config[field.name], bool):
-                raise ArtifactError(f"the network's config asks for flows={config['flows']!r}")
+                raise ArtifactError(
+                    f"the network's config asks for {field.name}={config[field.name]!r}"
+                )
             continue
         # max_categories only chooses between heads; the heads' sizes are in their specs.
         bound = math.inf if field.name == "max_categories" else MAX_WIDTH
