@@ -389,8 +389,7 @@ def test_networks_of_an_older_architecture_are_refused_by_version(tmp_path):
 def test_config_sizes_are_checked_before_the_network_is_built(tmp_path, monkeypatch):
     csis, path = save_base(tmp_path, "network")
     c = csis.network.config
-    # The core's input: the context, the attended evidence, address, index and value.
-    width = 2 * c.observation_size + c.address_size + 8 + c.value_size
+    width = c.observation_size + c.address_size + 8 + c.value_size  # the core's input
 
     def with_hidden_size(size):
         def change(saved):

@@ -9,7 +9,8 @@ the latent sites in program order; at site t its input is
 
 and a head chosen by the site's prior support maps ``[h_t, context, a_t]`` (the LSTM's
 state and, skipping the core, the observation context and the attended evidence) to the
-proposal q(x_t | x_<t, y). The attended evidence lets a latent site read the
+proposal q(x_t | x_<t, y). The attended evidence a_t (with
+``NetworkConfig(attention=True)``; without it a_t is left out) lets a latent site read the
 observations that matter for it (in a hidden Markov model, the emission at its own
 step) rather than only their sum: scaled dot-product attention (Vaswani et al. 2017)
 over the observe sites' embeddings, whose keys are a learned embedding of each observe
@@ -99,8 +100,11 @@ class NetworkConfig:
             them the diagonal Normal mixtures of the scalar sites (cheaper, no
             correlations).
         attention: each latent site also attends over the observe sites, keyed by their
-            family and loop index (:class:`ObservationAttention`); False gives the
-            latent sites only the summed context (cheaper with many observe sites).
+            family and loop index (:class:`ObservationAttention`), which helps where a
+            latent depends on a few of many observations (a hidden Markov model's state
+            on its own step's emission); False (the default) gives the latent sites
+            only the summed context, which trains faster on models with few observe
+            sites.
     """
 
     hidden_size: int = 64
@@ -111,7 +115,7 @@ class NetworkConfig:
     max_categories: int = 256
     prior_sites: tuple[str, ...] = ()
     flows: bool = True
-    attention: bool = True
+    attention: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -301,9 +305,7 @@ class InferenceNetwork(nn.Module):
         self._adopt(key, embedding, self.observation_embeddings)
         self._adopt(key, projection, self.observation_projections)
         base, index = split_index(name)
-        family = self._observation_families.setdefault(
-            base, f"g{len(self._observation_families)}"
-        )
+        family = self._observation_families.setdefault(base, f"g{len(self._observation_families)}")
         if self.attention is not None and family not in self.attention.families:
             size = self.config.address_size
             address = nn.Parameter(self.context_bias.new_empty(size).normal_(std=0.1))
@@ -362,6 +364,35 @@ class InferenceNetwork(nn.Module):
         return parsed
 
     # -- the forward pass --------------------------------------------------------------
+
+    def attention_weights(self, site: str, observations: Iterable[str]) -> Tensor:
+        """The attention weights of latent site ``site`` over these observe sites, shape
+        ``(n,)`` in their order (they sum to one; see :class:`ObservationAttention`).
+
+        Raises:
+            ValueError: the network has no attention, or an observe site is unknown to it.
+        """
+        if self.attention is None:
+            raise ValueError("this network has no attention (NetworkConfig(attention=False))")
+        names = list(observations)
+        unknown = sorted(set(names) - set(self.observations))
+        if unknown or not names:
+            raise ValueError(
+                f"observe sites {unknown or names} are not known to the network "
+                f"(it knows {sorted(self.observations)})"
+            )
+        slots = [self.observations[name] for name in names]
+        keys = self.attention.keys(
+            [slot.family for slot in slots], torch.stack([slot.features for slot in slots])
+        )
+        base, _, features = self._parse(site)
+        family = next((f for f in self.families.values() if f.base == base), None)
+        address = (
+            self.addresses[family.key]
+            if family is not None
+            else self.context_bias.new_zeros(self.config.address_size)
+        )
+        return self.attention.weights(keys, address, features)
 
     def context(self, observations: Mapping[str, Tensor], batch_ndim: int) -> Tensor:
         """The observation context, shape ``lead + (observation_size,)`` where ``lead`` is
