@@ -57,9 +57,10 @@ from infcomp.runtime import Site, Trace, sum_rightmost
 
 INDEX_FEATURES = 8
 #: The version of :meth:`InferenceNetwork.config_dict`'s architecture; 2 added the heads'
-#: skip connection from the context, standardized observation embeddings and flow heads;
-#: 3 the attention over observe sites.
-NETWORK_VERSION = 3
+#: skip connection from the context, standardized observation embeddings and flow heads.
+#: The attention over observe sites is an option within it (``attention``, absent: off),
+#: so that networks saved without it keep loading.
+NETWORK_VERSION = 2
 _INDEXED = re.compile(r"^(?P<base>.*?)(?:_|\[)?(?P<index>\d+)\]?$")
 
 
@@ -540,8 +541,7 @@ def architecture_mismatch(data: Mapping[str, Any]) -> str | None:
     return (
         f"the inference network has architecture version {version}; this infcomp builds "
         f"version {NETWORK_VERSION} (the heads read the observation context, observations "
-        f"are standardized, vector sites get flows, latent sites attend over observe "
-        f"sites): compile the model anew"
+        f"are standardized, vector sites get flows): compile the model anew"
     )
 
 
