@@ -383,6 +383,28 @@ def test_networks_of_an_older_architecture_are_refused_by_version(tmp_path):
         load(path, BASE, "network")
 
 
+def test_networks_saved_before_the_attention_option_load_as_without_it(tmp_path):
+    csis, path = save_base(tmp_path, "network")
+
+    def without_attention_option(saved):
+        del saved["config"]["network"]["config"]["attention"]
+
+    rewrite(path, without_attention_option)
+    loaded = load(path, BASE, "network")
+    assert loaded.network.attention is None
+    for (name, a), b in zip(
+        csis.network.state_dict().items(), loaded.network.state_dict().values()
+    ):
+        assert torch.equal(a, b), name
+
+    def attention_not_a_bool(saved):
+        saved["config"]["network"]["config"]["attention"] = "yes"
+
+    rewrite(path, attention_not_a_bool)
+    with pytest.raises(ic.ArtifactError, match="asks for attention='yes'"):
+        load(path, BASE, "network")
+
+
 # -- untrusted sizes -----------------------------------------------------------------------
 
 

@@ -402,3 +402,38 @@ def test_observations_are_standardized_with_the_simulations_that_build_the_netwo
         # 64 simulations: the mean within 4 standard errors, the sd within 30%.
         assert abs(float(embedding.loc) - 1.0) < 4 * math.sqrt(7 / 64)
         assert abs(float(embedding.scale) / math.sqrt(7) - 1) < 0.3
+
+
+# -- attention over observe sites ----------------------------------------------------------
+
+
+def test_attention_over_observe_sites_batches_saves_and_proposes(tmp_path):
+    torch.manual_seed(0)
+    config = NetworkConfig(attention=True)
+    joint = ic.JointSimulator(hmm.hmm)(8, args=(4,)).traces[0]
+    network = InferenceNetwork.from_traces([joint], config)
+    names = [f"y_{t}" for t in range(4)]
+    weights = network.attention_weights("x_2", names).detach()
+    assert weights.shape == (4,) and torch.all(weights > 0)
+    assert abs(float(weights.sum()) - 1) < 1e-6
+    batched = network.log_prob_trace(joint)
+    assert batched.shape == (8,) and torch.isfinite(batched).all()
+    rebuilt = InferenceNetwork.from_config_dict(network.config_dict())
+    rebuilt.load_state_dict(network.state_dict())
+    assert torch.equal(rebuilt.log_prob_trace(joint), batched)
+    with pytest.raises(ValueError, match=r"observe sites \['z_0'\] are not known"):
+        network.attention_weights("x_0", ["z_0"])
+    off = InferenceNetwork.from_traces([joint])
+    with pytest.raises(ValueError, match="no attention"):
+        off.attention_weights("x_0", names)
+    # Compiled briefly, saved and loaded: still a valid proposal (rows share their state
+    # until values differ, here 300 particles for one data set).
+    csis = compiled(hmm.hmm, 20, batch_size=32, args=(4,), network=config)
+    path = tmp_path / "attention.pt"
+    csis.save(path)
+    loaded = ic.CSIS.load(path, hmm.hmm, args=(4,))
+    data = {f"y_{t}": y for t, y in enumerate((-1.0, 0.2, 1.4, 1.6))}
+    post = loaded.run(data, num_particles=300)
+    assert abs(float(post.log_evidence) - hmm.forward_log_evidence(data, 4)) < 4 * float(
+        post.log_evidence_stderr
+    )

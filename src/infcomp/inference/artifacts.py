@@ -325,9 +325,10 @@ def _check_config(data: Mapping[str, Any], state: Mapping[str, Any]) -> None:
     for field in fields(NetworkConfig):
         if field.name == "prior_sites":
             continue
-        if field.name == "flows":
-            if not isinstance(config[field.name], bool):
-                raise ArtifactError(f"the network's config asks for flows={config['flows']!r}")
+        if field.type in (bool, "bool"):  # an option: flows, attention (absent: its default)
+            option = config.get(field.name, field.default)
+            if not isinstance(option, bool):
+                raise ArtifactError(f"the network's config asks for {field.name}={option!r}")
             continue
         # max_categories only chooses between heads; the heads' sizes are in their specs.
         bound = math.inf if field.name == "max_categories" else MAX_WIDTH

@@ -4,12 +4,19 @@ Le, Baydin & Wood (AISTATS 2017). Observations are embedded once (one embedding 
 observe site, summed into a context vector). A recurrent core (an LSTM cell) then walks
 the latent sites in program order; at site t its input is
 
-    [context, address embedding of the site's family, features of the loop index,
-     embedding of the previous site's value],
+    [context, attended evidence a_t, address embedding of the site's family,
+     features of the loop index, embedding of the previous site's value],
 
-and a head chosen by the site's prior support maps ``[h_t, context]`` (the LSTM's
-state and, skipping the core, the observation context) to the proposal
-q(x_t | x_<t, y). The context is unbounded: a head read off the LSTM's state alone
+and a head chosen by the site's prior support maps ``[h_t, context, a_t]`` (the LSTM's
+state and, skipping the core, the observation context and the attended evidence) to the
+proposal q(x_t | x_<t, y). The attended evidence a_t (with
+``NetworkConfig(attention=True)``; without it a_t is left out) lets a latent site read the
+observations that matter for it (in a hidden Markov model, the emission at its own
+step) rather than only their sum: scaled dot-product attention (Vaswani et al. 2017)
+over the observe sites' embeddings, whose keys are a learned embedding of each observe
+site's family with the features of its loop index, and whose query is made from the
+latent site's address embedding and index features (:class:`ObservationAttention`).
+The context is unbounded: a head read off the LSTM's state alone
 (bounded by its tanh) could not move its proposal far enough for observations in the
 tails of the simulations. Sites named
 with a loop index (``x_3``, ``x[3]``) share one family:
@@ -51,6 +58,8 @@ from infcomp.runtime import Site, Trace, sum_rightmost
 INDEX_FEATURES = 8
 #: The version of :meth:`InferenceNetwork.config_dict`'s architecture; 2 added the heads'
 #: skip connection from the context, standardized observation embeddings and flow heads.
+#: The attention over observe sites is an option within it (``attention``, absent: off),
+#: so that networks saved without it keep loading.
 NETWORK_VERSION = 2
 _INDEXED = re.compile(r"^(?P<base>.*?)(?:_|\[)?(?P<index>\d+)\]?$")
 
@@ -91,6 +100,12 @@ class NetworkConfig:
             normalizing-flow head (:class:`~infcomp.nn.heads.FlowHead`); False gives
             them the diagonal Normal mixtures of the scalar sites (cheaper, no
             correlations).
+        attention: each latent site also attends over the observe sites, keyed by their
+            family and loop index (:class:`ObservationAttention`), which helps where a
+            latent depends on a few of many observations (a hidden Markov model's state
+            on its own step's emission); False (the default) gives the latent sites
+            only the summed context, which trains faster on models with few observe
+            sites.
     """
 
     hidden_size: int = 64
@@ -101,6 +116,7 @@ class NetworkConfig:
     max_categories: int = 256
     prior_sites: tuple[str, ...] = ()
     flows: bool = True
+    attention: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +145,65 @@ class Family:
 class _ObservationSlot:
     key: str
     shape: tuple[int, ...]
+    family: str  # the key of its observe family's address in ObservationAttention
+    features: Tensor  # of its loop index
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The embedded observations of a run, as the proposer reads them.
+
+    Attributes:
+        context: the summed context, shape ``lead + (observation_size,)``.
+        values: each present observe site's projected embedding, ``lead + (n, observation_size)``.
+        keys: the attention keys of those sites, ``(n, attention_size)``; None without
+            attention.
+    """
+
+    context: Tensor
+    values: Tensor
+    keys: Tensor | None
+
+
+ATTENTION_SIZE = 32
+
+
+class ObservationAttention(nn.Module):
+    """Scaled dot-product attention of latent sites over observe sites, keyed by address.
+
+    An observe site j of family g (``"y"`` for ``"y_3"``) with loop index i_j has the key
+    ``k_j = W_k [e_g, φ(i_j)]``, with ``e_g`` a learned embedding of its family and φ the
+    :func:`index_features`; a latent site with address embedding ``u`` and index t asks
+    with the query ``q = W_q [u, φ(t)]``. Its attended evidence is
+
+        ``a = Σ_j softmax_j(q·k_j / √D) v_j``
+
+    over the observe sites present, with ``v_j`` their projected embeddings. The weights
+    depend on the sites only, not on the data, so ``a`` is computed once per site on the
+    data's rows however many particles share them.
+
+    Args:
+        address_size: the width of the latent and observe family embeddings.
+        attention_size: D, the width of queries and keys.
+    """
+
+    def __init__(self, address_size: int, attention_size: int = ATTENTION_SIZE) -> None:
+        super().__init__()
+        self.address_size = address_size
+        self.families = nn.ParameterDict()
+        self.query = nn.Linear(address_size + INDEX_FEATURES, attention_size)
+        self.key = nn.Linear(address_size + INDEX_FEATURES, attention_size)
+
+    def keys(self, families: list[str], features: Tensor) -> Tensor:
+        """The keys ``(n, D)`` of observe sites of these family keys with index features
+        ``(n, INDEX_FEATURES)``."""
+        addresses = torch.stack([self.families[family] for family in families])
+        return self.key(torch.cat([addresses, features.to(addresses)], dim=-1))
+
+    def weights(self, keys: Tensor, address: Tensor, features: Tensor) -> Tensor:
+        """Attention weights ``(n,)`` of a latent site over observe sites with ``keys``."""
+        query = self.query(torch.cat([address, features.to(address)], dim=-1))
+        return torch.softmax(keys @ query / math.sqrt(keys.shape[-1]), dim=-1)
 
 
 class InferenceNetwork(nn.Module):
@@ -165,8 +240,10 @@ class InferenceNetwork(nn.Module):
         self.config = config or NetworkConfig()
         self.user_embeddings = dict(embeddings or {})
         c = self.config
-        input_size = c.observation_size + c.address_size + INDEX_FEATURES + c.value_size
+        evidence = c.observation_size * (2 if c.attention else 1)
+        input_size = evidence + c.address_size + INDEX_FEATURES + c.value_size
         self.core = nn.LSTMCell(input_size, c.hidden_size)
+        self.attention = ObservationAttention(c.address_size) if c.attention else None
         self.context_bias = nn.Parameter(torch.zeros(c.observation_size))
         self.observation_embeddings = nn.ModuleDict()
         self.observation_projections = nn.ModuleDict()
@@ -175,6 +252,7 @@ class InferenceNetwork(nn.Module):
         self.heads = nn.ModuleDict()
         self.observations: dict[str, _ObservationSlot] = {}
         self.families: dict[str, Family] = {}
+        self._observation_families: dict[str, str] = {}  # family name → its key
         self._by_lookup: dict[tuple[Any, ...], Family] = {}
         self._names: dict[str, tuple[str, int | None, Tensor]] = {}
         self._new_parameters: list[nn.Parameter] = []
@@ -227,7 +305,14 @@ class InferenceNetwork(nn.Module):
         projection = nn.Linear(features, self.config.observation_size)
         self._adopt(key, embedding, self.observation_embeddings)
         self._adopt(key, projection, self.observation_projections)
-        self.observations[name] = _ObservationSlot(key, shape)
+        base, index = split_index(name)
+        family = self._observation_families.setdefault(base, f"g{len(self._observation_families)}")
+        if self.attention is not None and family not in self.attention.families:
+            size = self.config.address_size
+            address = nn.Parameter(self.context_bias.new_empty(size).normal_(std=0.1))
+            self.attention.families[family] = address
+            self._new_parameters.append(address)
+        self.observations[name] = _ObservationSlot(key, shape, family, index_features(index))
 
     def _family(self, name: str, prior: Distribution, lead: int, create: bool) -> Family | None:
         base, _, _ = self._parse(name)
@@ -256,7 +341,7 @@ class InferenceNetwork(nn.Module):
         self.addresses[family.key] = address
         self._new_parameters.append(address)
         if family.spec is not None:
-            width = c.hidden_size + c.observation_size
+            width = c.hidden_size + c.observation_size * (2 if c.attention else 1)
             self._adopt(family.key, make_head(family.spec, width, c.components), self.heads)
             features = head_class(family.spec.kind).value_feature_size(family.spec)
             self._adopt(family.key, nn.Linear(features, c.value_size), self.value_embeddings)
@@ -281,12 +366,52 @@ class InferenceNetwork(nn.Module):
 
     # -- the forward pass --------------------------------------------------------------
 
+    def attention_weights(self, site: str, observations: Iterable[str]) -> Tensor:
+        """The attention weights of latent site ``site`` over these observe sites, shape
+        ``(n,)`` in their order (they sum to one; see :class:`ObservationAttention`).
+
+        Raises:
+            ValueError: the network has no attention, or an observe site is unknown to it.
+        """
+        if self.attention is None:
+            raise ValueError("this network has no attention (NetworkConfig(attention=False))")
+        names = list(observations)
+        unknown = sorted(set(names) - set(self.observations))
+        if unknown or not names:
+            raise ValueError(
+                f"observe sites {unknown or names} are not known to the network "
+                f"(it knows {sorted(self.observations)})"
+            )
+        slots = [self.observations[name] for name in names]
+        keys = self.attention.keys(
+            [slot.family for slot in slots], torch.stack([slot.features for slot in slots])
+        )
+        base, _, features = self._parse(site)
+        family = next((f for f in self.families.values() if f.base == base), None)
+        address = (
+            self.addresses[family.key]
+            if family is not None
+            else self.context_bias.new_zeros(self.config.address_size)
+        )
+        return self.attention.weights(keys, address, features)
+
     def context(self, observations: Mapping[str, Tensor], batch_ndim: int) -> Tensor:
         """The observation context, shape ``lead + (observation_size,)`` where ``lead`` is
         the leading ``batch_ndim`` dimensions of the values. Observe sites the network
         has no embedding for are ignored."""
+        return self.evidence(observations, batch_ndim).context
+
+    def evidence(self, observations: Mapping[str, Tensor], batch_ndim: int) -> Evidence:
+        """The observations embedded for a run (see :class:`Evidence`): ``lead`` is the
+        leading ``batch_ndim`` dimensions of the values. Observe sites the network has no
+        embedding for are ignored.
+
+        Raises:
+            ModelError: the network knows none of the observe sites.
+        """
         device = self.context_bias.device
-        total: Tensor | None = None
+        embedded: list[Tensor] = []
+        present: list[_ObservationSlot] = []
         lead: torch.Size | None = None
         for name, slot in self.observations.items():
             if name not in observations:
@@ -294,16 +419,25 @@ class InferenceNetwork(nn.Module):
             value = observations[name].to(device)
             lead = value.shape[:batch_ndim]
             flat = value.reshape((-1, *slot.shape))
-            embedded = self.observation_projections[slot.key](
-                self.observation_embeddings[slot.key](flat)
+            embedded.append(
+                self.observation_projections[slot.key](self.observation_embeddings[slot.key](flat))
             )
-            total = embedded if total is None else total + embedded
-        if total is None or lead is None:
+            present.append(slot)
+        if lead is None:
             raise ModelError(
                 f"none of the observations {sorted(observations)} is known to the network "
                 f"(it knows {sorted(self.observations)})"
             )
-        return torch.relu(total + self.context_bias).reshape(lead + (self.config.observation_size,))
+        values = torch.stack(embedded, dim=-2)  # (rows, n, observation_size)
+        context = torch.relu(values.sum(-2) + self.context_bias)
+        keys = None
+        if self.attention is not None:
+            features = torch.stack([slot.features for slot in present])
+            keys = self.attention.keys([slot.family for slot in present], features)
+        width = (self.config.observation_size,)
+        return Evidence(
+            context.reshape(lead + width), values.reshape(lead + values.shape[-2:]), keys
+        )
 
     def proposer(
         self,
@@ -314,8 +448,8 @@ class InferenceNetwork(nn.Module):
     ) -> NetworkProposer:
         """A proposer for one run with particle shape ``batch_shape``; the observations
         carry ``data_batch_ndim`` leading dimensions (which broadcast against it)."""
-        context = self.context(observations, data_batch_ndim)
-        return NetworkProposer(self, context, torch.Size(batch_shape), defensive, learn=False)
+        evidence = self.evidence(observations, data_batch_ndim)
+        return NetworkProposer(self, evidence, torch.Size(batch_shape), defensive, learn=False)
 
     def log_prob_trace(self, trace: Trace) -> Tensor:
         """``log q(x_i; y_i)`` for the joint traces of a group, shape ``(n,)``.
@@ -332,9 +466,9 @@ class InferenceNetwork(nn.Module):
         first = next(iter(trace.sites.values()))
         assert first.value is not None
         size = first.value.shape[0]
-        context = self.context(observations, 1)  # type: ignore[arg-type]
-        proposer = NetworkProposer(self, context, torch.Size([size]), 0.0, learn=True)
-        total = context.new_zeros(size)
+        evidence = self.evidence(observations, 1)  # type: ignore[arg-type]
+        proposer = NetworkProposer(self, evidence, torch.Size([size]), 0.0, learn=True)
+        total = evidence.context.new_zeros(size)
         for site in trace.sites.values():
             if site.kind != "sample":
                 continue
@@ -431,6 +565,8 @@ class NetworkProposer:
     Rows of the batch share their state until their values differ: at first there is
     one row per data set (the context's), broadcast over the particles, so the core runs
     on B rows rather than N × B until the first value proposed by the network is drawn.
+    The attended evidence is always computed on the data's rows (its weights depend on
+    the site only) and then broadcast.
 
     Implements :class:`~infcomp.handlers.Proposer`.
     """
@@ -438,7 +574,7 @@ class NetworkProposer:
     def __init__(
         self,
         network: InferenceNetwork,
-        context: Tensor,
+        evidence: Evidence,
         batch_shape: torch.Size,
         defensive: float,
         learn: bool,
@@ -446,12 +582,16 @@ class NetworkProposer:
         c = network.config
         self.network = network
         self.batch_shape = batch_shape
+        context = evidence.context
         # The state's leading shape: the context's, aligned to (and broadcastable to) the
         # batch shape; it grows to the full batch shape at the first accepted value.
         lead = context.shape[:-1]
         self.lead = torch.Size((1,) * (len(batch_shape) - len(lead)) + tuple(lead))
+        self.data_lead = self.lead
         rows = max(self.lead.numel(), 1)
         self.context = context.reshape(rows, -1)
+        self.values = evidence.values.reshape((rows, *evidence.values.shape[-2:]))
+        self.keys = evidence.keys
         self.hidden = context.new_zeros(rows, c.hidden_size)
         self.cell = context.new_zeros(rows, c.hidden_size)
         self.previous = context.new_zeros(rows, c.value_size)
@@ -477,9 +617,12 @@ class NetworkProposer:
             address = self.context.new_zeros(network.config.address_size)
         else:
             address = network.addresses[family.key]
+        evidence = [self.context]
+        if self.keys is not None:
+            evidence.append(self._attend(address, features))
         step_input = torch.cat(
             [
-                self.context,
+                *evidence,
                 address.expand(rows, -1),
                 features.to(self.context).expand(rows, -1),
                 self.previous,
@@ -489,12 +632,23 @@ class NetworkProposer:
         self.hidden, self.cell = network.core(step_input, (self.hidden, self.cell))
         if family is None or family.spec is None:
             return None
-        readout = torch.cat([self.hidden, self.context], dim=-1)
+        readout = torch.cat([self.hidden, *evidence], dim=-1)
         readout = readout.reshape(self.lead + readout.shape[-1:])
         proposal = network.heads[family.key](readout, prior)
         if self.defensive > 0:
             proposal = DefensiveMixture(proposal, prior, self.defensive)
         return proposal
+
+    def _attend(self, address: Tensor, features: Tensor) -> Tensor:
+        """The attended evidence of a latent site, ``(rows, observation_size)``."""
+        assert self.keys is not None and self.network.attention is not None
+        weights = self.network.attention.weights(self.keys, address, features)
+        attended = torch.einsum("rnd,n->rd", self.values, weights)
+        if self.lead == self.data_lead:
+            return attended
+        shape = self.data_lead + attended.shape[-1:]
+        full = self.lead + attended.shape[-1:]
+        return attended.reshape(shape).expand(full).reshape(self.context.shape[0], -1)
 
     def accept(self, site: Site) -> None:
         """Remember the value chosen at ``site``; it is embedded at the next step only
