@@ -524,23 +524,10 @@ def stack_distributions(distributions: Sequence[Distribution]) -> Distribution |
         >>> stack_distributions([Normal(0.0, 1.0), Poisson(2.0)]) is None
         True
     """
-    try:
-        items = list(distributions)
-        if not items:
-            return None
-        first = items[0]
-        stacked = _stack(items)
-        if (
-            stacked is None
-            or type(stacked) is not type(first)
-            or stacked.batch_shape != torch.Size((len(items),)) + first.batch_shape
-            or stacked.event_shape != first.event_shape
-        ):
-            return None
-        stacked._validate_args = first._validate_args
-        return stacked
-    except Exception:  # never raise: any failure means "cannot stack"
+    items = list(distributions)
+    if not items or not all(isinstance(d, Distribution) for d in items):
         return None
+    return _rebuilt(items, torch.stack, torch.Size((len(items),)) + items[0].batch_shape)
 
 
 def concatenate_distributions(distributions: Sequence[Distribution]) -> Distribution | None:
@@ -551,14 +538,7 @@ def concatenate_distributions(distributions: Sequence[Distribution]) -> Distribu
     if not items or any(not d.batch_shape for d in items):
         return None
     expected = torch.Size((sum(d.batch_shape[0] for d in items),)) + items[0].batch_shape[1:]
-    try:
-        joined = _stack(items, torch.cat, ragged=True)
-        if joined is None or joined.batch_shape != expected:
-            return None
-        joined._validate_args = items[0]._validate_args
-        return joined
-    except Exception:  # never raise: any failure means "cannot concatenate"
-        return None
+    return _rebuilt(items, torch.cat, expected, ragged=True)
 
 
 def index_distribution(fn: Distribution, index: Tensor) -> Distribution | None:
@@ -589,22 +569,31 @@ def index_distribution(fn: Distribution, index: Tensor) -> Distribution | None:
             raise ValueError("a parameter without the particle dimension")
         return tensor[index]
 
-    try:
-        selected = _stack([fn], take)
-        if (
-            selected is None
-            or type(selected) is not type(fn)
-            or selected.batch_shape != expected
-            or selected.event_shape != fn.event_shape
-        ):
-            return None
-        selected._validate_args = fn._validate_args
-        return selected
-    except Exception:  # never raise: any failure means "cannot index"
-        return None
+    return _rebuilt([fn], take, expected)
 
 
 _Combine = Callable[[list[Tensor]], Tensor]
+
+
+def _rebuilt(
+    items: list[Distribution], combine: _Combine, batch_shape: torch.Size, ragged: bool = False
+) -> Distribution | None:
+    """:func:`_stack` checked: the items' type and event shape, the expected batch shape,
+    and the first item's validation; ``None`` (never an exception) when it cannot be."""
+    first = items[0]
+    try:
+        result = _stack(items, combine, ragged)
+    except Exception:  # any failure means "cannot be built"
+        return None
+    if (
+        result is None
+        or type(result) is not type(first)
+        or result.batch_shape != batch_shape
+        or result.event_shape != first.event_shape
+    ):
+        return None
+    result._validate_args = first._validate_args
+    return result
 
 
 def _stack(

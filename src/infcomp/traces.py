@@ -140,3 +140,10 @@ def index_trace(trace: Trace, index: Tensor | int, distributions: bool = False) 
     else:
         selected.return_value = returned
     return selected
+
+
+def group_size(trace: Trace) -> int:
+    """The number of particles of a trace with one leading particle dimension."""
+    value = next(iter(trace.sites.values())).value
+    assert value is not None
+    return int(value.shape[0])

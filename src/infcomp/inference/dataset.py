@@ -26,7 +26,7 @@ from infcomp.distributions import concatenate_distributions
 from infcomp.errors import ModelError
 from infcomp.inference.particles import JointBatch
 from infcomp.runtime import Site, Trace
-from infcomp.traces import index_trace, stacking_key
+from infcomp.traces import group_size, index_trace, stacking_key
 
 #: Training stops with an error when more than this fraction of simulations is invalid.
 MAX_INVALID_FRACTION = 0.5
@@ -91,7 +91,7 @@ class TraceDataset:
         for members in by_structure.values():
             joined = _concatenate(members) if len(members) > 1 else members[0]
             traces.extend([joined] if joined is not None else members)
-        return cls(traces, [_size(trace) for trace in traces], invalid, failed)
+        return cls(traces, [group_size(trace) for trace in traces], invalid, failed)
 
     def check_minibatches(self) -> None:
         """Raise :class:`ModelError` naming a site whose distributions cannot be taken
@@ -119,9 +119,9 @@ class TraceDataset:
                     out.append(_take(trace, selected.nonzero().squeeze(-1)))
         return (
             TraceDataset(
-                training, [_size(t) for t in training], dict(self.invalid), dict(self.failed)
+                training, [group_size(t) for t in training], dict(self.invalid), dict(self.failed)
             ),
-            TraceDataset(validation, [_size(t) for t in validation]),
+            TraceDataset(validation, [group_size(t) for t in validation]),
         )
 
     def batches(
@@ -173,7 +173,7 @@ def clean_batch(batch: JointBatch, invalid: dict[str, int], failed: dict[str, in
         check_invalid_fraction(
             seen, batch.failures, sum(seen.values()) + sum(batch.failures.values())
         )
-    return JointBatch(kept, [_size(trace) for trace in kept], batch.vectorized)
+    return JointBatch(kept, [group_size(trace) for trace in kept], batch.vectorized)
 
 
 def check_invalid_fraction(invalid: dict[str, int], failed: dict[str, int], total: int) -> None:
@@ -205,7 +205,7 @@ def check_invalid_fraction(invalid: dict[str, int], failed: dict[str, int], tota
 
 def _drop_invalid(trace: Trace, counts: dict[str, int]) -> Trace | None:
     """The rows of a group trace whose values are all finite; None when no row is."""
-    size = _size(trace)
+    size = group_size(trace)
     bad = torch.zeros(size, dtype=torch.bool)
     for name, site in trace.sites.items():
         value = site.value
@@ -253,9 +253,3 @@ def _concatenate(traces: list[Trace]) -> Trace | None:
         value = torch.cat([s.value for s in sites])  # type: ignore[misc]
         joined.add(Site(name, site.kind, fn, value, site.scale))
     return joined
-
-
-def _size(trace: Trace) -> int:
-    value = next(iter(trace.sites.values())).value
-    assert value is not None
-    return int(value.shape[0])

@@ -79,7 +79,7 @@ from infcomp.runtime import (
     sum_rightmost,
     support_depends_on_parameters,
 )
-from infcomp.traces import group_traces, index_trace, structure_key
+from infcomp.traces import group_size, group_traces, index_trace, structure_key
 
 _T = TypeVar("_T")
 
@@ -717,9 +717,10 @@ class ParticleEngine:
         _check_data_used(data, [probe, *runs])
         weights = [_log_weight(run) for run in runs]
         log_weights = torch.stack([w for w, _ in weights])
-        for index, (run, reran) in enumerate(zip(runs, reruns)):
-            # As in _vectorized: invalid parameters can also come without a rerun.
-            invalid = _invalid_particles(run, ()) if reran or _bad(log_weights[index]) else None
+        # As in _vectorized: invalid parameters can also come without a rerun.
+        suspect = torch.isnan(log_weights) | torch.isposinf(log_weights) | torch.tensor(reruns)
+        for index in suspect.nonzero().flatten().tolist():
+            invalid = _invalid_particles(runs[index], ())
             if invalid is not None:
                 invalid_indices.append(index)
                 for name, count in invalid[1].items():
@@ -824,15 +825,10 @@ class ParticleEngine:
         """One batched run of ``batch_size`` simulations, without those that met
         distributions with invalid parameters (counted in ``JointBatch.invalid``)."""
         joint, _ = self._tolerant(lambda: self._joint((batch_size,), probe, prior_inflation))
-        # Checked whether or not validation raised: a distribution built with
-        # validate_args=False (or while another thread's rerun had validation off) too.
-        invalid = _invalid_particles(SingleRun(joint, None), (batch_size,))
-        if invalid is None:
-            return JointBatch([joint], [batch_size], True)
-        mask, counts = invalid
-        keep = (~mask).nonzero().squeeze(-1)
-        kept = [index_trace(joint, keep, distributions=True)] if len(keep) else []
-        return JointBatch(kept, [len(keep)] if len(keep) else [], True, invalid=counts)
+        kept, invalid = _without_invalid(joint, batch_size)
+        return JointBatch(
+            [kept] if kept else [], [group_size(kept)] if kept else [], True, invalid=invalid
+        )
 
     def _joint(
         self, batch_shape: tuple[int, ...], probe: Trace | None, prior_inflation: float
@@ -860,15 +856,9 @@ class ParticleEngine:
     ) -> JointBatch:
         singles: list[Trace] = []
         failures: dict[str, int] = {}
-        invalid: dict[str, int] = {}
         for _ in range(batch_size):
             try:
-                joint, _ = self._tolerant(lambda: self._joint((), None, prior_inflation))
-                bad = _invalid_particles(SingleRun(joint, None), ())
-                if bad is None:
-                    singles.append(joint)
-                for name, count in (bad[1] if bad is not None else {}).items():
-                    invalid[name] = invalid.get(name, 0) + count
+                singles.append(self._tolerant(lambda: self._joint((), None, prior_inflation))[0])
             except _ProgramError as failure:
                 if on_error == "raise" or (
                     not singles and sum(failures.values()) + 1 == batch_size
@@ -876,13 +866,16 @@ class ParticleEngine:
                     raise self._user_error(failure, hint) from failure.error
                 site = failure.site or BEFORE_ANY_SITE
                 failures[site] = failures.get(site, 0) + 1
-        if not singles and invalid:
-            raise ModelError(
-                f"{self.what}: every simulation met distributions with invalid parameters "
-                f"(at sites {sorted(invalid)})"
-            )
-        traces, sizes, _ = group_traces(singles)
-        return JointBatch(traces, sizes, False, failures, invalid)
+        groups, sizes, _ = group_traces(singles)
+        # Invalid parameters are found group by group (one tensor check per site).
+        traces: list[Trace] = []
+        invalid: dict[str, int] = {}
+        for group, size in zip(groups, sizes):
+            kept, counts = _without_invalid(group, size)
+            traces.extend([kept] if kept else [])
+            for name, count in counts.items():
+                invalid[name] = invalid.get(name, 0) + count
+        return JointBatch(traces, [group_size(t) for t in traces], False, failures, invalid)
 
     # -- replaying given values --------------------------------------------------------
 
@@ -1266,6 +1259,19 @@ def _repaired(fn: Distribution) -> Distribution:
         if isinstance(inner, Distribution):
             setattr(fn, name, _repaired(inner))
     return fn
+
+
+def _without_invalid(joint: Trace, size: int) -> tuple[Trace | None, dict[str, int]]:
+    """A group of ``size`` joint simulations without those whose distributions have
+    invalid parameters (None when none is left), and how many of those per site.
+    Checked whether or not validation raised: a distribution built with
+    ``validate_args=False`` (or while another thread's rerun had validation off) too."""
+    invalid = _invalid_particles(SingleRun(joint, None), (size,))
+    if invalid is None:
+        return joint, {}
+    mask, counts = invalid
+    keep = (~mask).nonzero().squeeze(-1)
+    return (index_trace(joint, keep, distributions=True) if len(keep) else None), counts
 
 
 def _invalid_particles(

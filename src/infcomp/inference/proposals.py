@@ -141,7 +141,7 @@ class NetworkProposal:
 
     def _fixed_observations(self, job: Job) -> dict[str, Tensor]:
         """The values of observe sites that a plain run of the program sets itself (with
-        ``value=``): one run of the program from its prior, cached per job, that leaves
+        ``value=``): one run of the program from its prior, cached for the last job, that leaves
         the global random state untouched."""
         cached = self._fixed.get(id(job))
         if cached is None or cached[0] is not job:
@@ -149,6 +149,7 @@ class NetworkProposal:
                 job.call()
             values = {n: s.value for n, s in tracer.trace.sites.items() if s.kind == "observe"}
             cached = (job, {n: v for n, v in values.items() if v is not None})
+            self._fixed.clear()  # the last job's only: a call's particles share one job
             self._fixed[id(job)] = cached
         return cached[1]
 
