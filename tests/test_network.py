@@ -23,7 +23,7 @@ from infcomp.examples import hmm
 from infcomp.examples.branching import branching, enumerate_posterior
 from infcomp.examples.marsaglia import marsaglia
 from infcomp.nn import InferenceNetwork, NetworkConfig, UnsupportedSiteError
-from infcomp.nn.network import split_index
+from infcomp.nn.network import ATTENTION_MIN_OBSERVATIONS, split_index
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning"),
@@ -407,6 +407,22 @@ def test_observations_are_standardized_with_the_simulations_that_build_the_netwo
 # -- attention over observe sites ----------------------------------------------------------
 
 
+@pytest.mark.parametrize(("steps", "expected"), [(3, False), (4, True), (16, True)])
+def test_attention_is_decided_from_the_number_of_observe_sites(steps, expected):
+    # ATTENTION_MIN_OBSERVATIONS = 4: the HMM with 4 or more emissions attends, the
+    # Gaussian's two observations and a directly built network do not; the decision is
+    # kept in the config (so that a saved network rebuilds the same).
+    assert ATTENTION_MIN_OBSERVATIONS == 4
+    joint = ic.JointSimulator(hmm.hmm)(2, args=(steps,)).traces[0]
+    network = InferenceNetwork.from_traces([joint])
+    assert network.config.attention is expected
+    assert (network.attention is not None) is expected
+    assert InferenceNetwork.from_config_dict(network.config_dict()).config.attention is expected
+    assert ic.CSIS(g.gaussian).network.config.attention is False
+    assert InferenceNetwork().config.attention is False
+    assert InferenceNetwork.from_traces([joint], NetworkConfig(attention=False)).attention is None
+
+
 def test_attention_over_observe_sites_batches_saves_and_proposes(tmp_path):
     torch.manual_seed(0)
     config = NetworkConfig(attention=True)
@@ -423,7 +439,7 @@ def test_attention_over_observe_sites_batches_saves_and_proposes(tmp_path):
     assert torch.equal(rebuilt.log_prob_trace(joint), batched)
     with pytest.raises(ValueError, match=r"observe sites \['z_0'\] are not known"):
         network.attention_weights("x_0", ["z_0"])
-    off = InferenceNetwork.from_traces([joint])
+    off = InferenceNetwork.from_traces([joint], NetworkConfig(attention=False))
     with pytest.raises(ValueError, match="no attention"):
         off.attention_weights("x_0", names)
     # Compiled briefly, saved and loaded: still a valid proposal (rows share their state
@@ -437,3 +453,23 @@ def test_attention_over_observe_sites_batches_saves_and_proposes(tmp_path):
     assert abs(float(post.log_evidence) - hmm.forward_log_evidence(data, 4)) < 4 * float(
         post.log_evidence_stderr
     )
+
+
+def test_the_core_step_is_the_lstm_cell_with_the_shared_input_broadcast():
+    # NetworkProposer._step multiplies the input's data-set part once per data set: the
+    # same arithmetic as nn.LSTMCell on the whole input of every particle.
+    torch.manual_seed(0)
+    network = InferenceNetwork.from_traces(ic.JointSimulator(g.gaussian)(4).traces)
+    data = {"x1": torch.tensor([8.0, -1.0]), "x2": torch.tensor([9.0, 0.5])}
+    proposer = network.proposer(data, (3, 2), data_batch_ndim=1)
+    c = network.config
+    proposer.lead = torch.Size((3, 2))
+    proposer.hidden = torch.randn(6, c.hidden_size)
+    proposer.cell = torch.randn(6, c.hidden_size)
+    proposer.previous = torch.randn(6, c.value_size)
+    shared = torch.randn(2, c.observation_size + c.address_size + 8)
+    hidden, cell = proposer._step(shared)
+    full = torch.cat([shared.expand(3, 2, -1).reshape(6, -1), proposer.previous], dim=-1)
+    expected_hidden, expected_cell = network.core(full, (proposer.hidden, proposer.cell))
+    assert torch.allclose(hidden, expected_hidden, atol=1e-6)
+    assert torch.allclose(cell, expected_cell, atol=1e-6)

@@ -325,9 +325,9 @@ def _check_config(data: Mapping[str, Any], state: Mapping[str, Any]) -> None:
     for field in fields(NetworkConfig):
         if field.name == "prior_sites":
             continue
-        if field.type in (bool, "bool"):  # an option: flows, attention (absent: its default)
-            option = config.get(field.name, field.default)
-            if not isinstance(option, bool):
+        if field.type in (bool, "bool", "bool | None"):  # an option: flows, attention
+            option = config.get(field.name, field.default)  # absent: its default
+            if not isinstance(option, bool) and option is not None:
                 raise ArtifactError(f"the network's config asks for {field.name}={option!r}")
             continue
         # max_categories only chooses between heads; the heads' sizes are in their specs.
