@@ -35,12 +35,14 @@ from infcomp.inference import (
     CSIS,
     RWS,
     JointSimulator,
+    SMCPosterior,
     TraceDataset,
     importance,
     importance_batch,
     importance_stream,
     iwae_bound,
     run_particles,
+    smc,
 )
 from infcomp.posterior import BatchPosterior, EmpiricalMarginal, Posterior, StreamedPosterior
 from infcomp.primitives import factor, observe, sample
@@ -62,6 +64,7 @@ __all__ = [
     "Messenger",
     "ModelError",
     "Posterior",
+    "SMCPosterior",
     "SimulationWarning",
     "Site",
     "StreamedPosterior",
@@ -86,6 +89,7 @@ __all__ = [
     "sample",
     "scale",
     "simulate",
+    "smc",
     "trace",
     "uncondition",
 ]
