@@ -342,3 +342,46 @@ def test_plot_shows_the_ess_trace():
     ax = posterior.plot()
     assert len(ax.lines) == 2
     assert "resampled=" in repr(posterior)
+
+
+# -- batches of data sets -------------------------------------------------------------------
+
+
+def test_a_batch_of_data_sets_gives_each_its_evidence_and_marginals():
+    steps, num_particles, num_datasets = 12, 300, 3
+    datasets = [hmm_example.simulate_data(steps) for _ in range(num_datasets)]
+    exact = [hmm_example.forward_log_evidence(d, steps) for d in datasets]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.InferenceWarning)
+        batches = [ic.smc_batch(hmm, datasets, num_particles, args=(steps,)) for _ in range(20)]
+    first = batches[0]
+    assert first.log_evidence.shape == (num_datasets,)
+    assert first.ess_trace.shape == first.resampled.shape == (steps, num_datasets)
+    assert first.ancestors.shape == (num_particles, num_datasets)
+    assert first.log_evidence_stderr.shape == (num_datasets,)
+    assert first.mean("x_0").shape == (num_datasets,)
+    for b in range(num_datasets):
+        assert_unbiased([batch.log_evidence[b] for batch in batches], exact[b], f"data set {b}")
+        marginal = hmm_example.posterior_marginals(datasets[b], steps)[steps - 1]
+        estimates = [
+            torch.stack(
+                [
+                    (batch[b].values(f"x_{steps - 1}") == k).double() @ batch[b].weights
+                    for k in range(3)
+                ]
+            )
+            for batch in batches
+        ]
+        assert_mean_close(estimates, marginal, num_particles, f"data set {b}, p(x_T | y)")
+
+
+def test_a_batch_that_does_not_vectorize_runs_data_set_after_data_set():
+    datasets = [{f"y_{t}": torch.tensor(float(t + b)) for t in range(2)} for b in range(2)]
+    torch.manual_seed(5)
+    batch = ic.smc_batch(substeps, datasets, 40, args=(2,), vectorize=False)
+    torch.manual_seed(5)
+    singles = [ic.smc(substeps, d, 40, args=(2,), vectorize=False) for d in datasets]
+    for b, single in enumerate(singles):
+        assert torch.equal(batch.log_weights[:, b], single.log_weights)
+        assert torch.equal(batch.ess_trace[:, b], single.ess_trace)
+    assert batch.log_evidence_stderr.shape == (2,)

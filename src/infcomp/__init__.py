@@ -35,6 +35,7 @@ from infcomp.inference import (
     CSIS,
     RWS,
     JointSimulator,
+    SMCBatchPosterior,
     SMCPosterior,
     TraceDataset,
     importance,
@@ -43,6 +44,7 @@ from infcomp.inference import (
     iwae_bound,
     run_particles,
     smc,
+    smc_batch,
 )
 from infcomp.posterior import BatchPosterior, EmpiricalMarginal, Posterior, StreamedPosterior
 from infcomp.primitives import factor, observe, sample
@@ -64,6 +66,7 @@ __all__ = [
     "Messenger",
     "ModelError",
     "Posterior",
+    "SMCBatchPosterior",
     "SMCPosterior",
     "SimulationWarning",
     "Site",
@@ -90,6 +93,7 @@ __all__ = [
     "scale",
     "simulate",
     "smc",
+    "smc_batch",
     "trace",
     "uncondition",
 ]

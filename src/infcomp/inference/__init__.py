@@ -27,7 +27,7 @@ from infcomp.inference.proposals import (
 )
 from infcomp.inference.rws import RWS
 from infcomp.inference.simulation import JointSimulator
-from infcomp.inference.smc import SMCPosterior, smc
+from infcomp.inference.smc import SMCBatchPosterior, SMCPosterior, smc, smc_batch
 from infcomp.inference.streaming import importance_stream
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "ProgramProposal",
     "Proposal",
     "Request",
+    "SMCBatchPosterior",
     "SMCPosterior",
     "SingleRun",
     "TraceDataset",
@@ -56,5 +57,6 @@ __all__ = [
     "model_log_weights",
     "run_particles",
     "smc",
+    "smc_batch",
     "wake_phi_loss",
 ]

@@ -42,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
@@ -62,9 +62,10 @@ from infcomp.inference.particles import (
     as_data,
     data_argument,
     run_model,
+    stack_datasets,
 )
 from infcomp.inference.proposals import PriorProposal, engine_for
-from infcomp.posterior import Posterior
+from infcomp.posterior import BatchPosterior, Posterior
 from infcomp.resampling import SCHEMES
 from infcomp.runtime import Messenger, Site, Trace, sum_rightmost
 from infcomp.traces import group_traces
@@ -155,6 +156,48 @@ def smc(
         >>> 0 < post.num_resampling_steps < 50
         True
     """
+    result = _run(model, data, num_particles, options, batched=False)
+    assert isinstance(result, SMCPosterior)
+    return result
+
+
+def smc_batch(
+    model: Program,
+    datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    num_particles: int | None = None,
+    **options: Unpack[Options],
+) -> SMCBatchPosterior:
+    """Sequential Monte Carlo for many data sets at once: N particles for each.
+
+    The algorithm of :func:`smc` for each data set b, with particles of shape ``(N, B)``
+    (a program that broadcasts runs once for all; each data set's particles are weighed
+    and resampled on their own). Returns an :class:`SMCBatchPosterior`: per-data-set
+    ``log_evidence``, ESS and moments, ``ess_trace`` and ``resampled`` of shape
+    ``(K, B)``, and each data set's posterior on request. Warns once, summarizing the
+    data sets whose results look unreliable.
+
+    Args:
+        datasets: a list of observation dicts, or one dict whose values stack the data
+            sets along a leading dimension of size B.
+        Others: as in :func:`smc`.
+
+    Example:
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.hmm import hmm, simulate_data
+        >>> datasets = [simulate_data(20) for _ in range(5)]
+        >>> batch = ic.smc_batch(hmm, datasets, 500, args=(20,))
+        >>> batch.log_evidence.shape, batch.ess_trace.shape
+        (torch.Size([5]), torch.Size([20, 5]))
+    """
+    result = _run(model, datasets, num_particles, options, batched=True)
+    assert isinstance(result, SMCBatchPosterior)
+    return result
+
+
+def _run(
+    model: Program, data: Any, num_particles: int | None, options: Options, batched: bool
+) -> SMCPosterior | SMCBatchPosterior:
     unknown = sorted(set(options) - set(Options.__annotations__))
     if unknown:
         raise TypeError(f"unexpected keyword arguments {unknown}; the options are {OPTIONS}")
@@ -170,18 +213,25 @@ def smc(
         guide = proposal
     args, kwargs = options.get("args", ()), options.get("kwargs")
     engine = engine_for(model, guide, args, kwargs, options.get("vectorize"))
-    observed = as_data(data_argument(data, options.get("observations")), options.get("device"))
+    data = data_argument(data, options.get("observations"))
+    device = options.get("device")
+    observed = stack_datasets(data or {}, device) if batched else as_data(data, device)
     count = DEFAULT_NUM_PARTICLES if num_particles is None else num_particles
-    count = check_positive_int("num_particles", count)
-    filter_ = _Filter(engine, observed, count, SCHEMES[scheme_name], threshold)
+    batch_shape: tuple[int, ...] = (check_positive_int("num_particles", count),)
+    if batched:
+        batch_shape += (next(iter(observed.values())).shape[0],)
+    filter_ = _Filter(engine, observed, batch_shape, SCHEMES[scheme_name], threshold)
+    result: SMCPosterior | SMCBatchPosterior
     with torch.no_grad():
-        probe = engine.probe(observed)
+        probe = engine.probe(observed, batched)
         result = engine.choose(
             lambda: filter_.vectorized(probe, options.get("check", True)),
-            lambda: filter_.sequential(),
+            filter_.each_dataset if batched else filter_.sequential,
         )
-    for problem in result.problems():
-        warn_user(problem, InferenceWarning)
+    problems = result.problems()
+    for problem in [problems] if isinstance(problems, str) else problems:
+        if problem:
+            warn_user(problem, InferenceWarning)
     return result
 
 
@@ -210,9 +260,8 @@ class SMCPosterior(Posterior):
         invalid_sites: dict[str, int] | None = None,
     ) -> None:
         super().__init__(traces, sizes, log_weights, nonfinite_sites, invalid_sites)
-        self.steps = list(history.steps)
-        self.ess_trace = torch.stack(history.ess) if history.ess else torch.zeros(0)
-        self.resampled = torch.tensor(history.resampled, dtype=torch.bool)
+        self.history = history
+        self.steps, self.ess_trace, self.resampled = history.tensors(())
         self.ancestors = history.eve
 
     @property
@@ -233,13 +282,7 @@ class SMCPosterior(Posterior):
         unbiased importance-sampling estimate ``(N Σ w̄² - 1) / (N - 1)``. Proven
         consistent for multinomial resampling; when all particles descend from few first
         ancestors (long series) it is unreliable: compare independent runs."""
-        weights = self.weights
-        num = self.num_particles
-        lineage = torch.zeros_like(weights).index_add_(0, self.ancestors, weights)
-        same = (lineage**2).sum(0)
-        power = self.num_resampling_steps + 1
-        relative = 1 - math.exp(power * math.log(num / (num - 1))) * (1 - same) if num > 1 else same
-        return relative.clamp(min=0).sqrt()
+        return genealogy_stderr(self.weights, self.ancestors, self.resampled.sum(0))
 
     def plot(self, ax: Axes | None = None) -> Axes:
         """ESS/N at each step, with the steps that resampled marked; needs matplotlib."""
@@ -265,6 +308,55 @@ class SMCPosterior(Posterior):
         )
 
 
+class SMCBatchPosterior(BatchPosterior):
+    """The final particles of :func:`smc_batch` for B data sets, with the history of the
+    run: as :class:`SMCPosterior`, with a trailing data-set dimension (``ess_trace`` and
+    ``resampled`` ``(K, B)``, ``ancestors`` ``(N, B)``, ``log_evidence_stderr`` ``(B,)``).
+    With data sets run one by one (a program that does not vectorize), steps that a data
+    set did not reach have ESS NaN."""
+
+    def __init__(
+        self,
+        log_weights: Tensor,
+        history: _History,
+        trace: Trace | None = None,
+        posteriors: Sequence[SMCPosterior] | None = None,
+    ) -> None:
+        super().__init__(log_weights, trace=trace, posteriors=posteriors)
+        self.steps, self.ess_trace, self.resampled = history.tensors(log_weights.shape[1:])
+        self.ancestors = history.eve
+
+    @property
+    def num_resampling_steps(self) -> Tensor:
+        """How many times the particles of each data set were resampled, ``(B,)``."""
+        return self.resampled.sum(0)
+
+    @property
+    def log_evidence_stderr(self) -> Tensor:
+        """As :attr:`SMCPosterior.log_evidence_stderr`, per data set."""
+        return genealogy_stderr(self.weights, self.ancestors, self.num_resampling_steps)
+
+    def __repr__(self) -> str:
+        return (
+            f"SMCBatchPosterior(num_datasets={self.num_datasets}, "
+            f"num_particles={self.num_particles}, steps={len(self.steps)})"
+        )
+
+
+def genealogy_stderr(weights: Tensor, ancestors: Tensor, num_resampled: Tensor) -> Tensor:
+    """Lee & Whiteley's (2018) standard error of log Ẑ (see
+    :attr:`SMCPosterior.log_evidence_stderr`) from the normalized final weights and each
+    particle's first ancestor, shape ``(N, ...)``, and the number of resampling steps."""
+    num = weights.shape[0]
+    if num == 1:
+        return torch.zeros(weights.shape[1:], dtype=torch.float64)
+    lineage = torch.zeros_like(weights).scatter_add_(0, ancestors.to(weights.device), weights)
+    same = (lineage**2).sum(0)
+    power = num_resampled.to(torch.float64).to(weights.device) + 1
+    relative = 1 - torch.exp(power * math.log(num / (num - 1))) * (1 - same)
+    return relative.clamp(min=0).sqrt()
+
+
 @dataclasses.dataclass
 class _History:
     """What a run of SMC recorded at each step, and the particles' first ancestors."""
@@ -272,7 +364,37 @@ class _History:
     eve: Tensor
     steps: list[str] = dataclasses.field(default_factory=list)
     ess: list[Tensor] = dataclasses.field(default_factory=list)
-    resampled: list[bool] = dataclasses.field(default_factory=list)
+    resampled: list[Tensor] = dataclasses.field(default_factory=list)
+
+    def tensors(self, datasets: tuple[int, ...]) -> tuple[list[str], Tensor, Tensor]:
+        """The step names, the ESS trace and the resampling steps as tensors."""
+        if not self.ess:
+            empty = torch.zeros((0, *datasets), dtype=torch.float64)
+            return [], empty, empty.bool()
+        return list(self.steps), torch.stack(self.ess).cpu(), torch.stack(self.resampled).cpu()
+
+
+def _stack_histories(histories: list[_History]) -> _History:
+    """Per-data-set histories as one, steps padded (ESS NaN, not resampled)."""
+    longest = max(histories, key=lambda h: len(h.steps))
+    stacked = _History(torch.stack([h.eve for h in histories], 1), list(longest.steps))
+    for k in range(len(longest.steps)):
+        nan = torch.tensor(math.nan, dtype=torch.float64)
+        stacked.ess.append(torch.stack([h.ess[k] if k < len(h.ess) else nan for h in histories]))
+        no = torch.tensor(False)
+        stacked.resampled.append(
+            torch.stack([h.resampled[k] if k < len(h.ess) else no for h in histories])
+        )
+    return stacked
+
+
+def _rows(value: Tensor, index: Tensor) -> Tensor:
+    """``value``'s particles ``index``: ``value[index]`` for ``(N,)`` particles, and for
+    ``(N, B)`` particles, ``value[index[n, b], b]`` at ``[n, b]``."""
+    if index.dim() == 1:
+        return value.index_select(0, index.to(value.device))
+    columns = torch.arange(index.shape[1], device=value.device)
+    return value[index.to(value.device), columns]
 
 
 class _Stop(BaseException):
@@ -281,39 +403,55 @@ class _Stop(BaseException):
 
 
 class _Weights:
-    """The particles' log weights and the evidence of past epochs, and resampling."""
+    """The particles' log weights, the evidence of past epochs, and resampling; the
+    particles have shape ``(N,)``, or ``(N, B)`` for B data sets (each resampled alone)."""
 
     def __init__(
-        self, num_particles: int, scheme: Callable[[Tensor, int], Tensor], threshold: float
+        self,
+        batch_shape: tuple[int, ...],
+        scheme: Callable[[Tensor, int], Tensor],
+        threshold: float,
     ):
-        self.num = num_particles
+        self.batch_shape = batch_shape
+        self.num = batch_shape[0]
         self.scheme = scheme
         self.threshold = threshold
-        self.log_weights = torch.zeros(num_particles, dtype=torch.float64)
-        self.log_evidence = torch.zeros((), dtype=torch.float64)
-        self.history = _History(torch.arange(num_particles))
+        self.log_weights = torch.zeros(batch_shape, dtype=torch.float64)
+        self.log_evidence = torch.zeros(batch_shape[1:], dtype=torch.float64)
+        eve = torch.arange(self.num).reshape((-1,) + (1,) * (len(batch_shape) - 1))
+        self.history = _History(eve.expand(batch_shape).clone())
 
     def step(self, name: str, increment: Tensor) -> Tensor | None:
         """Weigh the particles by ``increment`` at step ``name``; the ancestors' indices
         if they are resampled, else None."""
-        self.log_weights = self.log_weights + increment
+        self.log_weights = self.log_weights.to(increment.device) + increment
         ess = diagnostics.effective_sample_size(self.log_weights)
+        total = torch.logsumexp(self.log_weights, 0)
+        resample = (ess < self.threshold * self.num) & torch.isfinite(total)
         self.history.steps.append(name)
         self.history.ess.append(ess)
-        total = torch.logsumexp(self.log_weights, 0)
-        resample = bool(ess < self.threshold * self.num) and bool(torch.isfinite(total))
         self.history.resampled.append(resample)
-        if not resample:
+        if not bool(resample.any()):
             return None
-        index = self.scheme(torch.softmax(self.log_weights, 0), self.num)
-        self.log_evidence = self.log_evidence + total - math.log(self.num)
-        self.log_weights = torch.zeros_like(self.log_weights)
-        self.history.eve = self.history.eve[index]
+        if self.log_weights.dim() == 1:
+            index = self.scheme(torch.softmax(self.log_weights, 0), self.num)
+        else:
+            index = self.history.eve.new_tensor(range(self.num)).unsqueeze(1)
+            index = index.expand(self.batch_shape).clone()
+            for column in resample.nonzero().flatten().tolist():
+                weights = torch.softmax(self.log_weights[:, column], 0)
+                index[:, column] = self.scheme(weights, self.num)
+        index = index.to(self.log_weights.device)
+        self.log_evidence = self.log_evidence.to(total.device) + torch.where(
+            resample, total - math.log(self.num), 0.0
+        )
+        self.log_weights = torch.where(resample, 0.0, self.log_weights)
+        self.history.eve = _rows(self.history.eve.to(index.device), index)
         return index
 
     def final(self) -> Tensor:
         """The final log weights, carrying the evidence of past epochs."""
-        return self.log_weights + self.log_evidence
+        return self.log_weights + self.log_evidence.to(self.log_weights.device)
 
 
 def _check_increment(increment: Tensor, segment: SingleRun, shape: tuple[int, ...]) -> Tensor:
@@ -394,10 +532,15 @@ class _Batched(_Recorder):
     """Weighs and resamples the particles of a batched run at each observe statement."""
 
     def __init__(
-        self, num: int, scheme: Callable[[Tensor, int], Tensor], threshold: float, check: bool
+        self,
+        batch_shape: tuple[int, ...],
+        scheme: Callable[[Tensor, int], Tensor],
+        threshold: float,
+        check: bool,
     ) -> None:
-        super().__init__(1)
-        self.settings = (num, scheme, threshold)
+        super().__init__(len(batch_shape))
+        self.settings = (batch_shape, scheme, threshold)
+        self.batch_shape = batch_shape
         self.weights = _Weights(*self.settings)
         self.check = check
 
@@ -415,46 +558,47 @@ class _Batched(_Recorder):
         # Outermost: the site's value is final, its proposal recorded.
         density = self.weigh(site)
         if site.kind == "sample" and self.check and density is None:
-            density = sum_rightmost(site.log_prob(), 1)
+            density = sum_rightmost(site.log_prob(), self.batch_ndim)
         if density is not None and self.check:
             self.densities[site.name] = (density, len(self.indices))
         if site.kind == "sample":
             assert site.value is not None
             self._keep(site.value)
         if site.kind == "observe":
-            index = self.weights.step(site.name, self.take_increment((self.weights.num,)))
+            index = self.weights.step(site.name, self.take_increment(self.batch_shape))
             if index is not None:
                 self._reindex(index)
 
     def _keep(self, value: Tensor) -> None:
         """Remember a per-particle tensor (once), to re-index it when resampling."""
-        if value.dim() and value.shape[0] == self.weights.num and value.stride(0) != 0:
+        ndim = self.batch_ndim
+        if value.shape[:ndim] == self.batch_shape and all(value.stride()[:ndim]):
             self.per_particle.setdefault(id(value), value)
 
     def _reindex(self, index: Tensor) -> None:
         self.indices.append(index)
         for value in self.per_particle.values():
-            value.copy_(value.index_select(0, index.to(value.device)))
+            value.copy_(_rows(value, index))
         reindex = getattr(self.proposal, "reindex", None)
         if reindex is not None:
             reindex(index)
 
     def recorded(self, particles: Tensor) -> dict[str, Tensor]:
         """The log density of each site in the ancestors of the given final particles."""
-        ancestors = [particles]  # ancestors[k]: their ancestors k resamplings from the end
-        for index in reversed(self.indices):
-            ancestors.append(index[ancestors[-1]])
+        rows = particles.reshape((-1,) + (1,) * (self.batch_ndim - 1))
+        ancestors = [rows.expand((len(particles),) + self.batch_shape[1:])]
+        for index in reversed(self.indices):  # ancestors[k]: k resamplings from the end
+            ancestors.append(_rows(index, ancestors[-1]))
         last = len(self.indices)
         return {
-            name: density[ancestors[last - epoch].to(density.device)]
+            name: _rows(density, ancestors[last - epoch])
             for name, (density, epoch) in self.densities.items()
         }
 
     def finish(self) -> Tensor:
         """The final log weights (the sites after the last observe included)."""
-        self.weights.log_weights = self.weights.log_weights + self.take_increment(
-            (self.weights.num,)
-        )
+        increment = self.take_increment(self.batch_shape)
+        self.weights.log_weights = self.weights.log_weights.to(increment.device) + increment
         return self.weights.final()
 
 
@@ -491,19 +635,31 @@ class _Filter:
         self,
         engine: ParticleEngine,
         data: dict[str, Tensor],
-        num_particles: int,
+        batch_shape: tuple[int, ...],
         scheme: Callable[[Tensor, int], Tensor],
         threshold: float,
     ) -> None:
         self.engine = engine
         self.data = data
-        self.num = num_particles
+        self.batch_shape = batch_shape  # (N,), or (N, B) for B data sets
+        self.num = batch_shape[0]
         self.scheme = scheme
         self.threshold = threshold
 
-    def vectorized(self, probe: SingleRun, check: bool) -> SMCPosterior:
-        monitor = _Batched(self.num, self.scheme, self.threshold, check)
-        request = Request(self.data, (self.num,), probe, monitor)
+    def each_dataset(self) -> SMCBatchPosterior:
+        """Data set after data set, particle by particle."""
+        posteriors = []
+        for b in range(self.batch_shape[1]):
+            data = {name: value[b] for name, value in self.data.items()}
+            one = _Filter(self.engine, data, (self.num,), self.scheme, self.threshold)
+            posteriors.append(one.sequential())
+        history = _stack_histories([p.history for p in posteriors])
+        log_weights = torch.stack([p.log_weights for p in posteriors], 1)
+        return SMCBatchPosterior(log_weights, history, posteriors=posteriors)
+
+    def vectorized(self, probe: SingleRun, check: bool) -> SMCPosterior | SMCBatchPosterior:
+        monitor = _Batched(self.batch_shape, self.scheme, self.threshold, check)
+        request = Request(self.data, self.batch_shape, probe, monitor)
         run, _ = self.engine.single(request)
         _check_data_used(self.data, [probe, run])
         log_weights = monitor.finish()
@@ -514,7 +670,10 @@ class _Filter:
             # Observed values get the particle dimension (as importance sampling's).
             if site.kind == "observe" and site.value is not None and site.fn is not None:
                 site.value = site.value.expand(site.fn.batch_shape + site.fn.event_shape)
-        return SMCPosterior([model_trace], [self.num], log_weights, monitor.weights.history)
+        history = monitor.weights.history
+        if len(self.batch_shape) == 2:
+            return SMCBatchPosterior(log_weights, history, trace=model_trace)
+        return SMCPosterior([model_trace], [self.num], log_weights, history)
 
     def _replay(self, final: Trace, probe: SingleRun, monitor: _Batched) -> None:
         """Run the program on the latent values of (up to :data:`CHECKED_PARTICLES` of)
@@ -522,7 +681,7 @@ class _Filter:
         one computed during the run."""
         chosen = torch.linspace(0, self.num - 1, min(self.num, CHECKED_PARTICLES)).long()
         live = monitor.recorded(chosen)
-        request = Request(self.data, (len(chosen),), probe)
+        request = Request(self.data, (len(chosen), *self.batch_shape[1:]), probe)
         job = dataclasses.replace(self.engine.job, proposal=PriorProposal())
         values = Trace()
         for name in final.names("sample"):
@@ -539,7 +698,7 @@ class _Filter:
         for name, site in replayed.sites.items():
             if name not in live:
                 continue
-            fresh = sum_rightmost(site.log_prob(), 1)
+            fresh = sum_rightmost(site.log_prob(), len(self.batch_shape))
             recorded = live[name]
             same = torch.isclose(fresh.double(), recorded.double(), rtol=1e-4, atol=1e-4)
             same |= fresh == recorded  # equal infinities
@@ -552,7 +711,7 @@ class _Filter:
 
     def sequential(self) -> SMCPosterior:
         """Particle by particle, aligned by the count of observe statements."""
-        weights = _Weights(self.num, self.scheme, self.threshold)
+        weights = _Weights((self.num,), self.scheme, self.threshold)
         pasts: list[dict[str, Tensor]] = [{} for _ in range(self.num)]
         finished: list[SingleRun | None] = [None] * self.num
         step = 0
