@@ -385,3 +385,21 @@ def test_a_batch_that_does_not_vectorize_runs_data_set_after_data_set():
         assert torch.equal(batch.log_weights[:, b], single.log_weights)
         assert torch.equal(batch.ess_trace[:, b], single.ess_trace)
     assert batch.log_evidence_stderr.shape == (2,)
+
+
+def test_particles_with_invalid_parameters_get_weight_zero_and_are_counted():
+    def model():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        scale = torch.where(z > 1.0, 0.0, 1.0)  # invalid (a scale of 0) where z > 1
+        ic.observe("y_0", Normal(z, scale))
+        w = ic.sample("w", Normal(z, 1.0))
+        ic.observe("y_1", Normal(w, 1.0))
+        return z
+
+    data = {"y_0": torch.tensor(0.5), "y_1": torch.tensor(0.0)}
+    with pytest.warns(ic.InferenceWarning, match="invalid parameters"):
+        posterior = ic.smc(model, data, 500, ess_threshold=0.0)
+    invalid = posterior.values("z") > 1.0
+    assert posterior.invalid_sites == {"y_0": int(invalid.sum())} and bool(invalid.any())
+    assert bool(torch.isneginf(posterior.log_weights[invalid]).all())
+    assert bool(torch.isfinite(posterior.log_weights[~invalid]).all())

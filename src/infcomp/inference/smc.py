@@ -26,15 +26,19 @@ How a program's particles are resampled:
   variables that hold sampled values see the resampled particles. A *derived* tensor
   (``mu = A @ x`` computed before an observe and used after it) cannot be re-indexed:
   state that crosses an observe must be a sampled value; compute derived values after
-  the observe. With ``check=True`` (the default) the final particles are replayed
-  through the program once and every site's log density is compared with the one
-  computed during the run; a difference is a :class:`~infcomp.ModelError` naming the
+  the observe. With ``check=True`` (the default) up to 256 of the final particles are
+  replayed through the program once and every site's log density is compared with the
+  one computed during the run; a difference is a :class:`~infcomp.ModelError` naming the
   site.
 - **Programs that do not vectorize** (control flow on sampled values) run particle by
   particle, aligned by their count of observe statements: at step k each particle's
   program is re-run with its (resampled) past replayed up to its k-th observe and
   fresh draws until its (k+1)-th, where it stops. That is O(T²) program work for T
   observations. A particle whose program ends before others keeps its weight.
+
+:func:`smc_batch` runs B data sets at once, particles ``(N, B)``, each data set's
+particles resampled on their own. Particles whose distributions get invalid parameters
+(a scale of 0) get weight zero and are counted by site, as in importance sampling.
 """
 
 from __future__ import annotations
@@ -50,7 +54,6 @@ from torch import Tensor
 
 from infcomp import diagnostics
 from infcomp.errors import InferenceWarning, ModelError
-from infcomp.handlers import replay
 from infcomp.inference.common import Program, check_finite, check_positive_int, warn_user
 from infcomp.inference.particles import (
     Monitor,
@@ -61,7 +64,6 @@ from infcomp.inference.particles import (
     _invalid_particles,
     as_data,
     data_argument,
-    run_model,
     stack_datasets,
 )
 from infcomp.inference.proposals import PriorProposal, engine_for
@@ -248,6 +250,10 @@ class SMCPosterior(Posterior):
         resampled: whether the particles were resampled at each step, bool ``(K,)``.
         ancestors: the index of each final particle's ancestor among the first
             particles (its "Eve"), ``(N,)``.
+
+    In a vectorized run the traces' values are the resampled particles', but a site's
+    distribution (``fn``) is the one its value was drawn from, before later resamplings:
+    read values, not distributions, from them.
     """
 
     def __init__(
@@ -454,15 +460,20 @@ class _Weights:
         return self.log_weights + self.log_evidence.to(self.log_weights.device)
 
 
-def _check_increment(increment: Tensor, segment: SingleRun, shape: tuple[int, ...]) -> Tensor:
+def _check_increment(
+    increment: Tensor, segment: SingleRun, shape: tuple[int, ...], invalid_sites: dict[str, int]
+) -> Tensor:
     """``increment`` with the particles whose distributions got invalid parameters at
-    ``-inf``; any other NaN or +inf is a ModelError naming the sites."""
+    ``-inf`` (counted by site into ``invalid_sites``); any other NaN or +inf is a
+    ModelError naming the sites."""
     bad = torch.isnan(increment) | torch.isposinf(increment)
     if not bool(bad.any()):
         return increment
     invalid = _invalid_particles(segment, shape)
     if invalid is not None:
-        increment = increment.masked_fill(invalid[0], -torch.inf)
+        increment = increment.masked_fill(invalid[0].to(increment.device), -torch.inf)
+        for name, count in invalid[1].items():
+            invalid_sites[name] = invalid_sites.get(name, 0) + count
         bad = torch.isnan(increment) | torch.isposinf(increment)
         if not bool(bad.any()):
             return increment
@@ -486,6 +497,7 @@ class _Recorder(Monitor):
         super().__init__()
         self.batch_ndim = batch_ndim
         self.proposal: Messenger | None = None  # shown (watch) before each run enters
+        self.invalid_sites: dict[str, int] = {}
 
     def __enter__(self) -> _Recorder:
         self.increment: Tensor | float = 0.0
@@ -519,9 +531,8 @@ class _Recorder(Monitor):
     def take_increment(self, shape: tuple[int, ...]) -> Tensor:
         """The increment since the last step (checked), and start a new segment."""
         increment = torch.broadcast_to(torch.as_tensor(self.increment, dtype=torch.float64), shape)
-        increment = _check_increment(
-            increment, SingleRun(self.segment, self.proposal_segment), shape
-        )
+        segment = SingleRun(self.segment, self.proposal_segment)
+        increment = _check_increment(increment, segment, shape, self.invalid_sites)
         self.increment = 0.0
         self.segment = Trace(self.batch_ndim)
         self.proposal_segment = Trace(self.batch_ndim)
@@ -547,6 +558,7 @@ class _Batched(_Recorder):
     def __enter__(self) -> _Batched:
         # Entered anew when the engine redoes a run (with validation off, or a retry).
         self.weights = _Weights(*self.settings)
+        self.invalid_sites = {}
         self.per_particle: dict[int, Tensor] = {}
         # Each site's log density, with the number of resamplings before it (the check
         # follows the final particles' ancestry back to it, rather than re-indexing it).
@@ -673,7 +685,8 @@ class _Filter:
         history = monitor.weights.history
         if len(self.batch_shape) == 2:
             return SMCBatchPosterior(log_weights, history, trace=model_trace)
-        return SMCPosterior([model_trace], [self.num], log_weights, history)
+        invalid = monitor.invalid_sites
+        return SMCPosterior([model_trace], [self.num], log_weights, history, invalid_sites=invalid)
 
     def _replay(self, final: Trace, probe: SingleRun, monitor: _Batched) -> None:
         """Run the program on the latent values of (up to :data:`CHECKED_PARTICLES` of)
@@ -681,15 +694,18 @@ class _Filter:
         one computed during the run."""
         chosen = torch.linspace(0, self.num - 1, min(self.num, CHECKED_PARTICLES)).long()
         live = monitor.recorded(chosen)
-        request = Request(self.data, (len(chosen), *self.batch_shape[1:]), probe)
-        job = dataclasses.replace(self.engine.job, proposal=PriorProposal())
-        values = Trace()
+        values = {}
         for name in final.names("sample"):
             value = final[name].value
             assert value is not None
-            values.add(Site(name, "sample", None, value[chosen.to(value.device)]))
+            values[name] = value[chosen.to(value.device)]
+        shape = (len(chosen), *self.batch_shape[1:])
+        request = Request(self.data, shape, probe, values=values)
+        # The program alone (the prior as proposal, given every latent value), tolerant of
+        # invalid parameters as the run was.
+        replaying = ParticleEngine(dataclasses.replace(self.engine.job, proposal=PriorProposal()))
         try:
-            replayed = run_model(job, request, replay(trace=values))
+            replayed = replaying.single(request)[0].model_trace
         except Exception as error:
             raise ModelError(
                 f"the program failed when its final particles' values were replayed "
@@ -700,7 +716,9 @@ class _Filter:
                 continue
             fresh = sum_rightmost(site.log_prob(), len(self.batch_shape))
             recorded = live[name]
-            same = torch.isclose(fresh.double(), recorded.double(), rtol=1e-4, atol=1e-4)
+            same = torch.isclose(
+                fresh.double(), recorded.double(), rtol=1e-4, atol=1e-4, equal_nan=True
+            )
             same |= fresh == recorded  # equal infinities
             if not bool(same.all()):
                 raise ModelError(
@@ -714,6 +732,7 @@ class _Filter:
         weights = _Weights((self.num,), self.scheme, self.threshold)
         pasts: list[dict[str, Tensor]] = [{} for _ in range(self.num)]
         finished: list[SingleRun | None] = [None] * self.num
+        invalid_sites: dict[str, int] = {}
         step = 0
         while True:
             increments = torch.zeros(self.num, dtype=torch.float64)
@@ -726,6 +745,8 @@ class _Filter:
                     finished[i] = self.engine.single(request)[0]
                 increments[i] = monitor.take_increment(())
                 pasts[i] = monitor.values
+                for name, count in monitor.invalid_sites.items():
+                    invalid_sites[name] = invalid_sites.get(name, 0) + count
             if all(run is not None for run in finished):
                 weights.log_weights = weights.log_weights + increments
                 break
@@ -739,7 +760,10 @@ class _Filter:
         _check_data_used(self.data, runs)
         traces, sizes, order = group_traces([run.model_trace for run in runs], distributions=False)
         weights.history.eve = weights.history.eve[order]
-        return SMCPosterior(traces, sizes, weights.final()[order], weights.history)
+        log_weights = weights.final()[order]
+        return SMCPosterior(
+            traces, sizes, log_weights, weights.history, invalid_sites=invalid_sites
+        )
 
 
 _RULE = (
