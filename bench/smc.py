@@ -21,7 +21,9 @@ sampling, bootstrap SMC (target: 10× smaller than prior IS), the hand-written f
 with ``--long`` (the default when run alone, not in ``bench/all.py``), SMC with a network
 compiled for importance sampling (trained here first: 200 steps of 64 simulations, with
 attention over the observations; target: smaller than bootstrap SMC's), with the mean
-final ESS. Run ``python bench/smc.py``; ``--help`` lists the options.
+final ESS; and the same spread on the 50-step linear-Gaussian model for prior IS,
+bootstrap SMC and SMC with the locally optimal proposal written as a guide. Run
+``python bench/smc.py``; ``--help`` lists the options.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from torch.distributions import Categorical, Normal
 
 import infcomp as ic
+from infcomp.examples import state_space as ssm
 from infcomp.examples.hmm import INITIAL, MEANS, NOISE, TRANSITION, forward_log_evidence, hmm
 from infcomp.resampling import systematic_indices
 
@@ -152,9 +155,38 @@ def spread(options: argparse.Namespace) -> Callable[[], dict[str, float]]:
             found[name] = float(results[:, 0].std())
             found[f"{name} ess"] = float(results[:, 1].mean())
             found[f"{name} error"] = float(results[:, 0].mean()) - forward_log_evidence(DATA, STEPS)
+        # The linear-Gaussian state-space model, 50 steps, against the Kalman filter.
+        steps = 50
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            data = ssm.simulate_data(steps)
+        exact, *_ = ssm.kalman(data, steps)
+        linear = {
+            "lg importance": lambda: ic.importance(ssm.state_space, data, 1000, args=(steps,)),
+            "lg smc": lambda: ic.smc(ssm.state_space, data, 1000, args=(steps,)),
+            "lg guided": lambda: ic.smc(
+                ssm.state_space, data, 1000, args=(steps,), guide=optimal_guide
+            ),
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ic.InferenceWarning)
+            for name, call in linear.items():
+                log_z = torch.stack([call().log_evidence for _ in range(REPEATS)])
+                found[name] = float(log_z.std())
+                found[f"{name} error"] = float(log_z.mean()) - exact
         return found
 
     return values
+
+
+def optimal_guide(num_steps: int, observations: dict[str, torch.Tensor]) -> None:
+    """The linear-Gaussian model's locally optimal proposal p(x_t | x_{t-1}, y_t)."""
+    x = None
+    for t in range(num_steps):
+        prior_mean, prior_var = (0.0, 1.0) if x is None else (ssm.A * x, ssm.Q**2)
+        var = 1 / (1 / prior_var + 1 / ssm.R**2)
+        mean = var * (prior_mean / prior_var + observations[f"y_{t}"] / ssm.R**2)
+        x = ic.sample(f"x_{t}", Normal(mean, var**0.5))
 
 
 def describe(last: dict[str, Any]) -> str:
@@ -224,6 +256,37 @@ def cases(options: argparse.Namespace) -> Iterator[Case]:
         Row("mean final ESS, prior IS, N = 1e3", "ESS", "importance ess", None, None),
         Row("mean log Ẑ - log Z, bootstrap SMC, N = 1e3", "nats", "smc error", "torch error", None),
         Row("mean log Ẑ - log Z, prior IS, N = 1e3", "nats", "importance error", None, None),
+        Row(
+            "linear-Gaussian 50 steps, log Ẑ sd, prior IS, N = 1e3",
+            "sd",
+            "lg importance",
+            None,
+            None,
+            higher_is_better=False,
+        ),
+        Row(
+            "linear-Gaussian 50 steps, log Ẑ sd, bootstrap SMC, N = 1e3",
+            "sd",
+            "lg smc",
+            None,
+            None,
+            higher_is_better=False,
+        ),
+        Row(
+            "linear-Gaussian 50 steps, log Ẑ sd, SMC with the optimal guide, N = 1e3",
+            "sd",
+            "lg guided",
+            None,
+            None,
+            higher_is_better=False,
+        ),
+        Row(
+            "linear-Gaussian 50 steps, mean log Ẑ - log Z, bootstrap SMC, N = 1e3",
+            "nats",
+            "lg smc error",
+            None,
+            None,
+        ),
     ]
     yield Case(rows, values=spread(options))
 

@@ -30,6 +30,10 @@ for importance sampling), :meth:`ParticleEngine.simulate` (joint simulation, for
 training proposals) and :meth:`ParticleEngine.replay` (a program run on given latent
 values, for scoring a guide). What a proposal does inside a run is the
 :class:`Proposal` protocol's business (see :mod:`infcomp.inference.proposals`).
+Algorithms with runs of their own (sequential Monte Carlo) use the parts:
+:meth:`ParticleEngine.probe`, :meth:`ParticleEngine.choose` and
+:meth:`ParticleEngine.single`, with a :class:`Monitor` and replayed ``values`` in the
+:class:`Request`.
 """
 
 from __future__ import annotations

@@ -589,8 +589,12 @@ class _Batched(_Recorder):
 
     def _reindex(self, index: Tensor) -> None:
         self.indices.append(index)
-        for value in self.per_particle.values():
-            value.copy_(_rows(value, index))
+        if index.dim() == 1:  # the common case, without _rows's per-call overhead
+            for value in self.per_particle.values():
+                value.copy_(value.index_select(0, index))
+        else:
+            for value in self.per_particle.values():
+                value.copy_(_rows(value, index))
         reindex = getattr(self.proposal, "reindex", None)
         if reindex is not None:
             reindex(index)
