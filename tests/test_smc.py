@@ -403,3 +403,39 @@ def test_particles_with_invalid_parameters_get_weight_zero_and_are_counted():
     assert posterior.invalid_sites == {"y_0": int(invalid.sum())} and bool(invalid.any())
     assert bool(torch.isneginf(posterior.log_weights[invalid]).all())
     assert bool(torch.isfinite(posterior.log_weights[~invalid]).all())
+
+
+class PointMass(torch.distributions.Distribution):
+    """A deterministic site: its value is ``value`` itself (a view of it), density 1."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, value):
+        self.value = value
+        super().__init__(value.shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return PointMass(self.value.expand(batch_shape))
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.value.expand(sample_shape + self.value.shape)
+
+    def log_prob(self, value):
+        return torch.zeros(value.shape)
+
+
+def test_a_value_that_views_another_sites_value_is_resampled_once():
+    def model(num_steps):
+        x = ic.sample("x_0", Normal(0.0, 1.0))
+        ic.observe("y_0", Normal(x, ssm.R))
+        for t in range(1, num_steps):
+            same = ic.sample(f"same_{t}", PointMass(x))  # views x's memory
+            x = ic.sample(f"x_{t}", Normal(ssm.A * same, ssm.Q))
+            ic.observe(f"y_{t}", Normal(x, ssm.R))
+        return x
+
+    steps = 8
+    data = ssm.simulate_data(steps)
+    exact, *_ = ssm.kalman(data, steps)
+    posteriors = repeats(model, data, 300, 15, args=(steps,), ess_threshold=1.0)
+    assert_unbiased([p.log_evidence for p in posteriors], exact, "point-mass sites")

@@ -559,7 +559,7 @@ class _Batched(_Recorder):
         # Entered anew when the engine redoes a run (with validation off, or a retry).
         self.weights = _Weights(*self.settings)
         self.invalid_sites = {}
-        self.per_particle: dict[int, Tensor] = {}
+        self.per_particle: dict[tuple[Any, ...], Tensor] = {}
         # Each site's log density, with the number of resamplings before it (the check
         # follows the final particles' ancestry back to it, rather than re-indexing it).
         self.densities: dict[str, tuple[Tensor, int]] = {}
@@ -582,10 +582,13 @@ class _Batched(_Recorder):
                 self._reindex(index)
 
     def _keep(self, value: Tensor) -> None:
-        """Remember a per-particle tensor (once), to re-index it when resampling."""
+        """Remember a per-particle tensor, to re-index it when resampling: once per
+        memory it views (a site whose value views another's, as a ``Delta`` of a sampled
+        value does, must not be re-indexed twice)."""
         ndim = self.batch_ndim
         if value.shape[:ndim] == self.batch_shape and all(value.stride()[:ndim]):
-            self.per_particle.setdefault(id(value), value)
+            key = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+            self.per_particle.setdefault(key, value)
 
     def _reindex(self, index: Tensor) -> None:
         self.indices.append(index)
