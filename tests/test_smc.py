@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import ClassVar
 
 import pytest
 import torch
@@ -408,7 +409,7 @@ def test_particles_with_invalid_parameters_get_weight_zero_and_are_counted():
 class PointMass(torch.distributions.Distribution):
     """A deterministic site: its value is ``value`` itself (a view of it), density 1."""
 
-    arg_constraints: dict = {}
+    arg_constraints: ClassVar[dict] = {}
 
     def __init__(self, value):
         self.value = value
@@ -417,8 +418,8 @@ class PointMass(torch.distributions.Distribution):
     def expand(self, batch_shape, _instance=None):
         return PointMass(self.value.expand(batch_shape))
 
-    def sample(self, sample_shape=torch.Size()):
-        return self.value.expand(sample_shape + self.value.shape)
+    def sample(self, sample_shape=()):
+        return self.value.expand(torch.Size(sample_shape) + self.value.shape)
 
     def log_prob(self, value):
         return torch.zeros(value.shape)
