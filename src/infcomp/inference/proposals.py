@@ -74,11 +74,12 @@ class ProgramProposal:
 
     def run(self, job: Job, request: Request) -> SingleRun:
         batch_shape, probe, data = request.batch_shape, request.probe, request.data
-        if request.monitor is not None:
+        if request.monitor is not None or request.values:
             # Sequential Monte Carlo: the guide runs as the model needs its values, and
             # again after each resampling, so its later values follow the new past.
             values = GuideValues(self.guide, job, request)
-            request.monitor.watch(values)
+            if request.monitor is not None:
+                request.monitor.watch(values)
             return SingleRun(run_model(job, request, values, check_latents=True), values.trace)
         with trace(batch_ndim=len(batch_shape)) as tracer:
             if batch_shape:
