@@ -17,9 +17,10 @@ import harness
 import importance
 import overhead
 import rws
+import smc
 import streaming
 
-SECTIONS = [importance, csis, rws, batched, overhead, streaming]
+SECTIONS = [importance, csis, rws, batched, overhead, streaming, smc]
 
 if __name__ == "__main__":
     sys.exit(harness.main([s.SECTION for s in SECTIONS], budget=0.5, long=False))

@@ -11,9 +11,14 @@ import math
 import pytest
 import torch
 
-from infcomp.resampling import multinomial_indices, systematic_indices
+from infcomp.resampling import (
+    multinomial_indices,
+    residual_indices,
+    stratified_indices,
+    systematic_indices,
+)
 
-SCHEMES = [multinomial_indices, systematic_indices]
+SCHEMES = [multinomial_indices, systematic_indices, stratified_indices, residual_indices]
 
 # Unnormalized weights with a spread of magnitudes (the smallest has normalized weight ~0.007).
 WEIGHTS = torch.tensor([0.05, 1.0, 2.5, 0.3, 1.7, 0.9, 0.6], dtype=torch.float64)

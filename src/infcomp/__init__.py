@@ -35,12 +35,16 @@ from infcomp.inference import (
     CSIS,
     RWS,
     JointSimulator,
+    SMCBatchPosterior,
+    SMCPosterior,
     TraceDataset,
     importance,
     importance_batch,
     importance_stream,
     iwae_bound,
     run_particles,
+    smc,
+    smc_batch,
 )
 from infcomp.posterior import BatchPosterior, EmpiricalMarginal, Posterior, StreamedPosterior
 from infcomp.primitives import factor, observe, sample
@@ -62,6 +66,8 @@ __all__ = [
     "Messenger",
     "ModelError",
     "Posterior",
+    "SMCBatchPosterior",
+    "SMCPosterior",
     "SimulationWarning",
     "Site",
     "StreamedPosterior",
@@ -86,6 +92,8 @@ __all__ = [
     "sample",
     "scale",
     "simulate",
+    "smc",
+    "smc_batch",
     "trace",
     "uncondition",
 ]

@@ -236,6 +236,8 @@ class propose(Messenger):  # noqa: N801
 
     The proposals are recorded in :attr:`trace` (sites of kind ``"sample"`` whose
     ``fn`` is the proposal q), so that ``log w = log p(x, y) - log q(x)`` can be formed.
+    A site named in ``values`` takes that value instead of a draw, still through the
+    proposer (whose state follows it): a particle's past, replayed.
     """
 
     def __init__(
@@ -243,12 +245,21 @@ class propose(Messenger):  # noqa: N801
         fn: Callable[..., Any] | None = None,
         proposer: Proposer | None = None,
         batch_ndim: int = 0,
+        values: Mapping[str, Tensor] | None = None,
     ) -> None:
         super().__init__(fn)
         if proposer is None:
             raise TypeError("propose needs a proposer")
         self.proposer = proposer
         self.trace = Trace(batch_ndim)
+        self.values = dict(values or {})
+
+    def reindex(self, index: Tensor) -> None:
+        """The particles were resampled (sequential Monte Carlo): so is the proposer's
+        state, if it keeps one per particle (a ``reindex`` method)."""
+        reindex = getattr(self.proposer, "reindex", None)
+        if reindex is not None:
+            reindex(index)
 
     def process_message(self, site: Site) -> None:
         # A site that already has a value (replayed, conditioned) is left alone.
@@ -257,6 +268,7 @@ class propose(Messenger):  # noqa: N801
         proposal = self.proposer.propose(site)
         proposal = site.fn if proposal is None else proposal
         assert proposal is not None
-        site.value = proposal.sample()
+        value = self.values.get(site.name)
+        site.value = proposal.sample() if value is None else value
         self.trace.add(Site(site.name, "sample", proposal, site.value))
         self.proposer.accept(site)

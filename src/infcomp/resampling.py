@@ -1,6 +1,6 @@
 """Resampling: indices of particles drawn in proportion to their weights.
 
-Both schemes work on any number of particles (no category limit) by inverting the
+The schemes work on any number of particles (no category limit) by inverting the
 cumulative sum of the normalized weights, in float64.
 """
 
@@ -64,3 +64,56 @@ def systematic_indices(weights: Tensor, num_samples: int) -> Tensor:
         torch.arange(num_samples, dtype=torch.float64, device=cdf.device) + offset
     ) / num_samples
     return _invert(cdf, points)
+
+
+def stratified_indices(weights: Tensor, num_samples: int) -> Tensor:
+    """Stratified resampling: one uniform per stratum, points ``(j + u_j) / n``.
+
+    Like systematic resampling, but with independent ``u_j ~ U(0, 1)``; its variance is
+    never larger than multinomial resampling's (Douc, Cappé & Moulines, ISPA 2005).
+
+    Example:
+        >>> import torch
+        >>> from infcomp.resampling import stratified_indices
+        >>> _ = torch.manual_seed(0)
+        >>> stratified_indices(torch.tensor([0.5, 0.25, 0.25]), 4)
+        tensor([0, 0, 1, 2])
+    """
+    cdf = _cumulative(weights)
+    uniforms = torch.rand(num_samples, dtype=torch.float64, device=cdf.device)
+    points = torch.arange(num_samples, dtype=torch.float64, device=cdf.device) + uniforms
+    return _invert(cdf, points / num_samples)
+
+
+def residual_indices(weights: Tensor, num_samples: int) -> Tensor:
+    """Residual resampling: ``floor(n w̄_i)`` copies of particle i, and the remaining
+    ``R = n - sum_i floor(n w̄_i)`` drawn multinomially with probabilities proportional
+    to ``n w̄_i - floor(n w̄_i)`` (Liu & Chen, JASA 1998). The indices come out sorted.
+
+    Example:
+        >>> import torch
+        >>> from infcomp.resampling import residual_indices
+        >>> residual_indices(torch.tensor([0.5, 0.25, 0.25]), 4)  # n w̄ = (2, 1, 1): exact
+        tensor([0, 0, 1, 2])
+    """
+    cdf = _cumulative(weights)
+    expected = torch.diff(cdf, prepend=cdf.new_zeros(1)) * num_samples
+    copies = expected.floor()
+    # Rounding may leave a copy count a hair above n w̄: the residuals are kept >= 0.
+    copies = copies.long()
+    remaining = num_samples - int(copies.sum())
+    index = torch.repeat_interleave(torch.arange(cdf.numel(), device=cdf.device), copies)
+    if remaining > 0:
+        residual = (expected - copies).clamp(min=0)
+        extra = multinomial_indices(residual, remaining)
+        index = torch.cat([index, extra]).sort().values
+    return index[:num_samples]
+
+
+#: The resampling schemes by name, as :func:`infcomp.smc` takes them.
+SCHEMES = {
+    "multinomial": multinomial_indices,
+    "systematic": systematic_indices,
+    "stratified": stratified_indices,
+    "residual": residual_indices,
+}

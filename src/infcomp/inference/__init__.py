@@ -27,6 +27,7 @@ from infcomp.inference.proposals import (
 )
 from infcomp.inference.rws import RWS
 from infcomp.inference.simulation import JointSimulator
+from infcomp.inference.smc import SMCBatchPosterior, SMCPosterior, smc, smc_batch
 from infcomp.inference.streaming import importance_stream
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "ProgramProposal",
     "Proposal",
     "Request",
+    "SMCBatchPosterior",
+    "SMCPosterior",
     "SingleRun",
     "TraceDataset",
     "as_proposal",
@@ -53,5 +56,7 @@ __all__ = [
     "iwae_bound",
     "model_log_weights",
     "run_particles",
+    "smc",
+    "smc_batch",
     "wake_phi_loss",
 ]

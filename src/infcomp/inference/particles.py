@@ -30,6 +30,10 @@ for importance sampling), :meth:`ParticleEngine.simulate` (joint simulation, for
 training proposals) and :meth:`ParticleEngine.replay` (a program run on given latent
 values, for scoring a guide). What a proposal does inside a run is the
 :class:`Proposal` protocol's business (see :mod:`infcomp.inference.proposals`).
+Algorithms with runs of their own (sequential Monte Carlo) use the parts:
+:meth:`ParticleEngine.probe`, :meth:`ParticleEngine.choose` and
+:meth:`ParticleEngine.single`, with a :class:`Monitor` and replayed ``values`` in the
+:class:`Request`.
 """
 
 from __future__ import annotations
@@ -107,15 +111,32 @@ class SingleRun:
     proposal_trace: Trace | None
 
 
+class Monitor(Messenger):
+    """A handler that follows a run from outside every other one (sequential Monte Carlo
+    weighs and resamples the particles at each observe statement). The proposal shows
+    it the handler that chooses the latent values (:meth:`watch`): that handler's
+    ``trace`` holds the proposal's sites, and its ``reindex(index)``, if any, resamples
+    the proposal's state of each particle."""
+
+    def watch(self, handler: Messenger) -> None:
+        """The handler that proposes this run's latent values (none: the prior)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Request:
     """One run to make: the observations, the particle shape (``()``: one unbatched,
     validated run) and, for a batched run, the probe (an unbatched run of the same job)
-    whose natural shapes it extends by the particle shape."""
+    whose natural shapes it extends by the particle shape.
+
+    For sequential Monte Carlo, also: a :class:`Monitor` entered outermost, and
+    ``values``: latent values by site name that the proposal reuses instead of drawing
+    them, as its own (a particle's past, replayed through its proposal's state)."""
 
     data: dict[str, Tensor]
     batch_shape: tuple[int, ...] = ()
     probe: SingleRun | None = None
+    monitor: Monitor | None = None
+    values: Mapping[str, Tensor] | None = None
 
 
 class Proposal(Protocol):
@@ -392,6 +413,8 @@ def run_model(
     Unbatched runs are validated; batched ones use the probe's natural shapes."""
     batch_shape, probe = request.batch_shape, request.probe
     with ExitStack() as stack:
+        if request.monitor is not None:
+            stack.enter_context(request.monitor)
         tracer = stack.enter_context(trace(batch_ndim=len(batch_shape)))
         if not batch_shape:
             stack.enter_context(validate(request.data, check_latents))
@@ -615,18 +638,10 @@ class ParticleEngine:
         """
         num_particles = check_positive_int("num_particles", num_particles)
         data = dict(data)
-        first = {name: value[0] for name, value in data.items()} if batched_data else data
-        key = ("run", tuple((name, tuple(value.shape)) for name, value in data.items()))
-        try:
-            probe = self._probe(key, lambda: _check_precision(self._unbatched(Request(first))))
-        except ModelError as error:
-            if not batched_data:
-                raise
-            raise type(error)(f"data set 0: {error}") from error
+        probe = self.probe(data, batched_data)
         batch_shape: tuple[int, ...] = (num_particles,)
         if batched_data:
             batch_shape += (next(iter(data.values())).shape[0],)
-            _check_every_dataset(data, probe)
         result = self._choose(
             lambda: self._vectorized(data, batch_shape, probe),
             lambda: self._each_dataset(data, batch_shape, probe),
@@ -640,6 +655,42 @@ class ParticleEngine:
                 InferenceWarning,
             )
         return result
+
+    def probe(self, data: Mapping[str, Tensor], batched_data: bool = False) -> SingleRun:
+        """The probe of ``data`` (checked against the program; with ``batched_data``, on
+        the first data set, and every data set's values against the supports), run once
+        per data structure (names and shapes)."""
+        data = dict(data)
+        first = {name: value[0] for name, value in data.items()} if batched_data else data
+        key = ("run", tuple((name, tuple(value.shape)) for name, value in data.items()))
+        try:
+            probe = self._probe(key, lambda: _check_precision(self._unbatched(Request(first))))
+        except ModelError as error:
+            if not batched_data:
+                raise
+            raise type(error)(f"data set 0: {error}") from error
+        if batched_data:
+            _check_every_dataset(data, probe)
+        return probe
+
+    def choose(self, batched: Callable[[], _T], sequential: Callable[[], _T]) -> _T:
+        """``batched()``, or ``sequential()`` when the program does not vectorize, for
+        algorithms with their own batched and sequential runs (see :meth:`_choose`;
+        ``batched`` makes its runs with :meth:`single`)."""
+        return self._choose(batched, sequential)
+
+    def single(self, request: Request) -> tuple[SingleRun, bool]:
+        """``(run, reran)``: one run of the proposal and the program; ``reran``: it was
+        redone with argument validation off because some particles met invalid
+        distribution parameters (see :meth:`_tolerant`). An exception in an unbatched
+        run is the user's :class:`~infcomp.errors.ModelError`; in a batched run it is
+        left for :meth:`choose` to judge."""
+        if request.batch_shape:
+            return self._tolerant(lambda: self._single(request))
+        try:
+            return self._tolerant(lambda: self._single(request))
+        except _ProgramError as failure:
+            raise self._user_error(failure) from failure.error
 
     def _single(self, request: Request) -> SingleRun:
         return self.job.proposal.run(self.job, request)

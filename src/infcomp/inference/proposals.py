@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from infcomp.errors import GuideError, ModelError
-from infcomp.handlers import particles, propose, replay, trace
+from infcomp.handlers import block, particles, propose, replay, trace
 from infcomp.inference.common import Program, program_name, untouched_random_state
 from infcomp.inference.particles import (
     Job,
@@ -28,7 +29,7 @@ from infcomp.inference.particles import (
     run_model,
 )
 from infcomp.nn.network import DefensiveNetwork, InferenceNetwork
-from infcomp.runtime import Trace, sum_rightmost
+from infcomp.runtime import Messenger, Site, Trace, sum_rightmost
 
 
 class PriorProposal:
@@ -37,7 +38,8 @@ class PriorProposal:
     label = ""
 
     def run(self, job: Job, request: Request) -> SingleRun:
-        return SingleRun(run_model(job, request), None)
+        values = None if not request.values else replay(trace=_trace_of(request.values))
+        return SingleRun(run_model(job, request, values), None)
 
     def log_prob(self, batch: JointBatch, job: Job) -> Tensor:
         """The latent sites' prior log density (it has no parameters to train)."""
@@ -72,6 +74,13 @@ class ProgramProposal:
 
     def run(self, job: Job, request: Request) -> SingleRun:
         batch_shape, probe, data = request.batch_shape, request.probe, request.data
+        if request.monitor is not None or request.values:
+            # Sequential Monte Carlo: the guide runs as the model needs its values, and
+            # again after each resampling, so its later values follow the new past.
+            values = GuideValues(self.guide, job, request)
+            if request.monitor is not None:
+                request.monitor.watch(values)
+            return SingleRun(run_model(job, request, values, check_latents=True), values.trace)
         with trace(batch_ndim=len(batch_shape)) as tracer:
             if batch_shape:
                 assert probe is not None and probe.proposal_trace is not None
@@ -136,7 +145,9 @@ class NetworkProposal:
         proposer = self.network.proposer(
             observations, request.batch_shape, data_batch_ndim, self.defensive
         )
-        handler = propose(proposer=proposer, batch_ndim=batch_ndim)
+        handler = propose(proposer=proposer, batch_ndim=batch_ndim, values=request.values)
+        if request.monitor is not None:
+            request.monitor.watch(handler)
         return SingleRun(run_model(job, request, handler), handler.trace)
 
     def _fixed_observations(self, job: Job) -> dict[str, Tensor]:
@@ -156,6 +167,93 @@ class NetworkProposal:
     def log_prob(self, batch: JointBatch, job: Job) -> Tensor:
         """``log q(x_i; y_i)`` by teacher forcing through the network, site by site."""
         return torch.cat([self.network.log_prob_trace(group) for group in batch.traces])
+
+
+class GuideValues(Messenger):
+    """A guide's values for the model's latent sites in a run whose particles may be
+    resampled at its observe statements (sequential Monte Carlo).
+
+    The guide runs (batched over the particles, hidden from the model's handlers) when
+    the model first needs one of its values, and again when the model needs one after a
+    resampling (:meth:`reindex`), replaying the values the model has taken so far (and
+    ``request.values``, a particle's past), so that its later values are drawn given
+    the resampled past. That needs a guide that samples the latent sites in the model's
+    order: a guide that draws a new site before a replayed one is a GuideError. The
+    guide's sites that the model reached are recorded in :attr:`trace` (for log q).
+    """
+
+    def __init__(self, guide: Program, job: Job, request: Request) -> None:
+        super().__init__()
+        self.guide, self.job, self.request = guide, job, request
+        self.trace = Trace(len(request.batch_shape))
+        self.fixed = dict(request.values or {})
+        self.source: Trace | None = None
+
+    def process_message(self, site: Site) -> None:
+        if site.kind != "sample" or site.value is not None:
+            return
+        if self.source is None or site.name not in self.source:
+            self.source = self._run_guide()
+        if site.name not in self.source:
+            raise GuideError(
+                f"the guide did not sample latent site {site.name!r} of the model (which "
+                f"samples it from {site.fn}); the guide must sample every latent site"
+            )
+        guide_site = self.source[site.name]
+        site.value = guide_site.value
+        self.trace.add(guide_site)
+
+    def reindex(self, index: Tensor) -> None:
+        """The particles were resampled: the guide's values not yet taken are stale (the
+        taken ones are the model's, resampled with it)."""
+        self.source = None
+
+    def _run_guide(self) -> Trace:
+        request, job = self.request, self.job
+        values = {**self.fixed, **{name: s.value for name, s in self.trace.sites.items()}}
+        with ExitStack() as stack:
+            stack.enter_context(block())  # the guide's sites are not the model's
+            tracer = stack.enter_context(trace(batch_ndim=len(request.batch_shape)))
+            stack.enter_context(_InOrder(values))  # type: ignore[arg-type]
+            if request.batch_shape:
+                assert request.probe is not None and request.probe.proposal_trace is not None
+                natural = particles.natural_shapes_of(request.probe.proposal_trace)
+                stack.enter_context(
+                    particles(batch_shape=request.batch_shape, natural_shapes=natural)
+                )
+            self.guide(*job.args, observations=request.data, **job.kwargs)
+        return tracer.trace
+
+
+class _InOrder(Messenger):
+    """Replay ``values`` into a guide, which must sample them before any new site."""
+
+    def __init__(self, values: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        self.values = values
+        self.new: str | None = None
+
+    def process_message(self, site: Site) -> None:
+        if site.kind != "sample":
+            return
+        if site.name not in self.values:
+            self.new = self.new or site.name
+            return
+        if self.new is not None:
+            raise GuideError(
+                f"the guide samples {self.new!r} before {site.name!r}, which the model "
+                f"samples first: for sequential Monte Carlo a guide must sample the latent "
+                f"sites in the model's order"
+            )
+        site.value = self.values[site.name]
+
+
+def _trace_of(values: Mapping[str, Tensor]) -> Trace:
+    """A trace of latent sites with the given values (for :class:`replay`)."""
+    result = Trace()
+    for name, value in values.items():
+        result.add(Site(name, "sample", None, value))
+    return result
 
 
 def as_proposal(guide: Any, vectorize: bool | None = None) -> Proposal:

@@ -709,6 +709,21 @@ class NetworkProposer:
         assert site.value is not None
         self._pending = (family, site.value)
 
+    def reindex(self, index: Tensor) -> None:
+        """Resample the particles' states (sequential Monte Carlo): particle n of data set
+        b takes the state of particle ``index[n, b]`` (``index[n]`` with one data set).
+        Rows still shared by all particles (before the first value) stay as they are."""
+        if self.lead != self.batch_shape:
+            return
+        if index.dim() == 1:
+            rows = index
+        else:  # (N, B) particles are rows n * B + b
+            width = index.shape[1]
+            rows = (index * width + torch.arange(width, device=index.device)).reshape(-1)
+        self.hidden, self.cell, self.previous = (
+            t[rows] for t in (self.hidden, self.cell, self.previous)
+        )
+
     def _embed_pending(self) -> None:
         if self._pending is None:
             return

@@ -1,0 +1,781 @@
+"""Sequential Monte Carlo: importance sampling that resamples at each observe statement.
+
+The particles run through the program together. At each ``observe`` statement each
+particle's weight is multiplied by its incremental weight, the likelihood of the
+observation times ``p(x) / q(x)`` for the latent values drawn since the previous observe
+(``p(y_t | ...)`` alone with the prior as proposal: the bootstrap filter); when the
+effective sample size falls below ``ess_threshold × N`` the particles are resampled in
+proportion to their weights and the weights reset to their mean (Del Moral 2004; Doucet
+& Johansen, "A tutorial on particle filtering and smoothing", 2009, adaptive resampling).
+The evidence estimate is the product over resampling epochs of the mean weights,
+
+    ``log Ẑ = Σ_epochs logsumexp(log w) - log N``,
+
+unbiased for p(y) (Del Moral 2004, Thm. 7.4.2). Carrying that mean as every particle's
+weight after a resampling makes ``logsumexp(log w_final) - log N`` equal to ``log Ẑ``, so
+the returned :class:`SMCPosterior` is a :class:`~infcomp.Posterior` like importance
+sampling's.
+
+How a program's particles are resampled:
+
+- **Vectorized programs** (the particle engine's batched path, particle dimensions
+  leading) run once for all particles. Resampling re-indexes *in place* every
+  per-particle value the run has produced so far (each latent site's value,
+  ``t.copy_(t[index])``) and the proposal's per-particle state (an inference network's
+  LSTM state; a guide is re-run on the resampled past), so the program's local
+  variables that hold sampled values see the resampled particles. A *derived* tensor
+  (``mu = A @ x`` computed before an observe and used after it) cannot be re-indexed:
+  state that crosses an observe must be a sampled value; compute derived values after
+  the observe. With ``check=True`` (the default) up to 256 of the final particles are
+  replayed through the program once and every site's log density is compared with the
+  one computed during the run; a difference is a :class:`~infcomp.ModelError` naming the
+  site.
+- **Programs that do not vectorize** (control flow on sampled values) run particle by
+  particle, aligned by their count of observe statements: at step k each particle's
+  program is re-run with its (resampled) past replayed up to its k-th observe and
+  fresh draws until its (k+1)-th, where it stops. That is O(T²) program work for T
+  observations. A particle whose program ends before others keeps its weight.
+
+:func:`smc_batch` runs B data sets at once, particles ``(N, B)``, each data set's
+particles resampled on their own. Particles whose distributions get invalid parameters
+(a scale of 0) get weight zero and are counted by site, as in importance sampling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import torch
+from torch import Tensor
+
+from infcomp import diagnostics
+from infcomp.errors import InferenceWarning, ModelError
+from infcomp.inference.common import Program, check_finite, check_positive_int, warn_user
+from infcomp.inference.particles import (
+    Monitor,
+    ParticleEngine,
+    Request,
+    SingleRun,
+    _check_data_used,
+    _invalid_particles,
+    as_data,
+    data_argument,
+    stack_datasets,
+)
+from infcomp.inference.proposals import PriorProposal, engine_for
+from infcomp.posterior import BatchPosterior, Posterior
+from infcomp.resampling import SCHEMES
+from infcomp.runtime import Messenger, Site, Trace, sum_rightmost
+from infcomp.traces import group_traces
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from typing_extensions import Unpack
+
+#: The number of particles when none is given.
+DEFAULT_NUM_PARTICLES = 1000
+
+#: How many of the final particles (evenly spaced) the replay check runs.
+CHECKED_PARTICLES = 256
+
+
+class Options(TypedDict, total=False):
+    """The keyword options of :func:`smc` (documented there)."""
+
+    guide: Any
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] | None
+    vectorize: bool | None
+    device: torch.device | str | None
+    observations: Any
+    resample: str
+    ess_threshold: float
+    check: bool
+
+
+OPTIONS = sorted(Options.__annotations__)
+
+
+def smc(
+    model: Program,
+    data: Mapping[str, Any] | None = None,
+    num_particles: int | None = None,
+    **options: Unpack[Options],
+) -> SMCPosterior:
+    """Sequential Monte Carlo of ``model`` given ``data`` (see the module docstring).
+
+    At observe statement t, each particle's log weight grows by
+    ``log p(y_t | x) + Σ_{sites s since the last observe} [log p(x_s | ...) - log q(x_s)]``
+    (the latent terms vanish with the prior as proposal); if
+    ``ESS = (Σ w)² / Σ w² < ess_threshold × N``, ancestors ``a_i`` are drawn with
+    probability ``∝ w``, particle i becomes a copy of particle ``a_i``, ``log Ẑ``
+    grows by ``logsumexp(log w) - log N`` and every weight is set to that mean. The final
+    ``log Ẑ = Σ_epochs (logsumexp(log w) - log N)`` is the standard unbiased SMC estimate
+    of log p(y) (Del Moral 2004; Doucet & Johansen 2009).
+
+    Args:
+        model: the program; its ``observe`` sites take their values from ``data``.
+        data: observations by site name (``observations=`` is Pyro's keyword for it).
+        num_particles: the number of particles N (default 1000).
+        guide: the proposal: None (the prior: the bootstrap particle filter), a guide
+            (a function or ``nn.Module`` called as ``guide(*args, observations=data,
+            **kwargs)`` that samples the model's latent sites in the model's order), an
+            inference network, or an :class:`~infcomp.CSIS` (its trained proposal,
+            compiled for importance sampling, used unchanged).
+        resample: ``"systematic"`` (default), ``"multinomial"``, ``"stratified"`` or
+            ``"residual"`` (:mod:`infcomp.resampling`).
+        ess_threshold: resample when ESS/N falls below it, in [0, 1] (1: at every
+            observe statement; 0: never, which is importance sampling).
+        check: replay (up to 256 of) the final particles of a vectorized run and
+            compare each site's log density with the one computed during the run (one
+            more, small run of the program): catches a derived value that crossed an
+            observe statement.
+        args, kwargs, vectorize, device: as in :func:`~infcomp.importance`.
+
+    Returns:
+        An :class:`SMCPosterior`: the final particles and weights, with the ESS before each
+        step (:attr:`~SMCPosterior.ess_trace`), the steps that resampled, and a standard
+        error of ``log Ẑ`` from the genealogy (Lee & Whiteley 2018).
+
+    Raises:
+        ModelError: as :func:`~infcomp.importance`; also a vectorized program whose
+            recomputed log densities differ from those of the run (``check``), and NaN
+            or +inf weights at an observe statement (resampling needs weights).
+
+    Example:
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.hmm import hmm, simulate_data, forward_log_evidence
+        >>> _ = torch.manual_seed(0)
+        >>> data = simulate_data(50)
+        >>> post = ic.smc(hmm, data, 2000, args=(50,))
+        >>> abs(float(post.log_evidence) - forward_log_evidence(data, 50)) < 0.3
+        True
+        >>> 0 < post.num_resampling_steps < 50
+        True
+    """
+    result = _run(model, data, num_particles, options, batched=False)
+    assert isinstance(result, SMCPosterior)
+    return result
+
+
+def smc_batch(
+    model: Program,
+    datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    num_particles: int | None = None,
+    **options: Unpack[Options],
+) -> SMCBatchPosterior:
+    """Sequential Monte Carlo for many data sets at once: N particles for each.
+
+    The algorithm of :func:`smc` for each data set b, with particles of shape ``(N, B)``
+    (a program that broadcasts runs once for all; each data set's particles are weighed
+    and resampled on their own). Returns an :class:`SMCBatchPosterior`: per-data-set
+    ``log_evidence``, ESS and moments, ``ess_trace`` and ``resampled`` of shape
+    ``(K, B)``, and each data set's posterior on request. Warns once, summarizing the
+    data sets whose results look unreliable.
+
+    Args:
+        datasets: a list of observation dicts, or one dict whose values stack the data
+            sets along a leading dimension of size B.
+        Others: as in :func:`smc`.
+
+    Example:
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.hmm import hmm, simulate_data
+        >>> datasets = [simulate_data(20) for _ in range(5)]
+        >>> batch = ic.smc_batch(hmm, datasets, 500, args=(20,))
+        >>> batch.log_evidence.shape, batch.ess_trace.shape
+        (torch.Size([5]), torch.Size([20, 5]))
+    """
+    result = _run(model, datasets, num_particles, options, batched=True)
+    assert isinstance(result, SMCBatchPosterior)
+    return result
+
+
+def _run(
+    model: Program, data: Any, num_particles: int | None, options: Options, batched: bool
+) -> SMCPosterior | SMCBatchPosterior:
+    unknown = sorted(set(options) - set(Options.__annotations__))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}; the options are {OPTIONS}")
+    scheme_name = options.get("resample", "systematic")
+    if scheme_name not in SCHEMES:
+        raise ValueError(f"resample must be one of {sorted(SCHEMES)}, got {scheme_name!r}")
+    threshold = check_finite("ess_threshold", options.get("ess_threshold", 0.5), minimum=0)
+    if threshold > 1:
+        raise ValueError(f"ess_threshold must lie in [0, 1], got {threshold}")
+    guide = options.get("guide")
+    proposal = getattr(guide, "proposal", None)
+    if proposal is not None and hasattr(guide, "train"):  # a CSIS: its trained proposal
+        guide = proposal
+    args, kwargs = options.get("args", ()), options.get("kwargs")
+    engine = engine_for(model, guide, args, kwargs, options.get("vectorize"))
+    data = data_argument(data, options.get("observations"))
+    device = options.get("device")
+    observed = stack_datasets(data or {}, device) if batched else as_data(data, device)
+    count = DEFAULT_NUM_PARTICLES if num_particles is None else num_particles
+    batch_shape: tuple[int, ...] = (check_positive_int("num_particles", count),)
+    if batched:
+        batch_shape += (next(iter(observed.values())).shape[0],)
+    filter_ = _Filter(engine, observed, batch_shape, SCHEMES[scheme_name], threshold)
+    result: SMCPosterior | SMCBatchPosterior
+    with torch.no_grad():
+        probe = engine.probe(observed, batched)
+        result = engine.choose(
+            lambda: filter_.vectorized(probe, options.get("check", True)),
+            filter_.each_dataset if batched else filter_.sequential,
+        )
+    problems = result.problems()
+    for problem in [problems] if isinstance(problems, str) else problems:
+        if problem:
+            warn_user(problem, InferenceWarning)
+    return result
+
+
+class SMCPosterior(Posterior):
+    """The final particles of :func:`smc`, with the history of the run.
+
+    The weights and everything computed from them are :class:`~infcomp.Posterior`'s;
+    ``log_evidence`` is the SMC estimate. Besides:
+
+    Attributes:
+        steps: the observe sites at which the particles were weighed, in order (with a
+            program run particle by particle: ``"observe 1"``, ``"observe 2"``, ...).
+        ess_trace: the ESS at each step, before any resampling, float64 ``(K,)``.
+        resampled: whether the particles were resampled at each step, bool ``(K,)``.
+        ancestors: the index of each final particle's ancestor among the first
+            particles (its "Eve"), ``(N,)``.
+
+    In a vectorized run the traces' values are the resampled particles', but a site's
+    distribution (``fn``) is the one its value was drawn from, before later resamplings:
+    read values, not distributions, from them.
+    """
+
+    def __init__(
+        self,
+        traces: list[Trace],
+        sizes: list[int],
+        log_weights: Tensor,
+        history: _History,
+        nonfinite_sites: dict[str, int] | None = None,
+        invalid_sites: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(traces, sizes, log_weights, nonfinite_sites, invalid_sites)
+        self.history = history
+        self.steps, self.ess_trace, self.resampled = history.tensors(())
+        self.ancestors = history.eve
+
+    @property
+    def num_resampling_steps(self) -> int:
+        """How many times the particles were resampled."""
+        return int(self.resampled.sum())
+
+    @property
+    def log_evidence_stderr(self) -> Tensor:
+        """Standard error of ``log Ẑ`` from the genealogy of the particles (Lee &
+        Whiteley, "Variance estimation in the particle filter", Biometrika 2018; for
+        resampling only at some steps, Du & Guyader 2021):
+
+        ``V̂ / Ẑ² = 1 - (N / (N - 1))^(R + 1) (1 - Σ_e W_e²)``, ``se = sqrt(V̂) / Ẑ``,
+
+        where R is the number of resampling steps and ``W_e`` the total normalized final
+        weight of the particles whose first ancestor is e. Without resampling it is the
+        unbiased importance-sampling estimate ``(N Σ w̄² - 1) / (N - 1)``. Proven
+        consistent for multinomial resampling; when all particles descend from few first
+        ancestors (long series) it is unreliable: compare independent runs."""
+        return genealogy_stderr(self.weights, self.ancestors, self.resampled.sum(0))
+
+    def plot(self, ax: Axes | None = None) -> Axes:
+        """ESS/N at each step, with the steps that resampled marked; needs matplotlib."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(7, 3))
+        fraction = (self.ess_trace / self.num_particles).numpy()
+        ax.plot(range(1, len(fraction) + 1), fraction, label="ESS/N before the step")
+        marked = self.resampled.nonzero().flatten().numpy()
+        ax.plot(marked + 1, fraction[marked], "x", label="resampled")
+        ax.set_xlabel("observe statement")
+        ax.set_ylabel("ESS / N")
+        ax.set_ylim(0, 1.05)
+        ax.legend(loc="lower right")
+        return ax
+
+    def __repr__(self) -> str:
+        return (
+            f"SMCPosterior(num_particles={self.num_particles}, ess={float(self.ess):.4g}, "
+            f"log_evidence={float(self.log_evidence):.6g}, "
+            f"resampled={self.num_resampling_steps} of {len(self.steps)})"
+        )
+
+
+class SMCBatchPosterior(BatchPosterior):
+    """The final particles of :func:`smc_batch` for B data sets, with the history of the
+    run: as :class:`SMCPosterior`, with a trailing data-set dimension (``ess_trace`` and
+    ``resampled`` ``(K, B)``, ``ancestors`` ``(N, B)``, ``log_evidence_stderr`` ``(B,)``).
+    With data sets run one by one (a program that does not vectorize), steps that a data
+    set did not reach have ESS NaN."""
+
+    def __init__(
+        self,
+        log_weights: Tensor,
+        history: _History,
+        trace: Trace | None = None,
+        posteriors: Sequence[SMCPosterior] | None = None,
+    ) -> None:
+        super().__init__(log_weights, trace=trace, posteriors=posteriors)
+        self.steps, self.ess_trace, self.resampled = history.tensors(log_weights.shape[1:])
+        self.ancestors = history.eve
+
+    @property
+    def num_resampling_steps(self) -> Tensor:
+        """How many times the particles of each data set were resampled, ``(B,)``."""
+        return self.resampled.sum(0)
+
+    @property
+    def log_evidence_stderr(self) -> Tensor:
+        """As :attr:`SMCPosterior.log_evidence_stderr`, per data set."""
+        return genealogy_stderr(self.weights, self.ancestors, self.num_resampling_steps)
+
+    def __repr__(self) -> str:
+        return (
+            f"SMCBatchPosterior(num_datasets={self.num_datasets}, "
+            f"num_particles={self.num_particles}, steps={len(self.steps)})"
+        )
+
+
+def genealogy_stderr(weights: Tensor, ancestors: Tensor, num_resampled: Tensor) -> Tensor:
+    """Lee & Whiteley's (2018) standard error of log Ẑ (see
+    :attr:`SMCPosterior.log_evidence_stderr`) from the normalized final weights and each
+    particle's first ancestor, shape ``(N, ...)``, and the number of resampling steps."""
+    num = weights.shape[0]
+    if num == 1:
+        return torch.zeros(weights.shape[1:], dtype=torch.float64)
+    lineage = torch.zeros_like(weights).scatter_add_(0, ancestors.to(weights.device), weights)
+    same = (lineage**2).sum(0)
+    power = num_resampled.to(torch.float64).to(weights.device) + 1
+    relative = 1 - torch.exp(power * math.log(num / (num - 1))) * (1 - same)
+    return relative.clamp(min=0).sqrt()
+
+
+@dataclasses.dataclass
+class _History:
+    """What a run of SMC recorded at each step, and the particles' first ancestors."""
+
+    eve: Tensor
+    steps: list[str] = dataclasses.field(default_factory=list)
+    ess: list[Tensor] = dataclasses.field(default_factory=list)
+    resampled: list[Tensor] = dataclasses.field(default_factory=list)
+
+    def tensors(self, datasets: tuple[int, ...]) -> tuple[list[str], Tensor, Tensor]:
+        """The step names, the ESS trace and the resampling steps as tensors."""
+        if not self.ess:
+            empty = torch.zeros((0, *datasets), dtype=torch.float64)
+            return [], empty, empty.bool()
+        return list(self.steps), torch.stack(self.ess).cpu(), torch.stack(self.resampled).cpu()
+
+
+def _stack_histories(histories: list[_History]) -> _History:
+    """Per-data-set histories as one, steps padded (ESS NaN, not resampled)."""
+    longest = max(histories, key=lambda h: len(h.steps))
+    stacked = _History(torch.stack([h.eve for h in histories], 1), list(longest.steps))
+    for k in range(len(longest.steps)):
+        nan = torch.tensor(math.nan, dtype=torch.float64)
+        stacked.ess.append(torch.stack([h.ess[k] if k < len(h.ess) else nan for h in histories]))
+        no = torch.tensor(False)
+        stacked.resampled.append(
+            torch.stack([h.resampled[k] if k < len(h.ess) else no for h in histories])
+        )
+    return stacked
+
+
+def _rows(value: Tensor, index: Tensor) -> Tensor:
+    """``value``'s particles ``index``: ``value[index]`` for ``(N,)`` particles, and for
+    ``(N, B)`` particles, ``value[index[n, b], b]`` at ``[n, b]``."""
+    if index.dim() == 1:
+        return value.index_select(0, index.to(value.device))
+    columns = torch.arange(index.shape[1], device=value.device)
+    return value[index.to(value.device), columns]
+
+
+class _Stop(BaseException):
+    """Ends a particle's run at the observe statement its step stops at (a
+    BaseException, so that the engine never takes it for the program's error)."""
+
+
+class _Weights:
+    """The particles' log weights, the evidence of past epochs, and resampling; the
+    particles have shape ``(N,)``, or ``(N, B)`` for B data sets (each resampled alone)."""
+
+    def __init__(
+        self,
+        batch_shape: tuple[int, ...],
+        scheme: Callable[[Tensor, int], Tensor],
+        threshold: float,
+    ):
+        self.batch_shape = batch_shape
+        self.num = batch_shape[0]
+        self.scheme = scheme
+        self.threshold = threshold
+        self.log_weights = torch.zeros(batch_shape, dtype=torch.float64)
+        self.log_evidence = torch.zeros(batch_shape[1:], dtype=torch.float64)
+        eve = torch.arange(self.num).reshape((-1,) + (1,) * (len(batch_shape) - 1))
+        self.history = _History(eve.expand(batch_shape).clone())
+
+    def step(self, name: str, increment: Tensor) -> Tensor | None:
+        """Weigh the particles by ``increment`` at step ``name``; the ancestors' indices
+        if they are resampled, else None."""
+        self.log_weights = self.log_weights.to(increment.device) + increment
+        ess = diagnostics.effective_sample_size(self.log_weights)
+        total = torch.logsumexp(self.log_weights, 0)
+        resample = (ess < self.threshold * self.num) & torch.isfinite(total)
+        self.history.steps.append(name)
+        self.history.ess.append(ess)
+        self.history.resampled.append(resample)
+        if not bool(resample.any()):
+            return None
+        if self.log_weights.dim() == 1:
+            index = self.scheme(torch.softmax(self.log_weights, 0), self.num)
+        else:
+            index = self.history.eve.new_tensor(range(self.num)).unsqueeze(1)
+            index = index.expand(self.batch_shape).clone()
+            for column in resample.nonzero().flatten().tolist():
+                weights = torch.softmax(self.log_weights[:, column], 0)
+                index[:, column] = self.scheme(weights, self.num)
+        index = index.to(self.log_weights.device)
+        self.log_evidence = self.log_evidence.to(total.device) + torch.where(
+            resample, total - math.log(self.num), 0.0
+        )
+        self.log_weights = torch.where(resample, 0.0, self.log_weights)
+        self.history.eve = _rows(self.history.eve.to(index.device), index)
+        return index
+
+    def final(self) -> Tensor:
+        """The final log weights, carrying the evidence of past epochs."""
+        return self.log_weights + self.log_evidence.to(self.log_weights.device)
+
+
+def _check_increment(
+    increment: Tensor, segment: SingleRun, shape: tuple[int, ...], invalid_sites: dict[str, int]
+) -> Tensor:
+    """``increment`` with the particles whose distributions got invalid parameters at
+    ``-inf`` (counted by site into ``invalid_sites``); any other NaN or +inf is a
+    ModelError naming the sites."""
+    bad = torch.isnan(increment) | torch.isposinf(increment)
+    if not bool(bad.any()):
+        return increment
+    invalid = _invalid_particles(segment, shape)
+    if invalid is not None:
+        increment = increment.masked_fill(invalid[0].to(increment.device), -torch.inf)
+        for name, count in invalid[1].items():
+            invalid_sites[name] = invalid_sites.get(name, 0) + count
+        bad = torch.isnan(increment) | torch.isposinf(increment)
+        if not bool(bad.any()):
+            return increment
+    names = []
+    for prefix, trace in (("", segment.model_trace), ("guide ", segment.proposal_trace)):
+        for name, site in (trace.sites if trace is not None else {}).items():
+            density = sum_rightmost(site.log_prob(), len(shape))
+            if bool((torch.isnan(density) | torch.isposinf(density)).any()):
+                names.append(prefix + name)
+    raise ModelError(
+        f"NaN or +inf log weights in {int(bad.sum())} particles, from sites {names}: "
+        f"sequential Monte Carlo cannot resample on them"
+    )
+
+
+class _Recorder(Monitor):
+    """Follows one run: the incremental weight of the sites since the last step, and
+    every site's log density and value (for re-indexing and the replay check)."""
+
+    def __init__(self, batch_ndim: int) -> None:
+        super().__init__()
+        self.batch_ndim = batch_ndim
+        self.proposal: Messenger | None = None  # shown (watch) before each run enters
+        self.invalid_sites: dict[str, int] = {}
+
+    def __enter__(self) -> _Recorder:
+        self.increment: Tensor | float = 0.0
+        self.segment = Trace(self.batch_ndim)
+        self.proposal_segment = Trace(self.batch_ndim)
+        return super().__enter__()
+
+    def watch(self, handler: Messenger) -> None:
+        self.proposal = handler
+
+    def weigh(self, site: Site) -> Tensor | None:
+        """Add ``site``'s weight factor to the increment; its model log density (None
+        for a latent site with the prior as proposal, where none is needed)."""
+        if site.kind == "sample":
+            proposal_trace = getattr(self.proposal, "trace", None)
+            if proposal_trace is None or site.name not in proposal_trace:
+                # The prior proposed it: p / q = 1 (kept for the parameter check).
+                self.segment.add(Site(site.name, site.kind, site.fn, site.value, site.scale))
+                return None
+            proposed = proposal_trace[site.name]
+            density = sum_rightmost(site.log_prob(), self.batch_ndim)
+            log_q = sum_rightmost(proposed.log_prob(), self.batch_ndim)
+            self.increment = self.increment + density.double() - log_q.double()
+            self.proposal_segment.add(proposed)
+        else:
+            density = sum_rightmost(site.log_prob(), self.batch_ndim)
+            self.increment = self.increment + density.double()
+        self.segment.add(Site(site.name, site.kind, site.fn, site.value, site.scale))
+        return density
+
+    def take_increment(self, shape: tuple[int, ...]) -> Tensor:
+        """The increment since the last step (checked), and start a new segment."""
+        increment = torch.broadcast_to(torch.as_tensor(self.increment, dtype=torch.float64), shape)
+        segment = SingleRun(self.segment, self.proposal_segment)
+        increment = _check_increment(increment, segment, shape, self.invalid_sites)
+        self.increment = 0.0
+        self.segment = Trace(self.batch_ndim)
+        self.proposal_segment = Trace(self.batch_ndim)
+        return increment
+
+
+class _Batched(_Recorder):
+    """Weighs and resamples the particles of a batched run at each observe statement."""
+
+    def __init__(
+        self,
+        batch_shape: tuple[int, ...],
+        scheme: Callable[[Tensor, int], Tensor],
+        threshold: float,
+        check: bool,
+    ) -> None:
+        super().__init__(len(batch_shape))
+        self.settings = (batch_shape, scheme, threshold)
+        self.batch_shape = batch_shape
+        self.weights = _Weights(*self.settings)
+        self.check = check
+
+    def __enter__(self) -> _Batched:
+        # Entered anew when the engine redoes a run (with validation off, or a retry).
+        self.weights = _Weights(*self.settings)
+        self.invalid_sites = {}
+        self.per_particle: dict[tuple[Any, ...], Tensor] = {}
+        # Each site's log density, with the number of resamplings before it (the check
+        # follows the final particles' ancestry back to it, rather than re-indexing it).
+        self.densities: dict[str, tuple[Tensor, int]] = {}
+        self.indices: list[Tensor] = []
+        return super().__enter__()  # type: ignore[return-value]
+
+    def postprocess_message(self, site: Site) -> None:
+        # Outermost: the site's value is final, its proposal recorded.
+        density = self.weigh(site)
+        if site.kind == "sample" and self.check and density is None:
+            density = sum_rightmost(site.log_prob(), self.batch_ndim)
+        if density is not None and self.check:
+            self.densities[site.name] = (density, len(self.indices))
+        if site.kind == "sample":
+            assert site.value is not None
+            self._keep(site.value)
+        if site.kind == "observe":
+            index = self.weights.step(site.name, self.take_increment(self.batch_shape))
+            if index is not None:
+                self._reindex(index)
+
+    def _keep(self, value: Tensor) -> None:
+        """Remember a per-particle tensor, to re-index it when resampling: once per
+        memory it views (a site whose value views another's, as a ``Delta`` of a sampled
+        value does, must not be re-indexed twice)."""
+        ndim = self.batch_ndim
+        if value.shape[:ndim] == self.batch_shape and all(value.stride()[:ndim]):
+            key = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+            self.per_particle.setdefault(key, value)
+
+    def _reindex(self, index: Tensor) -> None:
+        self.indices.append(index)
+        if index.dim() == 1:  # the common case, without _rows's per-call overhead
+            for value in self.per_particle.values():
+                value.copy_(value.index_select(0, index))
+        else:
+            for value in self.per_particle.values():
+                value.copy_(_rows(value, index))
+        reindex = getattr(self.proposal, "reindex", None)
+        if reindex is not None:
+            reindex(index)
+
+    def recorded(self, particles: Tensor) -> dict[str, Tensor]:
+        """The log density of each site in the ancestors of the given final particles."""
+        rows = particles.reshape((-1,) + (1,) * (self.batch_ndim - 1))
+        ancestors = [rows.expand((len(particles),) + self.batch_shape[1:])]
+        for index in reversed(self.indices):  # ancestors[k]: k resamplings from the end
+            ancestors.append(_rows(index, ancestors[-1]))
+        last = len(self.indices)
+        return {
+            name: _rows(density, ancestors[last - epoch])
+            for name, (density, epoch) in self.densities.items()
+        }
+
+    def finish(self) -> Tensor:
+        """The final log weights (the sites after the last observe included)."""
+        increment = self.take_increment(self.batch_shape)
+        self.weights.log_weights = self.weights.log_weights.to(increment.device) + increment
+        return self.weights.final()
+
+
+class _Segment(_Recorder):
+    """Follows one particle's run at step ``start`` of the particle-by-particle path:
+    weighs the sites after its ``start``-th observe statement and stops the run at the
+    next one; records all its latent values (its past for the next step)."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__(0)
+        self.start = start
+
+    def __enter__(self) -> _Segment:
+        self.observed = 0
+        self.values: dict[str, Tensor] = {}
+        return super().__enter__()  # type: ignore[return-value]
+
+    def postprocess_message(self, site: Site) -> None:
+        if site.kind == "sample":
+            assert site.value is not None
+            self.values[site.name] = site.value
+        if self.observed >= self.start:
+            self.weigh(site)
+        if site.kind == "observe":
+            self.observed += 1
+            if self.observed == self.start + 1:
+                raise _Stop
+
+
+class _Filter:
+    """One call of :func:`smc`: the batched algorithm and the particle-by-particle one."""
+
+    def __init__(
+        self,
+        engine: ParticleEngine,
+        data: dict[str, Tensor],
+        batch_shape: tuple[int, ...],
+        scheme: Callable[[Tensor, int], Tensor],
+        threshold: float,
+    ) -> None:
+        self.engine = engine
+        self.data = data
+        self.batch_shape = batch_shape  # (N,), or (N, B) for B data sets
+        self.num = batch_shape[0]
+        self.scheme = scheme
+        self.threshold = threshold
+
+    def each_dataset(self) -> SMCBatchPosterior:
+        """Data set after data set, particle by particle."""
+        posteriors = []
+        for b in range(self.batch_shape[1]):
+            data = {name: value[b] for name, value in self.data.items()}
+            one = _Filter(self.engine, data, (self.num,), self.scheme, self.threshold)
+            posteriors.append(one.sequential())
+        history = _stack_histories([p.history for p in posteriors])
+        log_weights = torch.stack([p.log_weights for p in posteriors], 1)
+        return SMCBatchPosterior(log_weights, history, posteriors=posteriors)
+
+    def vectorized(self, probe: SingleRun, check: bool) -> SMCPosterior | SMCBatchPosterior:
+        monitor = _Batched(self.batch_shape, self.scheme, self.threshold, check)
+        request = Request(self.data, self.batch_shape, probe, monitor)
+        run, _ = self.engine.single(request)
+        _check_data_used(self.data, [probe, run])
+        log_weights = monitor.finish()
+        model_trace = run.model_trace
+        if check:
+            self._replay(model_trace, probe, monitor)
+        for site in model_trace.sites.values():
+            # Observed values get the particle dimension (as importance sampling's).
+            if site.kind == "observe" and site.value is not None and site.fn is not None:
+                site.value = site.value.expand(site.fn.batch_shape + site.fn.event_shape)
+        history = monitor.weights.history
+        if len(self.batch_shape) == 2:
+            return SMCBatchPosterior(log_weights, history, trace=model_trace)
+        invalid = monitor.invalid_sites
+        return SMCPosterior([model_trace], [self.num], log_weights, history, invalid_sites=invalid)
+
+    def _replay(self, final: Trace, probe: SingleRun, monitor: _Batched) -> None:
+        """Run the program on the latent values of (up to :data:`CHECKED_PARTICLES` of)
+        the final particles; a ModelError where a site's log density differs from the
+        one computed during the run."""
+        chosen = torch.linspace(0, self.num - 1, min(self.num, CHECKED_PARTICLES)).long()
+        live = monitor.recorded(chosen)
+        values = {}
+        for name in final.names("sample"):
+            value = final[name].value
+            assert value is not None
+            values[name] = value[chosen.to(value.device)]
+        shape = (len(chosen), *self.batch_shape[1:])
+        request = Request(self.data, shape, probe, values=values)
+        # The program alone (the prior as proposal, given every latent value), tolerant of
+        # invalid parameters as the run was.
+        replaying = ParticleEngine(dataclasses.replace(self.engine.job, proposal=PriorProposal()))
+        try:
+            replayed = replaying.single(request)[0].model_trace
+        except Exception as error:
+            raise ModelError(
+                f"the program failed when its final particles' values were replayed "
+                f"({type(error).__name__}: {error}); {_RULE}"
+            ) from error
+        for name, site in replayed.sites.items():
+            if name not in live:
+                continue
+            fresh = sum_rightmost(site.log_prob(), len(self.batch_shape))
+            recorded = live[name]
+            same = torch.isclose(
+                fresh.double(), recorded.double(), rtol=1e-4, atol=1e-4, equal_nan=True
+            )
+            same |= fresh == recorded  # equal infinities
+            if not bool(same.all()):
+                raise ModelError(
+                    f"{site.kind} site {name!r}: its log density recomputed from the final "
+                    f"particles' values differs from the one computed during the run in "
+                    f"{int((~same).sum())} of {len(chosen)} particles checked; {_RULE}"
+                )
+
+    def sequential(self) -> SMCPosterior:
+        """Particle by particle, aligned by the count of observe statements."""
+        weights = _Weights((self.num,), self.scheme, self.threshold)
+        pasts: list[dict[str, Tensor]] = [{} for _ in range(self.num)]
+        finished: list[SingleRun | None] = [None] * self.num
+        invalid_sites: dict[str, int] = {}
+        step = 0
+        while True:
+            increments = torch.zeros(self.num, dtype=torch.float64)
+            for i in range(self.num):
+                if finished[i] is not None:
+                    continue
+                monitor = _Segment(step)
+                request = Request(self.data, (), None, monitor, pasts[i])
+                with contextlib.suppress(_Stop):  # stopped at its next observe
+                    finished[i] = self.engine.single(request)[0]
+                increments[i] = monitor.take_increment(())
+                pasts[i] = monitor.values
+                for name, count in monitor.invalid_sites.items():
+                    invalid_sites[name] = invalid_sites.get(name, 0) + count
+            if all(run is not None for run in finished):
+                weights.log_weights = weights.log_weights + increments
+                break
+            step += 1
+            index = weights.step(f"observe {step}", increments)
+            if index is not None:
+                chosen = index.tolist()
+                pasts = [pasts[j] for j in chosen]
+                finished = [finished[j] for j in chosen]
+        runs = [run for run in finished if run is not None]
+        _check_data_used(self.data, runs)
+        traces, sizes, order = group_traces([run.model_trace for run in runs], distributions=False)
+        weights.history.eve = weights.history.eve[order]
+        log_weights = weights.final()[order]
+        return SMCPosterior(
+            traces, sizes, log_weights, weights.history, invalid_sites=invalid_sites
+        )
+
+
+_RULE = (
+    "a vectorized program's state that crosses an observe statement must be a sampled "
+    "value, since resampling re-indexes the sampled values in place but cannot update "
+    "values derived from them: compute derived values after the observe statement (or "
+    "run particle by particle with vectorize=False)"
+)

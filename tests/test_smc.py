@@ -1,0 +1,442 @@
+"""Tests for infcomp.smc: sequential Monte Carlo against exact answers.
+
+Exact answers: the forward algorithm and forward-backward (the 3-state HMM), the Kalman
+filter (a linear-Gaussian state-space model), enumeration (a program with a random number
+of sub-steps between observations). Tolerances come from the Monte Carlo error of the
+quantity tested, estimated from independent repeats: a mean over R repeats is within
+``3 sd / sqrt(R)`` of its expectation (a 0.3 % two-sided chance of failing for a normal
+mean, with the seeds fixed so that each test is deterministic). Where the estimate is a
+ratio (a posterior probability) SMC's O(1/N) bias is allowed for on top (``2 / N``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import ClassVar
+
+import pytest
+import torch
+from torch.distributions import Categorical, MultivariateNormal, Normal
+
+import infcomp as ic
+from infcomp.examples import hmm as hmm_example
+from infcomp.examples import state_space as ssm
+from infcomp.examples.hmm import hmm
+from infcomp.examples.state_space import state_space
+
+
+def repeats(model, data, num_particles, num_repeats, **options):
+    posteriors = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.InferenceWarning)
+        for _ in range(num_repeats):
+            posteriors.append(ic.smc(model, data, num_particles, **options))
+    return posteriors
+
+
+def assert_unbiased(log_evidences, exact, what):
+    """Ẑ/Z averages 1 within 3 standard errors over the repeats."""
+    ratios = torch.stack(log_evidences).sub(exact).exp()
+    standard_error = float(ratios.std()) / math.sqrt(len(ratios))
+    assert abs(float(ratios.mean()) - 1) < 3 * standard_error + 1e-12, (
+        f"{what}: mean Ẑ/Z = {float(ratios.mean()):.4f} ± {standard_error:.4f}"
+    )
+
+
+def assert_mean_close(estimates, exact, num_particles, what):
+    values = torch.stack([torch.as_tensor(e, dtype=torch.float64) for e in estimates])
+    standard_error = values.std(0) / math.sqrt(len(values))
+    error = (values.mean(0) - exact).abs()
+    assert bool((error < 3 * standard_error + 2 / num_particles).all()), (
+        f"{what}: {values.mean(0)} vs exact {exact} (se {standard_error})"
+    )
+
+
+# -- the hidden Markov model -------------------------------------------------------------
+
+
+def test_hmm_16_steps_evidence_is_unbiased_and_final_marginals_match_forward_backward():
+    steps, num_particles = 16, 500
+    data = hmm_example.simulate_data(steps)
+    exact = hmm_example.forward_log_evidence(data, steps)
+    posteriors = repeats(hmm, data, num_particles, 40, args=(steps,))
+    assert_unbiased([p.log_evidence for p in posteriors], exact, "HMM, 16 steps")
+    marginals = hmm_example.posterior_marginals(data, steps)
+    for site in (steps - 1, steps - 2):  # the last steps: the genealogy is not degenerate
+        estimates = [
+            torch.stack(
+                [
+                    p.mean(lambda tr, k=k, s=site: (tr[f"x_{s}"].value == k).double())
+                    for k in range(3)
+                ]
+            )
+            for p in posteriors
+        ]
+        assert_mean_close(estimates, marginals[site], num_particles, f"p(x_{site} | y)")
+
+
+def test_bootstrap_smc_beats_importance_sampling_on_the_evidence():
+    steps = 16
+    data = hmm_example.simulate_data(steps)
+    exact = hmm_example.forward_log_evidence(data, steps)
+    smc = torch.stack([p.log_evidence for p in repeats(hmm, data, 300, 20, args=(steps,))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.InferenceWarning)
+        prior = torch.stack(
+            [ic.importance(hmm, data, 300, args=(steps,)).log_evidence for _ in range(20)]
+        )
+    assert float((smc - exact).abs().mean()) < float((prior - exact).abs().mean()) / 3
+
+
+def test_no_resampling_is_importance_sampling_and_always_resampling_resamples_every_step():
+    steps = 8
+    data = hmm_example.simulate_data(steps)
+    torch.manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.InferenceWarning)
+        smc = ic.smc(hmm, data, 200, args=(steps,), ess_threshold=0.0)
+    torch.manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.InferenceWarning)
+        importance = ic.importance(hmm, data, 200, args=(steps,))
+    assert torch.allclose(smc.log_weights, importance.log_weights)
+    assert smc.num_resampling_steps == 0
+    # Without resampling the genealogy estimate is the unbiased IS variance estimate.
+    weights = smc.weights
+    relative = (200 * (weights**2).sum() - 1) / 199
+    assert torch.allclose(smc.log_evidence_stderr, relative.sqrt())
+    every = ic.smc(hmm, data, 200, args=(steps,), ess_threshold=1.0)
+    assert every.resampled.all() and every.num_resampling_steps == steps
+    assert every.steps == [f"y_{t}" for t in range(steps)]
+    assert every.ess_trace.shape == (steps,)
+    assert bool((every.ess_trace <= 200 + 1e-9).all() and (every.ess_trace >= 1 - 1e-9).all())
+    assert every.ancestors.shape == (200,)
+
+
+@pytest.mark.parametrize("scheme", ["multinomial", "systematic", "stratified", "residual"])
+def test_every_resampling_scheme_gives_the_evidence(scheme):
+    steps, num_particles = 10, 300
+    data = hmm_example.simulate_data(steps)
+    exact = hmm_example.forward_log_evidence(data, steps)
+    posteriors = repeats(hmm, data, num_particles, 15, args=(steps,), resample=scheme)
+    assert_unbiased([p.log_evidence for p in posteriors], exact, scheme)
+
+
+def test_bad_options_are_refused():
+    data = hmm_example.simulate_data(2)
+    with pytest.raises(ValueError, match="resample must be one of"):
+        ic.smc(hmm, data, 10, args=(2,), resample="bogus")
+    with pytest.raises(ValueError, match="ess_threshold"):
+        ic.smc(hmm, data, 10, args=(2,), ess_threshold=1.5)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ic.smc(hmm, data, 10, args=(2,), chunk_size=3)
+    with pytest.raises(ic.ModelError, match="no such site"):
+        ic.smc(hmm, {**data, "y_9": 0.0}, 10, args=(2,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("steps", [16, 100])
+def test_hmm_evidence_is_unbiased_over_200_repeats(steps):
+    data = hmm_example.simulate_data(steps)
+    exact = hmm_example.forward_log_evidence(data, steps)
+    posteriors = repeats(hmm, data, 1000, 200, args=(steps,))
+    assert_unbiased([p.log_evidence for p in posteriors], exact, f"HMM, {steps} steps")
+    marginals = hmm_example.posterior_marginals(data, steps)
+    estimates = [
+        torch.stack(
+            [p.mean(lambda tr, k=k: (tr[f"x_{steps - 1}"].value == k).double()) for k in range(3)]
+        )
+        for p in posteriors
+    ]
+    assert_mean_close(estimates, marginals[steps - 1], 1000, "final marginal")
+
+
+# -- the linear-Gaussian state-space model -----------------------------------------------
+
+
+def optimal_guide(num_steps, observations):
+    """The locally optimal proposal p(x_t | x_{t-1}, y_t) (fully adapted filter)."""
+    x = None
+    for t in range(num_steps):
+        prior_mean, prior_var = (0.0, 1.0) if x is None else (ssm.A * x, ssm.Q**2)
+        var = 1 / (1 / prior_var + 1 / ssm.R**2)
+        mean = var * (prior_mean / prior_var + observations[f"y_{t}"] / ssm.R**2)
+        x = ic.sample(f"x_{t}", Normal(mean, var**0.5))
+
+
+def test_state_space_evidence_and_filtered_mean_match_the_kalman_filter():
+    steps, num_particles = 50, 300
+    data = ssm.simulate_data(steps)
+    log_evidence, filtered, _, smoothed = ssm.kalman(data, steps)
+    posteriors = repeats(state_space, data, num_particles, 20, args=(steps,))
+    assert_unbiased([p.log_evidence for p in posteriors], log_evidence, "Kalman, bootstrap")
+    final = [p.mean(f"x_{steps - 1}") for p in posteriors]
+    assert_mean_close(final, filtered[-1], num_particles, "filtered mean at T")
+    # The genealogy gives smoothed means of the last steps (earlier ones have collapsed).
+    before = [p.mean(f"x_{steps - 2}") for p in posteriors]
+    assert_mean_close(before, smoothed[-2], num_particles, "smoothed mean at T - 1")
+
+
+def test_a_guide_proposes_and_a_better_guide_gives_a_better_evidence():
+    steps, num_particles = 30, 200
+    data = ssm.simulate_data(steps)
+    log_evidence, filtered, _, _ = ssm.kalman(data, steps)
+    guided = repeats(state_space, data, num_particles, 12, args=(steps,), guide=optimal_guide)
+    assert_unbiased([p.log_evidence for p in guided], log_evidence, "Kalman, optimal guide")
+    assert_mean_close(
+        [p.mean(f"x_{steps - 1}") for p in guided], filtered[-1], num_particles, "guided mean"
+    )
+    bootstrap = repeats(state_space, data, num_particles, 12, args=(steps,))
+    spread = lambda posts: float(torch.stack([p.log_evidence for p in posts]).std())
+    assert spread(guided) < spread(bootstrap) / 2
+
+
+def test_a_guide_that_samples_out_of_the_models_order_is_refused():
+    def backwards(num_steps, observations):
+        for t in reversed(range(num_steps)):
+            ic.sample(f"x_{t}", Normal(0.0, 2.0))
+
+    data = ssm.simulate_data(3)
+    with pytest.raises(ic.GuideError, match="in the model's order"):
+        ic.smc(state_space, data, 50, args=(3,), guide=backwards, ess_threshold=1.0)
+
+
+@pytest.mark.slow
+def test_state_space_evidence_is_unbiased_over_200_repeats():
+    steps = 50
+    data = ssm.simulate_data(steps)
+    log_evidence, *_ = ssm.kalman(data, steps)
+    posteriors = repeats(state_space, data, 1000, 200, args=(steps,))
+    assert_unbiased([p.log_evidence for p in posteriors], log_evidence, "Kalman, 200 repeats")
+
+
+# -- derived state crossing an observe statement -----------------------------------------
+
+
+def derived(num_steps):
+    x = ic.sample("x_0", Normal(0.0, 1.0))
+    for t in range(num_steps):
+        mean = ssm.A * x  # derived before the observe, used after it: stale after resampling
+        ic.observe(f"y_{t}", Normal(x, ssm.R))
+        x = ic.sample(f"x_{t + 1}", Normal(mean, ssm.Q))
+    return x
+
+
+def test_a_derived_value_crossing_an_observe_is_detected_and_runs_exactly_one_by_one():
+    steps = 4
+    data = {f"y_{t}": torch.tensor(float(t % 3)) for t in range(steps)}
+    with pytest.raises(ic.ModelError, match="sample site 'x_\\d+'.*must be a sampled value"):
+        ic.smc(derived, data, 200, args=(steps,), ess_threshold=1.0)
+    # Particle by particle the program reruns on each particle's past: exact.
+    model_data = {f"y_{t}": data[f"y_{t}"] for t in range(steps)}
+    exact, *_ = ssm.kalman(model_data, steps)  # derived() is state_space() shifted by one
+    posteriors = repeats(derived, data, 60, 6, args=(steps,), vectorize=False)
+    assert_unbiased([p.log_evidence for p in posteriors], exact, "one by one")
+
+
+# -- stochastic control flow ---------------------------------------------------------------
+
+SUBSTEP_PROBS = torch.tensor([0.3, 0.4, 0.3])
+SUBSTEP_NOISE = 0.7
+
+
+def substeps(num_observations):
+    """A random number (0, 1 or 2) of random-walk sub-steps before each observation."""
+    x = torch.tensor(0.0)
+    for t in range(num_observations):
+        count = ic.sample(f"m_{t}", Categorical(SUBSTEP_PROBS))
+        for i in range(int(count)):  # control flow on a sampled value
+            x = ic.sample(f"x_{t}_{i}", Normal(x, 1.0))
+        ic.observe(f"y_{t}", Normal(x, SUBSTEP_NOISE))
+    return x
+
+
+def substeps_exact(y):
+    """log p(y) and p(m_0 = k | y) by enumerating the sub-step counts."""
+    size = len(y)
+    log_joint = {}
+    for counts in torch.cartesian_prod(*[torch.arange(3)] * size).reshape(-1, size).tolist():
+        cumulative = torch.tensor(counts, dtype=torch.float64).cumsum(0)
+        covariance = torch.minimum(cumulative[:, None], cumulative[None, :])
+        covariance = covariance + SUBSTEP_NOISE**2 * torch.eye(size, dtype=torch.float64)
+        log_prior = sum(math.log(float(SUBSTEP_PROBS[c])) for c in counts)
+        normal = MultivariateNormal(torch.zeros(size, dtype=torch.float64), covariance)
+        log_joint[tuple(counts)] = log_prior + float(normal.log_prob(y))
+    values = torch.tensor(list(log_joint.values()), dtype=torch.float64)
+    log_evidence = float(values.logsumexp(0))
+    first = torch.zeros(3, dtype=torch.float64)
+    for counts, value in log_joint.items():
+        first[counts[0]] += math.exp(value - log_evidence)
+    return log_evidence, first
+
+
+def test_stochastic_control_flow_runs_one_by_one_against_enumeration():
+    y = torch.tensor([0.4, 1.9, -0.3], dtype=torch.float64)
+    data = {f"y_{t}": y[t].float() for t in range(3)}
+    exact, first = substeps_exact(y)
+    with pytest.warns(ic.VectorizationNotice):
+        ic.smc(substeps, data, 2, args=(3,))
+    posteriors = repeats(substeps, data, 100, 8, args=(3,), vectorize=False)
+    assert_unbiased([p.log_evidence for p in posteriors], exact, "sub-steps")
+    estimates = [
+        torch.stack([p.mean(lambda tr, k=k: (tr["m_0"].value == k).double()) for k in range(3)])
+        for p in posteriors
+    ]
+    assert_mean_close(estimates, first, 100, "p(m_0 | y)")
+    assert posteriors[0].steps == ["observe 1", "observe 2", "observe 3"]
+
+
+# -- compiled proposals ---------------------------------------------------------------------
+
+
+def test_a_network_compiled_for_importance_sampling_runs_smc_unchanged():
+    steps = 6
+    csis = ic.CSIS(hmm, args=(steps,))
+    csis.train(num_steps=10, batch_size=64, progress=False)
+    data = hmm_example.simulate_data(steps)
+    exact = hmm_example.forward_log_evidence(data, steps)
+    posteriors = repeats(hmm, data, 200, 10, args=(steps,), guide=csis)
+    assert_unbiased([p.log_evidence for p in posteriors], exact, "compiled SMC")
+    one_by_one = repeats(hmm, data, 30, 4, args=(steps,), guide=csis, vectorize=False)
+    assert_unbiased([p.log_evidence for p in one_by_one], exact, "compiled SMC one by one")
+
+
+def test_the_networks_state_is_resampled_with_the_particles():
+    steps, num = 4, 6
+    csis = ic.CSIS(hmm, args=(steps,))
+    network = csis.network
+    data = hmm_example.simulate_data(steps)
+
+    def proposals(values, index=None):
+        proposer = network.proposer(data, (num,))
+        handler = ic.propose(proposer=proposer, batch_ndim=1)
+        for t in range(3):
+            if t == 2 and index is not None:
+                handler.reindex(index)  # what SMC does when it resamples before x_2
+                for earlier in range(2):
+                    values[earlier].copy_(values[earlier][index])
+            site = ic.Site(f"x_{t}", "sample", Categorical(torch.ones(num, 3) / 3))
+            proposal = proposer.propose(site)
+            site.value = values[t]
+            proposer.accept(site)
+        return proposal.logits
+
+    torch.manual_seed(1)
+    values = [torch.randint(3, (num,)) for _ in range(steps)]
+    index = torch.tensor([5, 5, 0, 1, 1, 3])
+    resampled = proposals([v.clone() for v in values], index)
+    fresh = proposals([v[index] if t < 2 else v.clone() for t, v in enumerate(values)])
+    assert torch.allclose(resampled, fresh, atol=1e-6)
+
+
+# -- the posterior --------------------------------------------------------------------------
+
+
+def test_plot_shows_the_ess_trace():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    data = hmm_example.simulate_data(10)
+    posterior = ic.smc(hmm, data, 100, args=(10,))
+    ax = posterior.plot()
+    assert len(ax.lines) == 2
+    assert "resampled=" in repr(posterior)
+
+
+# -- batches of data sets -------------------------------------------------------------------
+
+
+def test_a_batch_of_data_sets_gives_each_its_evidence_and_marginals():
+    steps, num_particles, num_datasets = 12, 300, 3
+    datasets = [hmm_example.simulate_data(steps) for _ in range(num_datasets)]
+    exact = [hmm_example.forward_log_evidence(d, steps) for d in datasets]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.InferenceWarning)
+        batches = [ic.smc_batch(hmm, datasets, num_particles, args=(steps,)) for _ in range(20)]
+    first = batches[0]
+    assert first.log_evidence.shape == (num_datasets,)
+    assert first.ess_trace.shape == first.resampled.shape == (steps, num_datasets)
+    assert first.ancestors.shape == (num_particles, num_datasets)
+    assert first.log_evidence_stderr.shape == (num_datasets,)
+    assert first.mean("x_0").shape == (num_datasets,)
+    for b in range(num_datasets):
+        assert_unbiased([batch.log_evidence[b] for batch in batches], exact[b], f"data set {b}")
+        marginal = hmm_example.posterior_marginals(datasets[b], steps)[steps - 1]
+        estimates = [
+            torch.stack(
+                [
+                    (batch[b].values(f"x_{steps - 1}") == k).double() @ batch[b].weights
+                    for k in range(3)
+                ]
+            )
+            for batch in batches
+        ]
+        assert_mean_close(estimates, marginal, num_particles, f"data set {b}, p(x_T | y)")
+
+
+def test_a_batch_that_does_not_vectorize_runs_data_set_after_data_set():
+    datasets = [{f"y_{t}": torch.tensor(float(t + b)) for t in range(2)} for b in range(2)]
+    torch.manual_seed(5)
+    batch = ic.smc_batch(substeps, datasets, 40, args=(2,), vectorize=False)
+    torch.manual_seed(5)
+    singles = [ic.smc(substeps, d, 40, args=(2,), vectorize=False) for d in datasets]
+    for b, single in enumerate(singles):
+        assert torch.equal(batch.log_weights[:, b], single.log_weights)
+        assert torch.equal(batch.ess_trace[:, b], single.ess_trace)
+    assert batch.log_evidence_stderr.shape == (2,)
+
+
+def test_particles_with_invalid_parameters_get_weight_zero_and_are_counted():
+    def model():
+        z = ic.sample("z", Normal(0.0, 1.0))
+        scale = torch.where(z > 1.0, 0.0, 1.0)  # invalid (a scale of 0) where z > 1
+        ic.observe("y_0", Normal(z, scale))
+        w = ic.sample("w", Normal(z, 1.0))
+        ic.observe("y_1", Normal(w, 1.0))
+        return z
+
+    data = {"y_0": torch.tensor(0.5), "y_1": torch.tensor(0.0)}
+    with pytest.warns(ic.InferenceWarning, match="invalid parameters"):
+        posterior = ic.smc(model, data, 500, ess_threshold=0.0)
+    invalid = posterior.values("z") > 1.0
+    assert posterior.invalid_sites == {"y_0": int(invalid.sum())} and bool(invalid.any())
+    assert bool(torch.isneginf(posterior.log_weights[invalid]).all())
+    assert bool(torch.isfinite(posterior.log_weights[~invalid]).all())
+
+
+class PointMass(torch.distributions.Distribution):
+    """A deterministic site: its value is ``value`` itself (a view of it), density 1."""
+
+    arg_constraints: ClassVar[dict] = {}
+
+    def __init__(self, value):
+        self.value = value
+        super().__init__(value.shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return PointMass(self.value.expand(batch_shape))
+
+    def sample(self, sample_shape=()):
+        return self.value.expand(torch.Size(sample_shape) + self.value.shape)
+
+    def log_prob(self, value):
+        return torch.zeros(value.shape)
+
+
+def test_a_value_that_views_another_sites_value_is_resampled_once():
+    def model(num_steps):
+        x = ic.sample("x_0", Normal(0.0, 1.0))
+        ic.observe("y_0", Normal(x, ssm.R))
+        for t in range(1, num_steps):
+            same = ic.sample(f"same_{t}", PointMass(x))  # views x's memory
+            x = ic.sample(f"x_{t}", Normal(ssm.A * same, ssm.Q))
+            ic.observe(f"y_{t}", Normal(x, ssm.R))
+        return x
+
+    steps = 8
+    data = ssm.simulate_data(steps)
+    exact, *_ = ssm.kalman(data, steps)
+    posteriors = repeats(model, data, 300, 15, args=(steps,), ess_threshold=1.0)
+    assert_unbiased([p.log_evidence for p in posteriors], exact, "point-mass sites")
