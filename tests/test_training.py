@@ -13,6 +13,7 @@ import infcomp as ic
 from infcomp.distributions import concatenate_distributions, index_distribution
 from infcomp.examples.gaussian import exact_posterior, gaussian
 from infcomp.examples.marsaglia import marsaglia
+from infcomp.inference.csis import ParameterAverage
 from infcomp.inference.dataset import default_batch_size
 
 # -- distributions taken apart and joined ------------------------------------------------
@@ -115,6 +116,51 @@ def test_budget_training_restores_the_parameters_of_the_lowest_validation_loss()
     _, validation = dataset.split(0.1, generator)
     best = min(loss for _, loss in csis.validation_history)
     assert csis.dataset_loss(validation, 64) == pytest.approx(best, rel=1e-5)
+
+
+def test_parameter_average_is_the_exponential_moving_average_of_the_states():
+    d = 0.9
+    average = ParameterAverage({"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}, d)
+    average.update({"w": torch.tensor([3.0, 0.0]), "n": torch.tensor(4)})
+    average.update({"w": torch.tensor([5.0, 1.0]), "n": torch.tensor(5), "new": torch.ones(1)})
+    first = d * torch.tensor([1.0, 2.0]) + (1 - d) * torch.tensor([3.0, 0.0])
+    assert torch.allclose(average.state["w"], d * first + (1 - d) * torch.tensor([5.0, 1.0]))
+    assert int(average.state["n"]) == 5  # integers are not averaged
+    assert torch.equal(average.state["new"], torch.ones(1))  # entries first seen later
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.9])
+def test_budget_training_keeps_the_average_of_the_steps_parameters(decay):
+    # Without validation nothing is selected: the guide ends with the moving average of
+    # every step's parameters (the last step's with decay 0).
+    torch.manual_seed(2)
+    csis = ic.CSIS(gaussian)
+    states = [{k: v.clone() for k, v in csis.guide.state_dict().items()}]
+    step = csis._gradient_step
+
+    def recording(*args):
+        loss = step(*args)
+        states.append({k: v.clone() for k, v in csis.guide.state_dict().items()})
+        return loss
+
+    csis._gradient_step = recording
+    csis.train(
+        num_simulations=200,
+        validation_fraction=0,
+        max_epochs=2,
+        average_decay=decay,
+        progress=False,
+    )
+    assert len(states) > 3
+    expected = ParameterAverage(states[0], decay)
+    for state in states[1:]:
+        expected.update(state)
+    for name, value in csis.guide.state_dict().items():
+        assert torch.allclose(value, expected.state[name]), name
+    if decay == 0:
+        assert all(torch.equal(v, states[-1][k]) for k, v in csis.guide.state_dict().items())
+    with pytest.raises(ValueError, match=r"average_decay must be in \[0, 1\), got 1"):
+        csis.train(num_simulations=100, average_decay=1)
 
 
 def test_seeded_budget_training_repeats():
