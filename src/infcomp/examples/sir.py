@@ -90,8 +90,10 @@ def sir(days: int = DAYS) -> Tensor:
         infected = 1 - (1 - infection) ** infectious
         new = ic.sample(f"infections_{t}", SchoolBinomial(susceptible, infected))
         recovered = ic.sample(f"recoveries_{t}", SchoolBinomial(infectious, recovery))
-        susceptible = susceptible - new
-        infectious = infectious + new - recovered
+        # Clamped at 0: a proposal above a count's total (weight zero already) must not
+        # give the next day's distributions a negative total count.
+        susceptible = (susceptible - new).clamp(min=0)
+        infectious = (infectious + new - recovered).clamp(min=0)
         mean = infectious + REPORTING_FLOOR
         ic.observe(f"in_bed_{t}", NegativeBinomial(dispersion, probs=mean / (mean + dispersion)))
         curve.append(infectious)
@@ -112,6 +114,6 @@ def infectious_curve(trace: ic.Trace, days: int = DAYS) -> Tensor:
     for t in range(1, days + 1):
         new, recovered = trace[f"infections_{t}"].value, trace[f"recoveries_{t}"].value
         assert new is not None and recovered is not None
-        infectious = infectious + new - recovered
+        infectious = (infectious + new - recovered).clamp(min=0)
         curve.append(infectious)
     return torch.stack(curve, dim=-1)
