@@ -17,7 +17,6 @@ latent sites; 14 observed days). The job
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch.distributions import NegativeBinomial
 
 import infcomp as ic
+from infcomp.demo import render, timed
 from infcomp.errors import ArtifactError, ArtifactWarning
 from infcomp.examples.sir import (
     BETA_PRIOR,
@@ -88,19 +88,6 @@ def compiled(
     )
 
 
-def timed(run: Callable[[], Posterior], notes: list[str], label: str) -> tuple[Posterior, float]:
-    """Run an inference, recording its warnings in ``notes`` instead of printing them."""
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ic.InferenceWarning)
-        posterior = run()
-    seconds = time.perf_counter() - start
-    notes += [
-        f"{label}: {w.message}" for w in caught if issubclass(w.category, ic.InferenceWarning)
-    ]
-    return posterior, seconds
-
-
 def interval(posterior: Posterior, quantity: str | Callable[[ic.Trace], torch.Tensor]) -> str:
     """``mean [5 %, 95 %]``."""
     low, high = posterior.quantile(quantity, [0.05, 0.95]).tolist()
@@ -121,12 +108,7 @@ def table(columns: Sequence[tuple[str, Posterior, float]]) -> list[str]:
         ]
         for label, post, seconds in columns
     }
-    widths = [14] + [max(24, len(label)) for label in cells]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(["", *cells], widths))]
-    for i, row in enumerate(ROWS):
-        values = [row, *[column[i] for column in cells.values()]]
-        lines.append("  ".join(v.rjust(w) for v, w in zip(values, widths)))
-    return lines
+    return render(ROWS, cells, width=24)
 
 
 def predictive(posterior: Posterior, draws: int = 2000) -> torch.Tensor:
