@@ -272,7 +272,12 @@ def positive(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The parser of ``infcomp`` and its subcommands."""
-    main = Parser(prog="infcomp", description=__doc__.splitlines()[0])
+    main = Parser(
+        prog="infcomp",
+        description="Inference compilation from the shell: compile a model, then infer, "
+        "calibrate and inspect.",
+        epilog="Exit status: 0 success, 1 a failed calibration, 2 bad usage.",
+    )
     main.add_argument("--version", action="version", version=f"infcomp {ic.__version__}")
     commands = main.add_subparsers(dest="command", required=True, parser_class=Parser)
 

@@ -46,7 +46,7 @@ Method = tuple[str, Callable[[], Posterior]]
 
 
 def compile_sir(
-    num_steps: int, batch_size: int, seed: int, progress: bool = True, attention: bool = True
+    num_steps: int, batch_size: int, seed: int, progress: bool = True, attention: bool = False
 ) -> ic.CSIS:
     """The automatic network for the SIR program, trained online on
     ``num_steps × batch_size`` fresh simulations (the simulator is cheap)."""
@@ -155,16 +155,16 @@ def save_figure(posteriors: Sequence[tuple[str, Posterior]], path: Path) -> None
     shown = prior_r0[prior_r0 < high]
     right.hist(
         shown.numpy(),
-        bins=80,
+        bins=50,
         range=(0, high),
         # A density of all prior draws: the mass above `high` is left out, not piled up.
-        weights=torch.full_like(shown, 80 / (high * len(prior_r0))).numpy(),
+        weights=torch.full_like(shown, 50 / (high * len(prior_r0))).numpy(),
         color="grey",
         alpha=0.4,
         label=f"prior ({float((prior_r0 >= high).double().mean()):.0%} above {high:.0f})",
     )
     for (name, post), color in zip(posteriors, ["tab:orange", "tab:green", "tab:blue", "tab:red"]):
-        heights, edges = post.marginal(r0).histogram(bins=80, range=(0.0, high))
+        heights, edges = post.marginal(r0).histogram(bins=50, range=(0.0, high))
         right.stairs(
             heights.numpy(), edges.numpy(), color=color, label=f"{name} (ESS {float(post.ess):.0f})"
         )
