@@ -119,7 +119,7 @@ def test_bad_usage_exits_2_with_one_line(compiled):
         (["infer", "g.pt", "bad.json"], "is not valid JSON"),
         (["infer", "g.pt", "list.json"], "must hold a JSON object"),
         (["infer", "g.pt", "wrong.json"], "'y'"),  # an unknown observation, named
-        (["infer", "g.pt", "data.json", "--method", "smc"], "ic.smc"),
+        (["infer", "g.pt", "data.json", "--method", "is-or-smc"], "invalid choice"),
         (["info", "bad.json"], "cannot be read"),
     ],
 )
@@ -128,11 +128,18 @@ def test_each_bad_input_is_one_line_and_status_2(compiled, capsys, monkeypatch, 
     (compiled / "bad.json").write_text("{x1: 8")
     (compiled / "list.json").write_text("[8, 9]")
     (compiled / "wrong.json").write_text('{"x1": 8, "y": 1}')
-    if "smc" in args and hasattr(__import__("infcomp"), "smc"):
-        pytest.skip("ic.smc exists: --method smc runs")
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("infcomp: error: ") and message in err[0]
+
+
+def test_infer_with_smc_prints_the_posterior_and_plots_the_ess_trace(compiled, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(compiled)
+    assert cli.main(["infer", "g.pt", "data.json", "--method", "smc", "--plot", "ess.png"]) == 0
+    out = capsys.readouterr().out
+    assert "smc with 1,000 particles" in out and "N = 1000, ESS = " in out
+    assert (compiled / "ess.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_console_script_is_declared():

@@ -41,7 +41,7 @@ from infcomp.inference.artifacts import FORMAT_VERSION, Signature, read_artifact
 
 #: The metadata key under which ``compile`` stores the model's ``MODULE:FUNCTION``.
 ENTRY_POINT = "entry_point"
-#: Inference methods of ``infer`` (``smc`` when ``ic.smc`` exists).
+#: Inference methods of ``infer``.
 METHODS = ("is", "prior", "smc")
 
 
@@ -168,11 +168,10 @@ def infer_command(options: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InferenceWarning)
         start = time.perf_counter()
+        posterior: ic.Posterior
         if options.method == "smc":
-            smc = getattr(ic, "smc", None)
-            if smc is None:
-                raise UsageError("--method smc needs ic.smc, which this infcomp does not have")
-            posterior = smc(model, data, options.particles, guide=csis.proposal)
+            # The compiled network proposes; resampling at the observe statements.
+            posterior = ic.smc(model, data, options.particles, guide=csis)
         elif options.method == "prior":
             posterior = ic.importance(model, data, options.particles)
         else:
@@ -189,7 +188,12 @@ def infer_command(options: argparse.Namespace) -> int:
     if options.plot:
         from infcomp import plots
 
-        plots.weights(posterior, options.plot)
+        if isinstance(posterior, ic.SMCPosterior):
+            plots.ess_trace(
+                posterior.ess_trace, posterior.num_particles, posterior.resampled, options.plot
+            )
+        else:
+            plots.weights(posterior, options.plot)
         print(f"wrote {options.plot}")
     return 0
 
@@ -300,10 +304,11 @@ def parser() -> argparse.ArgumentParser:
         "--method",
         choices=METHODS,
         default="is",
-        help="is: the compiled proposal; prior: the prior; smc: sequential Monte Carlo",
+        help="is: importance sampling with the compiled proposal; prior: with the prior; "
+        "smc: sequential Monte Carlo with the compiled proposal",
     )
     infer.add_argument("--out", help="write the posterior as ArviZ netCDF (.nc)")
-    infer.add_argument("--plot", help="write the weights' figure (PNG, PDF, SVG)")
+    infer.add_argument("--plot", help="the weights' figure (SMC: the ESS trace); PNG, PDF, SVG")
     infer.set_defaults(run=infer_command)
 
     calibrate = commands.add_parser("calibrate", help="simulation-based calibration")

@@ -79,25 +79,36 @@ def sir(days: int = DAYS) -> Tensor:
     """
     beta = ic.sample("beta", LogNormal(*BETA_PRIOR))
     gamma = ic.sample("gamma", LogNormal(*GAMMA_PRIOR))
-    dispersion = 1 / ic.sample("phi_inv", Exponential(PHI_INV_RATE))
-    susceptible = torch.full_like(beta, float(POPULATION - INITIAL_CASES))
-    infectious = torch.full_like(beta, float(INITIAL_CASES))
-    infection = 1 - torch.exp(-beta / POPULATION)
-    recovery = 1 - torch.exp(-gamma)
-    curve = []
+    phi_inv = ic.sample("phi_inv", Exponential(PHI_INV_RATE))
+    infections: list[Tensor] = []
+    recoveries: list[Tensor] = []
     for t in range(1, days + 1):
-        # The chance that a susceptible pupil is infected today: 1 - (1 - p)^I.
-        infected = 1 - (1 - infection) ** infectious
-        new = ic.sample(f"infections_{t}", SchoolBinomial(susceptible, infected))
-        recovered = ic.sample(f"recoveries_{t}", SchoolBinomial(infectious, recovery))
-        # Clamped at 0: a proposal above a count's total (weight zero already) must not
-        # give the next day's distributions a negative total count.
-        susceptible = (susceptible - new).clamp(min=0)
-        infectious = (infectious + new - recovered).clamp(min=0)
-        mean = infectious + REPORTING_FLOOR
+        # The state is recomputed from the sampled counts, never carried across an observe
+        # statement: ic.smc resamples the sampled values in place (see its docstring).
+        susceptible, infectious = state(beta, infections, recoveries)
+        # Each susceptible pupil escapes each infectious one with probability e^(-β/N).
+        infected = 1 - torch.exp(-beta * infectious / POPULATION)
+        infections.append(ic.sample(f"infections_{t}", SchoolBinomial(susceptible, infected)))
+        recovery = 1 - torch.exp(-gamma)
+        recoveries.append(ic.sample(f"recoveries_{t}", SchoolBinomial(infectious, recovery)))
+        mean = state(beta, infections, recoveries)[1] + REPORTING_FLOOR
+        dispersion = 1 / phi_inv
         ic.observe(f"in_bed_{t}", NegativeBinomial(dispersion, probs=mean / (mean + dispersion)))
-        curve.append(infectious)
-    return torch.stack(curve, dim=-1)
+    return torch.stack(
+        [state(beta, infections[:t], recoveries[:t])[1] for t in range(1, days + 1)], -1
+    )
+
+
+def state(
+    like: Tensor, infections: list[Tensor], recoveries: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """``(S, I)`` after the given days' counts (shaped like ``like`` on day 0). Clamped at
+    0: a proposal above a count's total (weight zero already) must not give the next
+    day's distributions a negative total count."""
+    infected = sum(infections, torch.zeros_like(like))
+    recovered = sum(recoveries, torch.zeros_like(like))
+    susceptible = (POPULATION - INITIAL_CASES - infected).clamp(min=0)
+    return susceptible, (INITIAL_CASES + infected - recovered).clamp(min=0)
 
 
 def r0(trace: ic.Trace) -> Tensor:
@@ -109,11 +120,12 @@ def r0(trace: ic.Trace) -> Tensor:
 
 def infectious_curve(trace: ic.Trace, days: int = DAYS) -> Tensor:
     """``I_1..I_days`` of each particle, recomputed from its counts: shape ``(..., days)``."""
-    infectious = torch.full_like(trace["beta"].value, float(INITIAL_CASES))  # type: ignore[arg-type]
-    curve = []
-    for t in range(1, days + 1):
-        new, recovered = trace[f"infections_{t}"].value, trace[f"recoveries_{t}"].value
-        assert new is not None and recovered is not None
-        infectious = (infectious + new - recovered).clamp(min=0)
-        curve.append(infectious)
+    beta = trace["beta"].value
+    assert beta is not None
+    infections = [trace[f"infections_{t}"].value for t in range(1, days + 1)]
+    recoveries = [trace[f"recoveries_{t}"].value for t in range(1, days + 1)]
+    curve = [
+        state(beta, infections[:t], recoveries[:t])[1]  # type: ignore[arg-type]
+        for t in range(1, days + 1)
+    ]
     return torch.stack(curve, dim=-1)
