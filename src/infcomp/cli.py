@@ -41,6 +41,8 @@ from infcomp.inference.artifacts import FORMAT_VERSION, Signature, read_artifact
 
 #: The metadata key under which ``compile`` stores the model's ``MODULE:FUNCTION``.
 ENTRY_POINT = "entry_point"
+#: ``compile --attention``: NetworkConfig's attention (None: decided from the model).
+ATTENTION = {"auto": None, "on": True, "off": False}
 #: Inference methods of ``infer``.
 METHODS = ("is", "prior", "smc")
 
@@ -134,7 +136,7 @@ def read_data(path: str) -> dict[str, torch.Tensor]:
 def compile_command(options: argparse.Namespace) -> int:
     model = load_entry_point(options.model)
     torch.manual_seed(options.seed)
-    network = ic.nn.NetworkConfig(attention=options.attention)
+    network = ic.nn.NetworkConfig(attention=ATTENTION[options.attention])
     csis = ic.CSIS(model, network=network)
     csis.metadata = {ENTRY_POINT: options.model, "seed": options.seed}
     if options.steps is not None:
@@ -292,7 +294,12 @@ def parser() -> argparse.ArgumentParser:
     budget.add_argument("--steps", type=positive, help="online steps of fresh simulations")
     compile_.add_argument("--batch-size", type=positive, help="simulations per step")
     compile_.add_argument("--out", default="model.pt", help="the artifact (default model.pt)")
-    compile_.add_argument("--attention", action="store_true", help="latents attend to data")
+    compile_.add_argument(
+        "--attention",
+        choices=ATTENTION,
+        default="auto",
+        help="latent sites attend over the observe sites (auto: with 4 or more of them)",
+    )
     compile_.add_argument("--seed", type=int, default=0)
     compile_.add_argument("--no-progress", dest="progress", action="store_false")
     compile_.set_defaults(run=compile_command)
