@@ -1,5 +1,6 @@
 # Two commands that work on a fresh machine; each installs what it needs into .venv.
-#   make demo   the main job: importance sampling on the Gaussian, next to the exact answer
+#   make demo   the main job: the 1978 boarding-school influenza outbreak (SIR), compiled
+#   make demo-gaussian  importance sampling on the Gaussian, next to the exact answer
 #   make test   lint, type check, the core's size (tools/core_lines.py) and the test suite
 #   make bench  the benchmark table (installs Pyro as the peer to compare with)
 #   make bench-compare REV=fba5945  infcomp's figures for REV (default HEAD) and this tree
@@ -12,7 +13,7 @@ PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-.PHONY: install-run install-dev install-bench install-sbi demo test test-all bench bench-compare bench-quality
+.PHONY: install-run install-dev install-bench install-sbi demo demo-gaussian test test-all bench bench-compare bench-quality
 
 install-run: $(BIN)/python
 	$(PIP) -e '.[plot]'
@@ -27,6 +28,9 @@ install-sbi: $(BIN)/python
 	$(PIP) -e '.[sbi]'
 
 demo: install-run
+	$(BIN)/python -m infcomp.sir_demo
+
+demo-gaussian: install-run
 	$(BIN)/python -m infcomp.demo
 
 test: install-dev

@@ -30,10 +30,16 @@ LAYERS: dict[str, int] = {
     "infcomp.resampling": 4,
     "infcomp.empirical": 4,
     "infcomp.posterior": 4,
+    "infcomp.export": 4,  # Posterior.to_arviz
     "infcomp.nn.*": 5,
     "infcomp.inference.*": 6,
     "infcomp.examples.*": 8,
     "infcomp.demo": 8,
+    "infcomp.sir_demo": 8,
+    "infcomp.calibration": 8,
+    "infcomp.plots": 8,
+    "infcomp.cli": 8,
+    "infcomp.__main__": 8,
     "infcomp": 8,  # the package's __init__: the public API gathers every layer
 }
 

@@ -66,9 +66,15 @@ def table(columns: Sequence[tuple[str, ic.Posterior, float]]) -> list[str]:
         "-",
         "-",
     ]
-    widths = [14] + [max(22, len(label)) for label in cells]
+    return render(ROWS, cells)
+
+
+def render(rows: Sequence[str], cells: dict[str, list[str]], width: int = 22) -> list[str]:
+    """A right-aligned text table: one column per entry of ``cells`` (its label, then one
+    cell per row), the row names on the left."""
+    widths = [14] + [max(width, len(label)) for label in cells]
     lines = ["  ".join(h.rjust(w) for h, w in zip(["", *cells], widths))]
-    for i, row in enumerate(ROWS):
+    for i, row in enumerate(rows):
         values = [row, *[column[i] for column in cells.values()]]
         lines.append("  ".join(v.rjust(w) for v, w in zip(values, widths)))
     return lines

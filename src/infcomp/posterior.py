@@ -26,7 +26,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -308,6 +308,31 @@ class Posterior(WeightedParticles):
         return Posterior(traces, sizes, weights[positions])
 
     # -- reporting ---------------------------------------------------------------------
+
+    def to_arviz(self, num_draws: int | None = None, sites: Sequence[str] | None = None) -> Any:
+        """This posterior as an ``arviz.InferenceData``: ``num_draws`` (default N)
+        equally weighted draws, resampled systematically, in the ``posterior`` group (ArviZ
+        weighs every draw equally); all N particles' log weights in ``sample_stats``
+        (``log_weight``, dimension ``particle``); the observations in ``observed_data``;
+        ESS, log evidence ± its error and k-hat as attributes. See :mod:`infcomp.export`.
+
+        Raises:
+            ImportError: ArviZ is not installed (``pip install 'infcomp[arviz]'``).
+            ValueError: ``num_draws`` is not a positive integer.
+            ModelError: a site that some particles lack.
+
+        Example:
+            >>> import torch
+            >>> import infcomp as ic
+            >>> from infcomp.examples.gaussian import gaussian, DATA
+            >>> _ = torch.manual_seed(0)
+            >>> data = ic.importance(gaussian, DATA, 10_000).to_arviz()
+            >>> data.posterior["z"].shape, data.sample_stats["log_weight"].shape
+            ((1, 10000), (1, 10000))
+        """
+        from infcomp.export import to_inference_data
+
+        return to_inference_data(self, num_draws, None if sites is None else list(sites))
 
     def summary(self, sites: str | Sequence[str] | None = None) -> str:
         """A text table, one row per element of each site (``w[0]``, ``w[1]``, ... for a

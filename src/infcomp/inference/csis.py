@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -249,6 +250,11 @@ class CSIS:
         self.failed_simulations: dict[str, int] = {}
         #: Training steps not applied because the loss or gradients were not finite.
         self.skipped_steps = 0
+        #: Wall-clock seconds spent in :meth:`train` (simulating and fitting), summed.
+        self.training_seconds = 0.0
+        #: Plain facts to keep with a saved artifact (strings, numbers, lists and dicts of
+        #: them), e.g. the command line's ``module:function`` of the model.
+        self.metadata: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._validation_batch: JointBatch | None = None
         # The online validation batch is drawn from its own seed, so that validating (or
@@ -442,6 +448,36 @@ class CSIS:
             )
         if batch_size is not None:
             batch_size = check_positive_int("batch_size", batch_size)
+        start = time.perf_counter()
+        try:
+            return self._train(
+                num_steps,
+                batch_size,
+                num_simulations,
+                dataset,
+                validation_fraction,
+                max_epochs,
+                patience,
+                average_decay,
+                validate_every,
+                progress,
+            )
+        finally:
+            self.training_seconds += time.perf_counter() - start
+
+    def _train(
+        self,
+        num_steps: int | None,
+        batch_size: int | None,
+        num_simulations: int | None,
+        dataset: TraceDataset | None,
+        validation_fraction: float,
+        max_epochs: int,
+        patience: int,
+        average_decay: float,
+        validate_every: int,
+        progress: bool,
+    ) -> list[float]:
         steps_before, skipped_before = self.num_steps, self.skipped_steps
         if num_steps is not None:
             losses = self._train_online(
@@ -741,6 +777,8 @@ class CSIS:
                     "num_simulations": self.num_simulations,
                     "invalid_simulations": dict(self.invalid_simulations),
                     "skipped_steps": self.skipped_steps,
+                    "training_seconds": self.training_seconds,
+                    "metadata": dict(self.metadata),
                     "validation_seed": self._validation_seed,
                     # The constructor's options, which load reuses unless given again.
                     "options": {
@@ -775,8 +813,9 @@ class CSIS:
         ``guide`` is a freshly built module of the saved architecture; leave it out for
         an automatic network, which is rebuilt from the saved config (pass the same
         ``observation_embeddings`` modules if it used any). The parameters, the
-        optimizer's and scheduler's state, the step count and the loss histories are
-        restored, so training resumes where it stopped. ``options`` are those of the
+        optimizer's and scheduler's state, the step count, the loss histories,
+        :attr:`training_seconds` and :attr:`metadata` are restored, so training resumes
+        where it stopped. ``options`` are those of the
         constructor (give the same ``scheduler`` to resume its schedule); the saved
         ``prior_inflation``, ``training_batch_size``, ``num_inference_samples``,
         ``validation_size``, ``clip_grad_norm`` and ``on_error`` are used unless given.
@@ -851,6 +890,8 @@ class CSIS:
             str(n): int(c) for n, c in config.get("invalid_simulations", {}).items()
         }
         csis.skipped_steps = int(config.get("skipped_steps", 0))
+        csis.training_seconds = float(config.get("training_seconds", 0.0))
+        csis.metadata = dict(config.get("metadata", {}))
         if "validation_seed" in config:
             csis._validation_seed = int(config["validation_seed"])
         if restore_random_state and saved.get("random_state") is not None:
