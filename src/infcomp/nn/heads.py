@@ -213,6 +213,23 @@ def _integer_range(prior: Distribution) -> dict[str, Any] | None:
     return {"num_categories": int(upper - lower) + 1, "lower": lower, "upper": upper}
 
 
+def integer_range(prior: Distribution) -> tuple[float, float] | None:
+    """``(lower, upper)`` of an integer-interval support whose bounds are the same for
+    every element of the batch (a Categorical's, a Binomial's with one total count), or
+    None. Sites of a family with different ranges (``k_t ~ Binomial(t, p)``) get
+    different heads: a head is built for one range."""
+    bounds = _integer_range(prior)
+    return None if bounds is None else (bounds["lower"], bounds["upper"])
+
+
+def saved_integer_range(spec: HeadSpec | None) -> tuple[float, float] | None:
+    """:func:`integer_range` of the priors a saved head was built for, from its spec
+    (for networks saved before families were told apart by it)."""
+    if spec is None or spec.kind not in ("categorical", "count") or math.isinf(spec.upper):
+        return None
+    return (spec.lower, spec.upper)
+
+
 def _constant(bound: Any) -> float | None:
     if isinstance(bound, (int, float)):
         return float(bound)
@@ -714,7 +731,9 @@ class OneHotHead(ProposalHead):
 class CountHead(ProposalHead):
     """A mixture of K discretized logistics on ``[lower, upper]``, relative to the prior:
     locations ``m + s·a_k``, scales ``s·softplus(b_k)·√3/π`` (so that b = 0 matches the
-    prior's standard deviation)."""
+    prior's standard deviation). An integer interval whose upper bound varies between
+    elements (a Binomial with a total count per particle) is truncated at each element's
+    own bound."""
 
     kind = "count"
 
@@ -724,7 +743,9 @@ class CountHead(ProposalHead):
         if bounds is not None:  # a range too large for the categorical head
             return replace(blank, kind=cls.kind, **bounds)
         base = _base_constraint(prior.support)
-        if isinstance(base, constraints._IntegerGreaterThan):
+        # Counts from a constant lower bound; an upper bound that varies (a Binomial's
+        # total count differing between particles) is taken from the prior at each call.
+        if isinstance(base, (constraints._IntegerGreaterThan, constraints._IntegerInterval)):
             lower = _constant(base.lower_bound)
             if lower is not None:
                 return replace(blank, kind=cls.kind, lower=lower, upper=math.inf)
@@ -759,9 +780,16 @@ class CountHead(ProposalHead):
             loc + spread * raw[..., 1],
             scale + 1e-3,
             lower=self.spec.lower,
-            upper=self.spec.upper,
+            upper=self._upper(prior, loc),
             validate_args=False,
         )
+
+    def _upper(self, prior: Distribution, like: Tensor) -> float | Tensor:
+        """The largest value: the spec's, or the prior's own where it varies."""
+        base = _base_constraint(prior.support)
+        if math.isinf(self.spec.upper) and isinstance(base, constraints._IntegerInterval):
+            return torch.as_tensor(base.upper_bound).to(like).expand(prior.batch_shape)
+        return self.spec.upper
 
 
 HEADS: list[type[ProposalHead]] = [

@@ -51,7 +51,9 @@ from infcomp.nn.heads import (
     UnsupportedSiteError,
     head_class,
     head_spec,
+    integer_range,
     make_head,
+    saved_integer_range,
 )
 from infcomp.runtime import Site, Trace, sum_rightmost
 
@@ -335,7 +337,13 @@ class InferenceNetwork(nn.Module):
     def _family(self, name: str, prior: Distribution, lead: int, create: bool) -> Family | None:
         base, _, _ = self._parse(name)
         natural = tuple(prior.batch_shape[lead:])
-        lookup = (base, type(prior).__name__, natural, tuple(prior.event_shape))
+        lookup = (
+            base,
+            type(prior).__name__,
+            natural,
+            tuple(prior.event_shape),
+            integer_range(prior),
+        )
         family = self._by_lookup.get(lookup)
         if family is not None or not create:
             return family
@@ -518,6 +526,7 @@ class InferenceNetwork(nn.Module):
                         family.lookup[1],
                         list(family.lookup[2]),
                         list(family.lookup[3]),
+                        None if family.lookup[4] is None else list(family.lookup[4]),
                     ],
                     "spec": family.spec.to_dict() if family.spec is not None else None,
                 }
@@ -542,9 +551,13 @@ class InferenceNetwork(nn.Module):
         for name, shape in data["observations"].items():
             network._add_observation(name, tuple(shape))
         for index, item in enumerate(data["families"]):
-            base, distribution, natural, event = item["lookup"]
-            lookup = (base, distribution, tuple(natural), tuple(event))
+            base, distribution, natural, event, *bounds = item["lookup"]
             spec = HeadSpec.from_dict(item["spec"]) if item["spec"] is not None else None
+            if bounds:
+                bounded = None if bounds[0] is None else (float(bounds[0][0]), float(bounds[0][1]))
+            else:  # saved before families were told apart by their integer range
+                bounded = saved_integer_range(spec)
+            lookup = (base, distribution, tuple(natural), tuple(event), bounded)
             network._build_family(Family(f"f{index}", item["base"], lookup, spec))
         network.pop_new_parameters()
         return network
