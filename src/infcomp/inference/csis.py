@@ -17,7 +17,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -87,6 +87,18 @@ class ParameterAverage:
                     self.state[name] = value.detach().clone()
                 else:
                     self.state[name].lerp_(value, 1 - self.decay)
+
+
+class GradientReducer(Protocol):
+    """What data-parallel training plugs into a training step
+    (:class:`~infcomp.inference.distributed.DataParallel`)."""
+
+    def prepare(self, batch: JointBatch) -> None:
+        """Before the loss: make the guide's modules agree across processes."""
+
+    def reduce(self, parameters: list[nn.Parameter], loss: float, size: int) -> float:
+        """After the backward pass: set the gradients to those of the global batch and
+        return its loss."""
 
 
 class CSIS:
@@ -259,6 +271,8 @@ class CSIS:
         self._warned: set[str] = set()
         self._validation_batch: JointBatch | None = None
         self._simulation_pool: SimulationPool | None = None
+        #: Set by :class:`~infcomp.inference.distributed.DataParallel` while it trains.
+        self.data_parallel: GradientReducer | None = None
         # The online validation batch is drawn from its own seed, so that validating (or
         # not) leaves the training stream, and a resumed run, unchanged.
         with untouched_random_state():
@@ -317,6 +331,9 @@ class CSIS:
         are not finite (then the parameters stay as they are); returns the loss."""
         self._train_mode(True)
         self.optimizer.zero_grad()
+        if self.data_parallel is not None:
+            # Every process makes the modules of every process's new sites, alike.
+            self.data_parallel.prepare(batch)
         loss = self.loss(batch, args, kwargs)
         # With every latent site proposed from its prior, log q does not depend on the
         # parameters: there is nothing to learn from this batch.
@@ -325,6 +342,9 @@ class CSIS:
         adopt_new_parameters(self.guide, self.optimizer)
         value = float(loss.detach())
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.data_parallel is not None:
+            # The gradients (and loss) of the global batch, the same in every process.
+            value = self.data_parallel.reduce(parameters, value, batch.size)
         norm = torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_norm or math.inf)
         if math.isfinite(value) and bool(torch.isfinite(norm)):
             self.optimizer.step()
