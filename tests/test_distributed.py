@@ -72,3 +72,30 @@ def test_two_ranks_under_torchrun_match_one_process(tmp_path: Path) -> None:
     error = math.sqrt(ess_single.var() / 10 + ess_two.var() / 10)
     assert abs(float(ess_single.mean() - ess_two.mean())) < 4 * error + 1e-6
     assert float(ess_two.mean()) > 800
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_modules_grown_during_training(tmp_path: Path) -> None:
+    """A site first met by one rank mid-training gets the same module on both ranks."""
+    from distributed_models import rare_branch
+
+    torch.manual_seed(SEED)
+    probe_families = {f.base for f in ic.CSIS(rare_branch).network.families.values()}
+    assert probe_families == {"z"}  # the probe (this seed) did not meet 'extra'
+    artifact = tmp_path / "rare.pt"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "infcomp.distributed", "distributed_models:rare_branch", "--num-steps", "30",
+        "--batch-size", "256", "--seed", str(SEED), "--output", str(artifact),
+        "--check-in-sync", "--report",
+    ]  # fmt: skip
+    path = os.pathsep.join([str(SRC), str(Path(__file__).parent)])
+    environment = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=environment, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["checked_steps"] == 30
+    network = ic.CSIS.load(artifact, rare_branch).network
+    assert {f.base for f in network.families.values()} == {"z", "extra"}
