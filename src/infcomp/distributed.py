@@ -1,6 +1,7 @@
 """``torchrun --nproc-per-node P -m infcomp.distributed MODEL ...``: data-parallel compilation.
 
-Each of the P processes (gloo on CPU, NCCL on GPU) simulates its share of every global
+Each of the P processes (gloo on CPU; NCCL with ``--device cuda``, one GPU per rank,
+untested here) simulates its share of every global
 batch and the gradients are averaged (see :mod:`infcomp.inference.distributed`); rank 0
 writes the artifact. ``MODEL`` is ``package.module:function`` (importable by every
 process) or the name of an example in :mod:`infcomp.examples` (``gaussian``). Run with
@@ -55,6 +56,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="Adam's; default 1e-3·√(batch/256), the square-root rule",
     )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (gloo) or cuda (NCCL, one GPU per rank)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validate-every", type=int, default=100)
     parser.add_argument("--output", default=None, help="the artifact, written by rank 0")
@@ -66,13 +70,17 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse(argv)
     launched = "WORLD_SIZE" in os.environ
+    device = torch.device(options.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if launched and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         torch.set_num_threads(1)
         torch.manual_seed(options.seed)
         learning_rate = options.learning_rate or scaled_learning_rate(options.batch_size)
-        csis = CSIS(resolve_model(options.model), learning_rate=learning_rate)
+        csis = CSIS(resolve_model(options.model), learning_rate=learning_rate, device=device)
         trainer = DataParallel(csis, options.chunk_size, options.check_in_sync)
         start = time.perf_counter()
         losses = trainer.train(

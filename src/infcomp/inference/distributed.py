@@ -106,11 +106,16 @@ class DataParallel:
         #: Steps after which the ranks' parameters were checked equal (``check_in_sync``).
         self.checked_steps = 0
         self._guide: nn.Module = csis.guide
+        # NCCL reduces tensors on the GPU, gloo on the CPU: the collectives' small tensors
+        # live with the parameters.
+        self._device = next(csis.guide.parameters()).device
         self._check_same_parameters()
         self._broadcast_state()
         # One draw, shared: the seeds of every step's chunks, and the validation batch's.
         seeds = self._shared(
-            torch.tensor([int(torch.randint(2**62, ())), csis._validation_seed])
+            torch.tensor(
+                [int(torch.randint(2**62, ())), csis._validation_seed], device=self._device
+            )
         ).tolist()
         self.base_seed, csis._validation_seed = int(seeds[0]), int(seeds[1])
 
@@ -150,7 +155,7 @@ class DataParallel:
         if network is None or not self.distributed:
             return  # alone, the network registers new sites itself
         new = [trace for trace in batch.traces if _has_new_sites(network, trace)]
-        flag = torch.tensor([len(new)])
+        flag = torch.tensor([len(new)], device=self._device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if not int(flag):
             return
