@@ -33,6 +33,17 @@ def load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of this process and of the processes ``pids`` so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def simulate(num_simulations: int, chunk_size: int, rounds: int) -> None:
     """Interleaved: ``rounds`` rounds, each timing ``num_simulations / rounds`` simulations
     with 1 then 2 workers, so that a change of the machine's load hits both alike."""
@@ -44,19 +55,27 @@ def simulate(num_simulations: int, chunk_size: int, rounds: int) -> None:
     csis.simulate(2 * chunk_size, chunk_size, workers=2)  # starts the pool (2 chunks)
     pool_start = time.perf_counter() - start
     print(f"starting the 2-worker pool (and simulating 2 chunks): {pool_start:.1f} s")
+    pool = csis._simulation_pool
+    assert pool is not None
+    pids = list(pool._executor._processes)  # type: ignore[attr-defined]
     totals = {1: 0.0, 2: 0.0}
+    cpu = {1: 0.0, 2: 0.0}
     for round_ in range(rounds):
         for workers in (1, 2):
             torch.manual_seed(round_)
-            start = time.perf_counter()
+            start, used = time.perf_counter(), cpu_seconds(pids)
             csis.simulate(share, chunk_size, workers=workers)
             totals[workers] += time.perf_counter() - start
+            cpu[workers] += cpu_seconds(pids) - used
         so_far = f"1 worker {totals[1]:.1f} s, 2 workers {totals[2]:.1f} s"
         print(f"round {round_}: {so_far} so far; {load()}")
     csis.close()
     for workers in (1, 2):
         rate = share * rounds / totals[workers]
-        print(f"workers={workers}: {totals[workers]:.1f} s, {rate:,.0f} traces/s")
+        print(
+            f"workers={workers}: {totals[workers]:.1f} s, {rate:,.0f} traces/s, "
+            f"{cpu[workers]:.1f} CPU s ({cpu[workers] / totals[workers]:.2f} cores busy)"
+        )
     print(
         f"speed-up: {totals[1] / totals[2]:.2f}x with the pool started, "
         f"{totals[1] / (totals[2] + pool_start):.2f}x counting its start; {load()}"
