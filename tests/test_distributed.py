@@ -99,3 +99,25 @@ def test_ranks_agree_on_modules_grown_during_training(tmp_path: Path) -> None:
     assert report["checked_steps"] == 30
     network = ic.CSIS.load(artifact, rare_branch).network
     assert {f.base for f in network.families.values()} == {"z", "extra"}
+
+
+def test_training_on_shards_reads_them_in_turn(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    csis = ic.CSIS(gaussian, learning_rate=LEARNING_RATE, validation_size=0)
+    csis.simulate(3000).save(tmp_path, shard_size=1000)
+    trainer = DataParallel(csis)
+    # 100 steps of 256 go over the 3 shards more than 8 times.
+    losses = trainer.train_on_shards(tmp_path, num_steps=100, batch_size=256, progress=False)
+    assert len(losses) == 100 and csis.num_steps == 100
+    assert float(ess_runs(csis).mean()) > 800  # of 1000: close to N(7.25, √(5/6))
+
+
+def test_shards_of_another_model_are_refused(tmp_path: Path) -> None:
+    from infcomp.errors import ModelError
+    from infcomp.examples.coin import coin
+
+    torch.manual_seed(0)
+    ic.CSIS(coin).simulate(200).save(tmp_path, shard_size=100)
+    trainer = DataParallel(ic.CSIS(gaussian))
+    with pytest.raises(ModelError, match="not of model"):
+        trainer.train_on_shards(tmp_path, num_steps=1, batch_size=10, progress=False)

@@ -59,6 +59,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--device", default="cpu", help="cpu (gloo) or cuda (NCCL, one GPU per rank)"
     )
+    parser.add_argument(
+        "--shards", default=None, help="train on the shards in this folder (TraceDataset.save)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validate-every", type=int, default=100)
     parser.add_argument("--output", default=None, help="the artifact, written by rank 0")
@@ -83,9 +86,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         csis = CSIS(resolve_model(options.model), learning_rate=learning_rate, device=device)
         trainer = DataParallel(csis, options.chunk_size, options.check_in_sync)
         start = time.perf_counter()
-        losses = trainer.train(
-            options.num_steps, options.batch_size, options.validate_every, progress=False
-        )
+        if options.shards:
+            losses = trainer.train_on_shards(
+                options.shards,
+                options.num_steps,
+                options.batch_size,
+                options.validate_every,
+                progress=False,
+            )
+        else:
+            losses = trainer.train(
+                options.num_steps, options.batch_size, options.validate_every, progress=False
+            )
         seconds = time.perf_counter() - start
         if options.output:
             trainer.save(options.output)

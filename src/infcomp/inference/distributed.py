@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -46,9 +47,10 @@ from tqdm.auto import tqdm
 from infcomp.errors import ModelError
 from infcomp.inference.common import check_positive_int
 from infcomp.inference.csis import CSIS, adopt_new_parameters
-from infcomp.inference.dataset import check_invalid_fraction, clean_batch
+from infcomp.inference.dataset import TraceDataset, check_invalid_fraction, clean_batch
 from infcomp.inference.parallel import chunk_seed, run_chunk, warm_up
 from infcomp.inference.particles import JointBatch
+from infcomp.inference.shards import iter_shards, read_manifest
 from infcomp.nn.network import InferenceNetwork
 from infcomp.runtime import Trace
 
@@ -215,6 +217,69 @@ class DataParallel:
         csis = self.csis
         chunks = batch_size // self.chunk_size
         warm_up(csis.simulator)
+
+        def simulated() -> JointBatch:
+            mine = range(self.rank, chunks, self.world_size)
+            step = csis.num_steps
+            return self._simulate([chunk_seed(self.base_seed, step * chunks + c) for c in mine])
+
+        return self._train(num_steps, simulated, validate_every, progress)
+
+    def train_on_shards(
+        self,
+        folder: str | os.PathLike[str],
+        num_steps: int,
+        batch_size: int,
+        validate_every: int = 100,
+        progress: bool = True,
+    ) -> list[float]:
+        """``num_steps`` steps on simulations read from the shards in ``folder`` (written
+        by :meth:`TraceDataset.save <infcomp.inference.dataset.TraceDataset.save>`):
+        rank r reads shards r, r + P, ... one at a time, each in a random order (from
+        its own stream), and starts again from its first shard when it has read them
+        all; each rank's batch is ``batch_size // P`` simulations (the last batch of a
+        shard may be smaller: the gradients are weighted by the batches' sizes).
+
+        Raises:
+            ValueError: fewer shards than ranks, or a batch of fewer than one simulation
+                per rank.
+            ModelError: the shards were not simulated from this CSIS's model.
+        """
+        num_steps = check_positive_int("num_steps", num_steps)
+        batch_size = check_positive_int("batch_size", batch_size)
+        count = len(read_manifest(folder)["shards"])
+        if count < self.world_size:
+            raise ValueError(
+                f"{folder} holds {count} shard(s) for {self.world_size} ranks: write at "
+                f"least one shard per rank (a smaller shard_size)"
+            )
+        if batch_size < self.world_size:
+            raise ValueError(f"batch_size ({batch_size}) is less than the {self.world_size} ranks")
+        generator = torch.Generator().manual_seed(chunk_seed(self.base_seed, self.rank))
+        batches = self._read(folder, batch_size // self.world_size, generator)
+        return self._train(num_steps, lambda: next(batches), validate_every, progress)
+
+    def _read(
+        self, folder: str | os.PathLike[str], size: int, generator: torch.Generator
+    ) -> Iterator[JointBatch]:
+        checked = False
+        while True:
+            for shard in iter_shards(folder, self.rank, self.world_size):
+                dataset = TraceDataset.from_batches([shard])
+                if not checked:
+                    self.csis._check_dataset(dataset)
+                    checked = True
+                yield from dataset.batches(size, generator)
+
+    def _train(
+        self,
+        num_steps: int,
+        next_batch: Callable[[], JointBatch],
+        validate_every: int,
+        progress: bool,
+    ) -> list[float]:
+        validate_every = check_positive_int("validate_every", validate_every)
+        csis = self.csis
         csis.data_parallel = self
         first = csis.num_steps
         bar = tqdm(
@@ -222,12 +287,7 @@ class DataParallel:
         )
         try:
             for done in bar:
-                step = csis.num_steps
-                mine = range(self.rank, chunks, self.world_size)
-                batch = self._simulate(
-                    [chunk_seed(self.base_seed, step * chunks + c) for c in mine]
-                )
-                loss = csis._gradient_step(batch, csis.args, csis.kwargs)
+                loss = csis._gradient_step(next_batch(), csis.args, csis.kwargs)
                 if self.check_in_sync:
                     self._check_in_sync()
                 last = done == num_steps - 1
