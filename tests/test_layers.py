@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "infcomp.plots": 8,
     "infcomp.cli": 8,
     "infcomp.__main__": 8,
+    "infcomp.distributed": 8,  # torchrun -m infcomp.distributed: the command
     "infcomp": 8,  # the package's __init__: the public API gathers every layer
 }
 

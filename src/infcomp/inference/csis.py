@@ -17,7 +17,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,7 @@ from infcomp.inference.dataset import (
     default_batch_size,
 )
 from infcomp.inference.importance import Options, importance, importance_batch
+from infcomp.inference.parallel import SimulationPool, simulate_chunks
 from infcomp.inference.particles import Job, JointBatch, OnError
 from infcomp.inference.proposals import NetworkProposal, as_proposal
 from infcomp.inference.simulation import JointSimulator
@@ -86,6 +87,18 @@ class ParameterAverage:
                     self.state[name] = value.detach().clone()
                 else:
                     self.state[name].lerp_(value, 1 - self.decay)
+
+
+class GradientReducer(Protocol):
+    """What data-parallel training plugs into a training step
+    (:class:`~infcomp.inference.distributed.DataParallel`)."""
+
+    def prepare(self, batch: JointBatch) -> None:
+        """Before the loss: make the guide's modules agree across processes."""
+
+    def reduce(self, parameters: list[nn.Parameter], loss: float, size: int) -> float:
+        """After the backward pass: set the gradients to those of the global batch and
+        return its loss."""
 
 
 class CSIS:
@@ -257,6 +270,9 @@ class CSIS:
         self.metadata: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._validation_batch: JointBatch | None = None
+        self._simulation_pool: SimulationPool | None = None
+        #: Set by :class:`~infcomp.inference.distributed.DataParallel` while it trains.
+        self.data_parallel: GradientReducer | None = None
         # The online validation batch is drawn from its own seed, so that validating (or
         # not) leaves the training stream, and a resumed run, unchanged.
         with untouched_random_state():
@@ -315,6 +331,9 @@ class CSIS:
         are not finite (then the parameters stay as they are); returns the loss."""
         self._train_mode(True)
         self.optimizer.zero_grad()
+        if self.data_parallel is not None:
+            # Every process makes the modules of every process's new sites, alike.
+            self.data_parallel.prepare(batch)
         loss = self.loss(batch, args, kwargs)
         # With every latent site proposed from its prior, log q does not depend on the
         # parameters: there is nothing to learn from this batch.
@@ -323,6 +342,9 @@ class CSIS:
         adopt_new_parameters(self.guide, self.optimizer)
         value = float(loss.detach())
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.data_parallel is not None:
+            # The gradients (and loss) of the global batch, the same in every process.
+            value = self.data_parallel.reduce(parameters, value, batch.size)
         norm = torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_norm or math.inf)
         if math.isfinite(value) and bool(torch.isfinite(norm)):
             self.optimizer.step()
@@ -594,9 +616,18 @@ class CSIS:
         self._restore_guide_state(average.state if best_state is None else best_state)
         return self.loss_history[first_step:]
 
-    def simulate(self, num_simulations: int, chunk_size: int = 10_000) -> TraceDataset:
+    def simulate(
+        self, num_simulations: int, chunk_size: int = 10_000, workers: int | None = None
+    ) -> TraceDataset:
         """A training dataset of ``num_simulations`` joint traces of the model (with the
         constructor's arguments and prior inflation), simulated ``chunk_size`` at a time.
+
+        With ``workers=P`` the chunks are seeded (chunk i from ``chunk_seed(s, i)``, s one
+        draw from the global stream; see :mod:`infcomp.inference.parallel`) and run by P
+        worker processes (P = 1: in this process), so the dataset is the same for a given
+        seed whatever P. The pool of workers is kept for later calls with the same P
+        (:meth:`close` stops it). The model must then be importable and picklable (at
+        module level). ``workers=None`` simulates from the global stream in this process.
 
         Simulations with NaN or infinite values are dropped and counted (in the dataset's
         ``invalid`` and in :attr:`invalid_simulations`), so the dataset may be smaller
@@ -604,14 +635,20 @@ class CSIS:
         """
         num_simulations = check_positive_int("num_simulations", num_simulations)
         chunk_size = check_positive_int("chunk_size", chunk_size)
+
+        def check_first(batch: JointBatch) -> None:
+            # Before spending the rest of the budget: can minibatches be taken?
+            TraceDataset.from_batches([batch]).check_minibatches()
+
         batches = []
-        remaining = num_simulations
+        if workers is not None:
+            batches = self._simulate_seeded(num_simulations, chunk_size, workers, check_first)
+        remaining = num_simulations if workers is None else 0
         while remaining > 0:
             asked = min(chunk_size, remaining)
             batches.append(self.simulator(asked, self.args, self.kwargs))
             if remaining == num_simulations:
-                # Before spending the rest of the budget: can minibatches be taken?
-                TraceDataset.from_batches(batches[:1]).check_minibatches()
+                check_first(batches[0])
             remaining -= asked
         dataset = TraceDataset.from_batches(batches)
         check_invalid_fraction(dataset.invalid, dataset.failed, num_simulations)
@@ -624,6 +661,33 @@ class CSIS:
                 counts[name] = counts.get(name, 0) + count
         self._report_dropped()
         return dataset
+
+    def _simulate_seeded(
+        self,
+        num_simulations: int,
+        chunk_size: int,
+        workers: int,
+        check_first: Callable[[JointBatch], None],
+    ) -> list[JointBatch]:
+        workers = check_positive_int("workers", workers)
+        pool = self._simulation_pool
+        if workers > 1 and (pool is None or not pool.fits(self.simulator, workers)):
+            if pool is not None:
+                pool.close()
+            pool = self._simulation_pool = SimulationPool(self.simulator, workers)
+        return simulate_chunks(
+            self.simulator,
+            num_simulations,
+            chunk_size,
+            pool if workers > 1 else None,
+            check_first,
+        )
+
+    def close(self) -> None:
+        """Stop the worker processes of :meth:`simulate` (``workers`` > 1), if any."""
+        if self._simulation_pool is not None:
+            self._simulation_pool.close()
+            self._simulation_pool = None
 
     def dataset_loss(self, dataset: TraceDataset, batch_size: int = 256) -> float:
         """The mean of ``-log q(x_i; y_i)`` over a dataset (no gradients)."""

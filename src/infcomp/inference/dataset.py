@@ -16,6 +16,7 @@ simulations that raised, when the simulator skips them (``on_error="skip"``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -92,6 +93,24 @@ class TraceDataset:
             joined = _concatenate(members) if len(members) > 1 else members[0]
             traces.extend([joined] if joined is not None else members)
         return cls(traces, [group_size(trace) for trace in traces], invalid, failed)
+
+    def save(self, folder: str | os.PathLike[str], shard_size: int = 10_000) -> int:
+        """Write the dataset to ``folder`` as shards of at most ``shard_size`` simulations
+        (see :mod:`infcomp.inference.shards`); returns the number of shards."""
+        from infcomp.inference.shards import save_shards
+
+        return save_shards(self, folder, shard_size)
+
+    @classmethod
+    def load(
+        cls, folder: str | os.PathLike[str], rank: int = 0, world_size: int = 1
+    ) -> TraceDataset:
+        """The dataset saved in ``folder`` by :meth:`save` (with ``rank`` of ``world_size``:
+        that rank's share of the shards), loaded safely (``torch.load(weights_only=True)``,
+        see :mod:`infcomp.inference.shards`)."""
+        from infcomp.inference.shards import load_shards
+
+        return load_shards(folder, rank, world_size)
 
     def check_minibatches(self) -> None:
         """Raise :class:`ModelError` naming a site whose distributions cannot be taken

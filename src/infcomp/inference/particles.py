@@ -808,15 +808,15 @@ class ParticleEngine:
                 f"arguments must be picklable (defined at module level): {error}"
             ) from error
         _check_importable(self.job)
-        context = multiprocessing.get_context("spawn")
         try:
-            with ProcessPoolExecutor(max_workers=len(shares), mp_context=context) as pool:
-                futures = [
-                    pool.submit(_worker, self.job, data, share, seed)
-                    for share, seed in zip(shares, seeds)
-                ]
-                return _concatenate([future.result() for future in futures], dim=0)
+            pool = worker_pool(workers)
+            futures = [
+                pool.submit(_worker, self.job, data, share, seed)
+                for share, seed in zip(shares, seeds)
+            ]
+            return _concatenate([future.result() for future in futures], dim=0)
         except BrokenProcessPool as error:
+            _WORKER_POOLS.pop(workers, None)
             raise ModelError(
                 "a worker process died before it could run the model; a script run "
                 "directly must make its inference calls under `if __name__ == "
@@ -1031,6 +1031,20 @@ def inflated(fn: Distribution, factor: float) -> Distribution:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+_WORKER_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes, started on first use and kept for later
+    calls (starting one costs seconds: a new interpreter importing torch); the pools stop
+    when the interpreter exits. The job travels with each task."""
+    pool = _WORKER_POOLS.get(workers)
+    if pool is None:
+        context = multiprocessing.get_context("spawn")
+        pool = _WORKER_POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context)
+    return pool
 
 
 def _worker(job: Job, data: dict[str, Tensor], num_particles: int, seed: int) -> ParticleRun:

@@ -1,0 +1,349 @@
+"""Data-parallel compilation on ``torch.distributed`` (launched by ``torchrun``).
+
+Every process (rank) holds the same guide and optimizer. At each step the global batch of
+B simulations is cut into chunks of ``chunk_size``; chunk c of step t is simulated from
+the seed ``chunk_seed(s, t·K + c)`` (K = B / chunk_size chunks per step, s one number
+drawn once and shared), and rank r simulates chunks r, r + P, r + 2P, ... of the P ranks.
+Each rank computes the gradient of its own simulations' loss; the gradients are
+all-reduced, weighted by the ranks' numbers of simulations, so every rank holds
+
+    ∇L = -1/B Σ_{all i} ∇ log q_φ(x_i; y_i),
+
+the gradient of the global batch, and takes the same optimizer step (as
+``DistributedDataParallel`` does, but by one ``all_reduce`` of a flat buffer per step,
+so that the automatic network may grow modules between steps). The batches are those of
+one process for any P, so a seeded run trains the same network (up to the floating-point
+order of the sums) on 1 or 1,024 ranks.
+
+**The automatic network grows modules lazily**, for sites first seen in a batch. Before
+each step, the ranks agree on a flag (does any rank's batch have a new site?); when one
+has, the group traces with new sites are all-gathered, every rank registers them in rank
+order (so modules get the same names in the same order), and the new parameters are
+broadcast from rank 0 (so they start from the same values). At the start, every rank's
+parameters are compared by name and shape and broadcast from rank 0.
+
+**Learning rate and the global batch**: the loss is a mean over the global batch B, so a
+step on P ranks is a step of single-process training with batch B; use the learning rate
+that suits batch B. Scaling up from a run tuned at batch b₀ with learning rate η₀, take
+η = η₀·√(B/b₀) (the square-root rule for Adam: Hoffer, Hubara & Soudry, NeurIPS 2017;
+Malladi et al., NeurIPS 2022), see :func:`scaled_learning_rate`; the linear rule of
+Goyal et al. (2017) is for SGD with momentum.
+
+Rank 0 saves the artifact (:meth:`DataParallel.save`); the others wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from infcomp.errors import ModelError
+from infcomp.inference.common import check_positive_int
+from infcomp.inference.csis import CSIS, adopt_new_parameters
+from infcomp.inference.dataset import TraceDataset, check_invalid_fraction, clean_batch
+from infcomp.inference.parallel import chunk_seed, run_chunk, warm_up
+from infcomp.inference.particles import JointBatch
+from infcomp.inference.shards import iter_shards, read_manifest
+from infcomp.nn.network import InferenceNetwork
+from infcomp.runtime import Trace
+
+__all__ = ["DataParallel", "scaled_learning_rate"]
+
+
+def scaled_learning_rate(
+    global_batch_size: int, base_learning_rate: float = 1e-3, base_batch_size: int = 256
+) -> float:
+    """Adam's learning rate for a global batch: ``η₀ · √(B / b₀)`` (the square-root rule).
+
+    Example:
+        >>> scaled_learning_rate(1024, 1e-3, 256)
+        0.002
+    """
+    global_batch_size = check_positive_int("global_batch_size", global_batch_size)
+    base_batch_size = check_positive_int("base_batch_size", base_batch_size)
+    return base_learning_rate * math.sqrt(global_batch_size / base_batch_size)
+
+
+class DataParallel:
+    """Train ``csis`` on all processes of the default ``torch.distributed`` group (gloo
+    on CPU, NCCL on GPU), or alone when no group is initialized (world size 1).
+
+    Args:
+        csis: built alike in every process (same model, options and seed).
+        chunk_size: simulations per seeded chunk; the global batch must be a multiple.
+        check_in_sync: after every step, compare every rank's parameters with rank 0's
+            (one broadcast of all parameters per step: for tests and debugging).
+
+    Raises:
+        ModelError: the ranks' guides have different parameters (names or shapes).
+
+    Example:
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.gaussian import gaussian
+        >>> from infcomp.inference.distributed import DataParallel
+        >>> _ = torch.manual_seed(0)
+        >>> trainer = DataParallel(ic.CSIS(gaussian), chunk_size=64)  # world size 1
+        >>> losses = trainer.train(num_steps=10, batch_size=128, progress=False)
+        >>> len(losses), trainer.world_size
+        (10, 1)
+    """
+
+    def __init__(self, csis: CSIS, chunk_size: int = 64, check_in_sync: bool = False) -> None:
+        if not isinstance(csis.guide, nn.Module):
+            raise TypeError("data-parallel training needs an nn.Module guide")
+        self.csis = csis
+        self.chunk_size = check_positive_int("chunk_size", chunk_size)
+        self.check_in_sync = check_in_sync
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        #: Steps after which the ranks' parameters were checked equal (``check_in_sync``).
+        self.checked_steps = 0
+        self._guide: nn.Module = csis.guide
+        # NCCL reduces tensors on the GPU, gloo on the CPU: the collectives' small tensors
+        # live with the parameters.
+        self._device = next(csis.guide.parameters()).device
+        self._check_same_parameters()
+        self._broadcast_state()
+        # One draw, shared: the seeds of every step's chunks, and the validation batch's.
+        seeds = self._shared(
+            torch.tensor(
+                [int(torch.randint(2**62, ())), csis._validation_seed], device=self._device
+            )
+        ).tolist()
+        self.base_seed, csis._validation_seed = int(seeds[0]), int(seeds[1])
+
+    # -- collectives -----------------------------------------------------------------------
+
+    def _shared(self, tensor: Tensor) -> Tensor:
+        """Rank 0's ``tensor`` on every rank."""
+        if self.distributed:
+            dist.broadcast(tensor, src=0)
+        return tensor
+
+    def _check_same_parameters(self) -> None:
+        shapes = [(n, tuple(t.shape)) for n, t in self._guide.state_dict().items()]
+        if not self.distributed:
+            return
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, shapes)
+        for rank, other in enumerate(everyone):
+            if other != shapes:
+                raise ModelError(
+                    f"rank {rank}'s guide differs from rank {self.rank}'s (parameter names or "
+                    f"shapes): build CSIS alike in every process, after the same "
+                    f"torch.manual_seed, so that the automatic network's probe agrees"
+                )
+
+    def _broadcast_state(self) -> None:
+        if self.distributed:
+            for tensor in self._guide.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+    # -- the hooks of a training step (CSIS._gradient_step) ---------------------------------
+
+    def prepare(self, batch: JointBatch) -> None:
+        """Register, in every rank alike, the modules for the sites that any rank's
+        ``batch`` has and the network has not."""
+        network = self.csis.network
+        if network is None or not self.distributed:
+            return  # alone, the network registers new sites itself
+        new = [trace for trace in batch.traces if _has_new_sites(network, trace)]
+        flag = torch.tensor([len(new)], device=self._device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not int(flag):
+            return
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, new)
+        for traces in everyone:
+            for trace in traces:
+                network.register(trace)
+        adopt_new_parameters(network, self.csis.optimizer)
+        self._broadcast_state()
+
+    def reduce(self, parameters: list[nn.Parameter], loss: float, size: int) -> float:
+        """Set each parameter's gradient to the global batch's (the ranks' gradients
+        weighted by their batch sizes) and return the global batch's loss."""
+        if not self.distributed:
+            return loss
+        flat = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) * size
+            for p in parameters
+        ]
+        totals = parameters[0].new_tensor([loss * size, size]) if parameters else None
+        buffer = torch.cat([*flat, totals]) if totals is not None else torch.zeros(2)
+        dist.all_reduce(buffer)
+        count = buffer[-1]
+        offset = 0
+        for p in parameters:
+            grad = (buffer[offset : offset + p.numel()] / count).view_as(p)
+            p.grad = grad.clone()
+            offset += p.numel()
+        return float(buffer[-2] / count)
+
+    # -- training -----------------------------------------------------------------------
+
+    def train(
+        self,
+        num_steps: int,
+        batch_size: int,
+        validate_every: int = 100,
+        progress: bool = True,
+    ) -> list[float]:
+        """``num_steps`` online steps, each on a global batch of ``batch_size`` fresh
+        simulations shared out among the ranks in chunks (see the module docstring);
+        returns the global batches' losses (the same on every rank). Every
+        ``validate_every`` steps (and after the last) the validation loss is recorded,
+        as in :meth:`CSIS.train`.
+
+        Raises:
+            ValueError: ``batch_size`` is not a multiple of ``chunk_size``.
+        """
+        num_steps = check_positive_int("num_steps", num_steps)
+        batch_size = check_positive_int("batch_size", batch_size)
+        validate_every = check_positive_int("validate_every", validate_every)
+        if batch_size % self.chunk_size:
+            raise ValueError(
+                f"batch_size ({batch_size}) must be a multiple of chunk_size ({self.chunk_size})"
+            )
+        csis = self.csis
+        chunks = batch_size // self.chunk_size
+        warm_up(csis.simulator)
+
+        def simulated() -> JointBatch:
+            mine = range(self.rank, chunks, self.world_size)
+            step = csis.num_steps
+            return self._simulate([chunk_seed(self.base_seed, step * chunks + c) for c in mine])
+
+        return self._train(num_steps, simulated, validate_every, progress)
+
+    def train_on_shards(
+        self,
+        folder: str | os.PathLike[str],
+        num_steps: int,
+        batch_size: int,
+        validate_every: int = 100,
+        progress: bool = True,
+    ) -> list[float]:
+        """``num_steps`` steps on simulations read from the shards in ``folder`` (written
+        by :meth:`TraceDataset.save <infcomp.inference.dataset.TraceDataset.save>`):
+        rank r reads shards r, r + P, ... one at a time, each in a random order (from
+        its own stream), and starts again from its first shard when it has read them
+        all; each rank's batch is ``batch_size // P`` simulations (the last batch of a
+        shard may be smaller: the gradients are weighted by the batches' sizes).
+
+        Raises:
+            ValueError: fewer shards than ranks, or a batch of fewer than one simulation
+                per rank.
+            ModelError: the shards were not simulated from this CSIS's model.
+        """
+        num_steps = check_positive_int("num_steps", num_steps)
+        batch_size = check_positive_int("batch_size", batch_size)
+        count = len(read_manifest(folder)["shards"])
+        if count < self.world_size:
+            raise ValueError(
+                f"{folder} holds {count} shard(s) for {self.world_size} ranks: write at "
+                f"least one shard per rank (a smaller shard_size)"
+            )
+        if batch_size < self.world_size:
+            raise ValueError(f"batch_size ({batch_size}) is less than the {self.world_size} ranks")
+        generator = torch.Generator().manual_seed(chunk_seed(self.base_seed, self.rank))
+        batches = self._read(folder, batch_size // self.world_size, generator)
+        return self._train(num_steps, lambda: next(batches), validate_every, progress)
+
+    def _read(
+        self, folder: str | os.PathLike[str], size: int, generator: torch.Generator
+    ) -> Iterator[JointBatch]:
+        checked = False
+        while True:
+            for shard in iter_shards(folder, self.rank, self.world_size):
+                dataset = TraceDataset.from_batches([shard])
+                if not checked:
+                    self.csis._check_dataset(dataset)
+                    checked = True
+                yield from dataset.batches(size, generator)
+
+    def _train(
+        self,
+        num_steps: int,
+        next_batch: Callable[[], JointBatch],
+        validate_every: int,
+        progress: bool,
+    ) -> list[float]:
+        validate_every = check_positive_int("validate_every", validate_every)
+        csis = self.csis
+        csis.data_parallel = self
+        first = csis.num_steps
+        bar = tqdm(
+            range(num_steps), desc="compiling", disable=not progress or self.rank, leave=False
+        )
+        try:
+            for done in bar:
+                loss = csis._gradient_step(next_batch(), csis.args, csis.kwargs)
+                if self.check_in_sync:
+                    self._check_in_sync()
+                last = done == num_steps - 1
+                if csis.validation_size and (csis.num_steps % validate_every == 0 or last):
+                    csis.validation_history.append((csis.num_steps, csis.validation_loss()))
+                bar.set_postfix({"loss": f"{loss:.4f}"}, refresh=False)
+        finally:
+            csis.data_parallel = None
+            bar.close()
+        return csis.loss_history[first:]
+
+    def _simulate(self, seeds: list[int]) -> JointBatch:
+        csis = self.csis
+        traces: list[Trace] = []
+        sizes: list[int] = []
+        for seed in seeds:
+            batch = run_chunk(csis.simulator, self.chunk_size, seed)
+            csis.num_simulations += self.chunk_size
+            batch = clean_batch(batch, csis.invalid_simulations, csis.failed_simulations)
+            traces.extend(batch.traces)
+            sizes.extend(batch.sizes)
+        check_invalid_fraction(
+            csis.invalid_simulations, csis.failed_simulations, csis.num_simulations
+        )
+        return JointBatch(traces, sizes, vectorized=True)
+
+    def _check_in_sync(self) -> None:
+        if self.distributed:
+            mine = torch.cat([p.detach().reshape(-1) for p in self._guide.parameters()])
+            reference = self._shared(mine.clone())
+            if not torch.equal(mine, reference):
+                difference = float((mine - reference).abs().max())
+                raise RuntimeError(
+                    f"rank {self.rank}'s parameters differ from rank 0's after step "
+                    f"{self.csis.num_steps} (by up to {difference:g})"
+                )
+        self.checked_steps += 1
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The guide's parameters."""
+        return list(self._guide.parameters())
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """:meth:`CSIS.save` by rank 0; every rank returns once it is written."""
+        if self.rank == 0:
+            self.csis.save(path)
+        if self.distributed:
+            dist.barrier()
+
+
+def _has_new_sites(network: InferenceNetwork, trace: Trace) -> bool:
+    """Whether ``trace`` has an observe site or a latent site family without modules."""
+    for name, site in trace.sites.items():
+        if site.kind == "observe" and name not in network.observations:
+            return True
+        known = site.fn is None or network._family(name, site.fn, trace.batch_ndim, create=False)
+        if site.kind == "sample" and not known:
+            return True
+    return False
