@@ -824,17 +824,17 @@ class _Filter:
                     f"particles' values differs from the one computed during the run in "
                     f"{int(differ.sum())} of {checked}; {_RULE}"
                 )
-        returned = final.return_value
-        fresh_return = replayed.return_value
-        if (
-            isinstance(returned, Tensor)
-            and isinstance(fresh_return, Tensor)
-            and returned.shape[:ndim] == self.batch_shape
-            and fresh_return.shape == (*shape, *returned.shape[ndim:])
-        ):
+        ran, replayed_returns = _tensors(final.return_value), _tensors(replayed.return_value)
+        if len(ran) != len(replayed_returns):
+            return
+        for returned, fresh in zip(ran, replayed_returns):
+            expected = (*shape, *returned.shape[ndim:])
+            if returned.shape[:ndim] != self.batch_shape or fresh.shape != expected:
+                continue  # not one value per particle: not comparable
             recorded = returned[chosen.to(returned.device)]
-            differ = ~_close(fresh_return.to(recorded.device), recorded)
-            differ = differ.reshape(*shape, -1).any(-1)
+            differ = ~_close(fresh.to(recorded.device), recorded)
+            if differ.dim() > ndim:
+                differ = differ.flatten(ndim).any(-1)
             if bool(differ.any()):
                 raise ModelError(
                     f"the program's return value recomputed from the final particles' values "
@@ -900,6 +900,17 @@ class _Filter:
         return SMCPosterior(
             traces, sizes, log_weights, weights.history, invalid_sites=invalid_sites
         )
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    """The tensors in a return value: itself, or those in a tuple, list or dict of them."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    return []
 
 
 def _close(fresh: Tensor, recorded: Tensor) -> Tensor:
