@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import pytest
 import torch
-from torch.distributions import Categorical, MultivariateNormal, Normal
+from torch.distributions import Categorical, MultivariateNormal, Normal, Poisson
 
 import infcomp as ic
 from infcomp.examples import hmm as hmm_example
@@ -127,8 +127,9 @@ def test_bad_options_are_refused():
     data = hmm_example.simulate_data(2)
     with pytest.raises(ValueError, match="resample must be one of"):
         ic.smc(hmm, data, 10, args=(2,), resample="bogus")
-    with pytest.raises(ValueError, match="ess_threshold"):
-        ic.smc(hmm, data, 10, args=(2,), ess_threshold=1.5)
+    for bad in (1.5, -0.5, math.nan, "0.5", True):
+        with pytest.raises(ValueError, match=r"ess_threshold must be a number in \[0, 1\]"):
+            ic.smc(hmm, data, 10, args=(2,), ess_threshold=bad)
     with pytest.raises(TypeError, match="unexpected keyword"):
         ic.smc(hmm, data, 10, args=(2,), chunk_size=3)
     with pytest.raises(ic.ModelError, match="no such site"):
@@ -192,14 +193,31 @@ def test_a_guide_proposes_and_a_better_guide_gives_a_better_evidence():
     assert spread(guided) < spread(bootstrap) / 2
 
 
-def test_a_guide_that_samples_out_of_the_models_order_is_refused():
+@pytest.mark.parametrize("threshold", [1.0, 0.0])  # refused whether or not it resamples
+def test_a_guide_that_samples_out_of_the_models_order_is_refused(threshold):
     def backwards(num_steps, observations):
         for t in reversed(range(num_steps)):
             ic.sample(f"x_{t}", Normal(0.0, 2.0))
 
     data = ssm.simulate_data(3)
-    with pytest.raises(ic.GuideError, match="in the model's order"):
-        ic.smc(state_space, data, 50, args=(3,), guide=backwards, ess_threshold=1.0)
+    with pytest.raises(ic.GuideError, match="samples 'x_2' before 'x_0'.*model's order"):
+        ic.smc(state_space, data, 50, args=(3,), guide=backwards, ess_threshold=threshold)
+
+
+def test_a_guide_may_sample_in_any_order_between_two_observe_statements():
+    def swapped(observations):  # between two observe statements the order is free
+        ic.sample("b", Normal(0.0, 1.0))
+        ic.sample("a", Normal(0.0, 1.0))
+
+    def model():
+        a = ic.sample("a", Normal(0.0, 1.0))
+        b = ic.sample("b", Normal(0.0, 1.0))
+        ic.observe("y_0", Normal(a + b, 1.0))
+        ic.observe("y_1", Normal(a - b, 1.0))
+
+    data = {"y_0": torch.tensor(0.5), "y_1": torch.tensor(-0.5)}
+    posterior = ic.smc(model, data, 50, guide=swapped, ess_threshold=1.0)
+    assert posterior.num_resampling_steps == 2
 
 
 @pytest.mark.slow
@@ -233,6 +251,41 @@ def test_a_derived_value_crossing_an_observe_is_detected_and_runs_exactly_one_by
     exact, *_ = ssm.kalman(model_data, steps)  # derived() is state_space() shifted by one
     posteriors = repeats(derived, data, 60, 6, args=(steps,), vectorize=False)
     assert_unbiased([p.log_evidence for p in posteriors], exact, "one by one")
+
+
+def running_total(num_steps, at_the_end=False):
+    total = 0.0
+    values = []
+    for t in range(num_steps):
+        x = ic.sample(f"x_{t}", Normal(0.0, 1.0))
+        values.append(x)
+        total = total + x  # derived before the observe, returned after it: stale
+        ic.observe(f"y_{t}", Normal(x, 0.5))
+    if at_the_end:  # sum per particle, and a mean over all particles (not compared)
+        return sum(values), torch.stack(values).mean()
+    return {"total": total, "last": x}  # the tensors in a dict, list or tuple are compared
+
+
+def test_a_derived_return_value_is_detected_and_one_computed_at_the_end_is_exact():
+    steps, num_particles = 10, 1000
+    data = {f"y_{t}": 1.0 + 0.2 * t for t in range(steps)}
+    with pytest.raises(ic.ModelError, match="return value.*must be a sampled value"):
+        ic.smc(running_total, data, num_particles, args=(steps,))
+    # x_t | y_t ~ Normal(0.8 y_t, 0.2) independently: E[Σ x_t | y] = 0.8 Σ y_t = 15.2.
+    posteriors = repeats(running_total, data, num_particles, 10, args=(steps, True))
+    means = [p.mean(lambda tr: tr.return_value[0]) for p in posteriors]
+    assert_mean_close(means, 15.2, num_particles, "E[Σ x | y]")
+
+
+def test_the_replay_check_of_a_batch_counts_the_particles_it_checked():
+    steps, num_particles, num_datasets = 4, 4, 3
+    datasets = [{f"y_{t}": torch.tensor(float(t % 3 + b)) for t in range(steps)} for b in range(3)]
+    with pytest.raises(ic.ModelError) as raised:
+        ic.smc_batch(derived, datasets, num_particles, args=(steps,), ess_threshold=1.0)
+    message = str(raised.value)
+    assert "particles checked (4 in each of 3 data sets)" in message, message
+    count = int(message.split(" of 12 particles checked")[0].rsplit(" ", 1)[1])
+    assert 1 <= count <= num_particles * num_datasets
 
 
 # -- stochastic control flow ---------------------------------------------------------------
@@ -285,6 +338,36 @@ def test_stochastic_control_flow_runs_one_by_one_against_enumeration():
     ]
     assert_mean_close(estimates, first, 100, "p(m_0 | y)")
     assert posteriors[0].steps == ["observe 1", "observe 2", "observe 3"]
+
+
+def random_observations():
+    """A random number, min(n, 3) with n ~ Poisson(2), of observe statements."""
+    n = ic.sample("n", Poisson(2.0))
+    z = ic.sample("z", Normal(0.0, 1.0))
+    for i in range(min(int(n), 3)):
+        ic.observe(f"y_{i}", Normal(z, 1.0))
+    return z
+
+
+def test_data_for_an_observe_site_that_few_runs_reach_is_refused_no_more_than_by_importance():
+    data = {f"y_{i}": torch.tensor(1.0) for i in range(3)}
+    num_particles, num_runs = 8, 100
+    # Importance sampling refuses y_2 when none of its N runs reaches it: n < 3 in all.
+    p_none = float(Poisson(2.0).log_prob(torch.arange(3.0)).exp().sum()) ** num_particles
+    refused = 0
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.InferenceWarning)
+        for _ in range(num_runs):
+            try:
+                ic.smc(random_observations, data, num_particles, vectorize=False)
+            except ic.ModelError as error:
+                assert "no such site" in str(error)
+                refused += 1
+    expected = num_runs * p_none  # 4.4: the bound, were SMC's runs as many as importance's
+    assert refused <= expected + 3 * math.sqrt(expected * (1 - p_none)), refused
+    with pytest.raises(ic.ModelError, match=r"met are \['y_0', 'y_1', 'y_2'\]"):
+        ic.smc(random_observations, {**data, "y_5": 1.0}, 50, vectorize=False)
 
 
 # -- compiled proposals ---------------------------------------------------------------------
@@ -374,6 +457,36 @@ def test_a_batch_of_data_sets_gives_each_its_evidence_and_marginals():
             for batch in batches
         ]
         assert_mean_close(estimates, marginal, num_particles, f"data set {b}, p(x_T | y)")
+
+
+def test_a_batch_gives_each_data_set_its_smc_posterior_with_its_history():
+    steps, num_datasets = 8, 3
+    datasets = [hmm_example.simulate_data(steps) for _ in range(num_datasets)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.InferenceWarning)
+        batch = ic.smc_batch(hmm, datasets, 100, args=(steps,))
+    assert bool((batch.log_evidence_stderr > 0).all())  # equal weights would give 0
+    for b in range(num_datasets):
+        single = batch[b]
+        assert isinstance(single, ic.SMCPosterior)
+        assert torch.equal(single.ess_trace, batch.ess_trace[:, b])
+        assert torch.equal(single.resampled, batch.resampled[:, b])
+        assert torch.equal(single.ancestors, batch.ancestors[:, b])
+        assert single.steps == batch.steps
+        assert torch.allclose(single.log_evidence_stderr, batch.log_evidence_stderr[b])
+        assert torch.allclose(single.log_evidence, batch.log_evidence[b])
+    assert isinstance(batch.posterior(0), ic.SMCPosterior)
+
+
+def test_one_particle_has_no_standard_error_and_says_so():
+    data = hmm_example.simulate_data(3)
+    with pytest.warns(ic.InferenceWarning, match="with one particle the standard error"):
+        posterior = ic.smc(hmm, data, 1, args=(3,))
+    assert bool(torch.isnan(posterior.log_evidence_stderr))
+    with pytest.warns(ic.InferenceWarning, match="with one particle the standard error"):
+        batch = ic.smc_batch(hmm, [data, data], 1, args=(3,))
+    assert bool(torch.isnan(batch.log_evidence_stderr).all())
+    assert bool(torch.isnan(batch[0].log_evidence_stderr))
 
 
 def test_a_batch_that_does_not_vectorize_runs_data_set_after_data_set():
