@@ -14,7 +14,6 @@ from infcomp.examples.sir import (
     DAYS,
     POPULATION,
     REPORTING_FLOOR,
-    SchoolBinomial,
     infectious_curve,
     r0,
     sir,
@@ -56,14 +55,6 @@ def test_the_log_joint_is_the_chain_binomial_and_negative_binomial_densities():
         expected += float(reporting.log_prob(trace[f"in_bed_{t}"].value))
     log_joint = sum(float(site.log_prob().sum()) for site in trace.sites.values())
     assert log_joint == pytest.approx(expected, rel=1e-5)
-
-
-def test_school_binomial_is_binomial_inside_its_total_and_zero_above():
-    counts = torch.tensor([0.0, 3.0, 5.0, 6.0, 700.0])
-    school = SchoolBinomial(torch.tensor(5.0), torch.tensor(0.3))
-    inside = Binomial(torch.tensor(5.0), torch.tensor(0.3)).log_prob(counts[:3])
-    torch.testing.assert_close(school.log_prob(counts)[:3], inside)
-    assert bool(torch.isneginf(school.log_prob(counts)[3:]).all())
 
 
 def test_prior_importance_sampling_runs_vectorized_and_r0_is_a_function_of_the_trace():

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Binomial, Exponential, LogNormal, NegativeBinomial, constraints
+from torch.distributions import Binomial, Exponential, LogNormal, NegativeBinomial
 
 import infcomp as ic
 
@@ -43,26 +43,6 @@ GAMMA_PRIOR = (float(torch.tensor(0.4).log()), 0.5)
 PHI_INV_RATE = 5.0
 #: Added to the reporting mean so that a day with no one infectious can still report a case.
 REPORTING_FLOOR = 0.1
-
-
-class SchoolBinomial(Binomial):
-    """A Binomial whose support is declared as the whole school, ``0..POPULATION``: the
-    density is torch's Binomial inside ``0..total_count`` and zero (log -inf) above it.
-
-    Why: the automatic network gives all sites of a family (``recoveries_1``,
-    ``recoveries_2``, ...) one proposal head, chosen from the support it first sees; a
-    Binomial's support ``0..total_count`` changes from day to day (day 1's recoveries
-    have total count 1), so the head would be fitted to the first day's range. With one
-    constant support every day's counts share a count head over ``0..763``.
-    """
-
-    support = constraints.integer_interval(0, POPULATION)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        inside = value <= self.total_count
-        safe = torch.where(inside, value, torch.zeros_like(value))
-        log_density: Tensor = super().log_prob(safe)  # type: ignore[no-untyped-call]
-        return torch.where(inside, log_density, torch.full_like(log_density, -torch.inf))
 
 
 def sir(days: int = DAYS) -> Tensor:
@@ -88,9 +68,9 @@ def sir(days: int = DAYS) -> Tensor:
         susceptible, infectious = state(beta, infections, recoveries)
         # Each susceptible pupil escapes each infectious one with probability e^(-β/N).
         infected = 1 - torch.exp(-beta * infectious / POPULATION)
-        infections.append(ic.sample(f"infections_{t}", SchoolBinomial(susceptible, infected)))
+        infections.append(ic.sample(f"infections_{t}", Binomial(susceptible, infected)))
         recovery = 1 - torch.exp(-gamma)
-        recoveries.append(ic.sample(f"recoveries_{t}", SchoolBinomial(infectious, recovery)))
+        recoveries.append(ic.sample(f"recoveries_{t}", Binomial(infectious, recovery)))
         mean = state(beta, infections, recoveries)[1] + REPORTING_FLOOR
         dispersion = 1 / phi_inv
         ic.observe(f"in_bed_{t}", NegativeBinomial(dispersion, probs=mean / (mean + dispersion)))
@@ -103,7 +83,7 @@ def state(
     like: Tensor, infections: list[Tensor], recoveries: list[Tensor]
 ) -> tuple[Tensor, Tensor]:
     """``(S, I)`` after the given days' counts (shaped like ``like`` on day 0). Clamped at
-    0: a proposal above a count's total (weight zero already) must not give the next
+    0: a guide's proposal above a count's total (weight zero already) must not give the next
     day's distributions a negative total count."""
     infected = sum(infections, torch.zeros_like(like))
     recovered = sum(recoveries, torch.zeros_like(like))
