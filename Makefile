@@ -16,7 +16,7 @@ $(BIN)/python:
 .PHONY: install-run install-dev install-bench install-sbi demo demo-gaussian test test-all bench bench-compare bench-quality
 
 install-run: $(BIN)/python
-	$(PIP) -e '.[plot]'
+	$(PIP) -e '.[plot,arviz]'
 
 install-dev: $(BIN)/python
 	$(PIP) -e '.[dev,plot,bench]'

@@ -131,3 +131,31 @@ def test_the_p_value_is_the_chi_square_survival_function():
     assert float(result.p_values[0]) == pytest.approx(
         scipy_stats.chi2.sf(float(result.chi2[0]), 4), rel=1e-9
     )
+
+
+@pytest.mark.parametrize(
+    "inference, expected_low",
+    [
+        (None, False),  # the exact guide
+        (unweighted_shrunk, True),  # 90 % intervals cover 59 %
+        ("reweighted", True),  # heavy-tailed weights miss the tails: 95 % covers ~85 %
+    ],
+    ids=["exact", "shrunk-unweighted", "shrunk-reweighted"],
+)
+def test_passed_also_checks_coverage_3_standard_errors_below_the_level(inference, expected_low):
+    torch.manual_seed(3)
+    if inference is None:
+        result = calibrate(gaussian, B, N, guide=exact_guide)
+    elif inference == "reweighted":
+        result = calibrate(gaussian, B, N, guide=shrunk_guide)
+    else:
+        result = calibrate(gaussian, B, N, inference=inference)
+    low = result.undercovered()
+    threshold = torch.tensor(result.levels)[:, None] - 3 * result.coverage_stderr[:, None]
+    assert torch.equal(low, result.coverage < threshold)
+    assert bool(low.any()) is expected_low
+    if expected_low:
+        assert not result.passed() and "cover less than their level" in result.summary()
+        assert "!" in result.summary()
+    else:
+        assert result.passed() and "!" not in result.summary()

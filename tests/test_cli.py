@@ -121,13 +121,35 @@ def test_bad_usage_exits_2_with_one_line(compiled):
         (["infer", "g.pt", "wrong.json"], "'y'"),  # an unknown observation, named
         (["infer", "g.pt", "data.json", "--method", "is-or-smc"], "invalid choice"),
         (["info", "bad.json"], "cannot be read"),
+        (["info", "text.pt"], "cannot be read"),  # torch.load's KeyError
+        (["info", "folder"], "'folder' is a directory"),
+        # Output paths and formats are checked before any training or inference.
+        (["infer", "g.pt", "data.json", "--out", "nowhere/p.nc"], "'nowhere' does not exist"),
+        (["infer", "g.pt", "data.json", "--plot", "nowhere/w.png"], "'nowhere' does not exist"),
+        (["infer", "g.pt", "data.json", "--plot", "w.xyz"], "one of"),
+        (["calibrate", "g.pt", "--plot", "sbc"], "got none"),
+        (["compile", MODEL, "--steps", "1", "--out", "nowhere/x.pt"], "'nowhere' does not exist"),
+        (["compile", "syntax.py:m", "--steps", "1"], "SyntaxError"),
+        (["compile", "raises.py:m", "--steps", "1"], "RuntimeError: at import"),
+        # The library's ValueErrors, in terms of the options.
+        (["compile", MODEL, "--simulations", "1"], "needs at least 2 simulations"),
+        (["calibrate", "g.pt", "--datasets", "1"], "--datasets must be an integer >= 2"),
+        (["calibrate", "g.pt", "--bins", "1000"], "--bins = 1000"),
+        (["calibrate", "g.pt", "--draws", "50"], "choose --draws = k * 10 - 1"),
+        (["infer", "g.pt", "shape.json"], "'x1' has shape [2]; the model's is scalar ()"),
     ],
 )
 def test_each_bad_input_is_one_line_and_status_2(compiled, capsys, monkeypatch, args, message):
+    pytest.importorskip("matplotlib")
     monkeypatch.chdir(compiled)
     (compiled / "bad.json").write_text("{x1: 8")
     (compiled / "list.json").write_text("[8, 9]")
     (compiled / "wrong.json").write_text('{"x1": 8, "y": 1}')
+    (compiled / "shape.json").write_text('{"x1": [8, 1], "x2": 9}')
+    (compiled / "text.pt").write_text("not an artifact\n")
+    (compiled / "folder").mkdir(exist_ok=True)
+    (compiled / "syntax.py").write_text("def m(:\n")
+    (compiled / "raises.py").write_text("raise RuntimeError('at import')\n")
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("infcomp: error: ") and message in err[0]
@@ -148,3 +170,68 @@ def test_the_console_script_is_declared():
     module, _, function = project["scripts"]["infcomp"].partition(":")
     assert (module, function) == ("infcomp.cli", "run")
     assert callable(getattr(cli, function))
+
+
+def test_infer_out_without_arviz_names_the_extra_before_inferring(compiled, capsys, monkeypatch):
+    monkeypatch.chdir(compiled)
+    monkeypatch.setitem(sys.modules, "arviz", None)  # as if not installed
+    assert cli.main(["infer", "g.pt", "data.json", "--out", "p2.nc"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing was inferred
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'infcomp[arviz]'" in err[0]
+
+
+def test_a_model_failing_when_run_is_one_line_without_python_only_advice(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "failing.py").write_text(
+        "import torch, infcomp as ic\n"
+        "def m():\n"
+        "    ic.sample('z', torch.distributions.Normal(0.0, 1.0))\n"
+        "    raise RuntimeError('the simulator broke')\n"
+    )
+    assert cli.main(["compile", "failing.py:m", "--steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RuntimeError: the simulator broke" in err[0]
+    assert "traceback" not in err[0] and "on_error" not in err[0]
+
+
+def test_a_model_file_is_stored_by_its_absolute_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "mine.py").write_text(
+        "import torch, infcomp as ic\n"
+        "def m():\n"
+        "    z = ic.sample('z', torch.distributions.Normal(0.0, 1.0))\n"
+        "    ic.observe('x', torch.distributions.Normal(z, 1.0))\n"
+    )
+    (tmp_path / "data.json").write_text('{"x": 1.0}')
+    args = ["--steps", "2", "--batch-size", "8", "--out", "m.pt", "--no-progress"]
+    assert cli.main(["compile", "mine.py:m", *args]) == 0
+    stored = torch.load(tmp_path / "m.pt", weights_only=True)["config"]["metadata"]
+    assert stored["entry_point"] == f"{tmp_path / 'mine.py'}:m"
+    monkeypatch.chdir(tmp_path / "elsewhere")  # infer from another folder
+    assert cli.main(["infer", "../m.pt", "../data.json", "--particles", "50"]) == 0
+    assert cli.main(["info", "../m.pt"]) == 0
+    out = capsys.readouterr().out
+    assert "N = 50, ESS = " in out and "stored by its absolute path" in out
+    assert "site families" in out
+
+
+def test_the_validation_loss_shown_is_the_one_whose_parameters_are_kept():
+    history = [(1, 3.0), (2, 2.0), (3, 2.5)]
+    assert cli.validation_text(history, online=False).startswith("validation loss 2.0000 (the best")
+    assert cli.validation_text(history, online=True).startswith("validation loss 2.5000 (the last")
+    assert cli.validation_text(history, online=None) == (
+        "validation loss 2.0000 (best), 2.5000 (last)"
+    )
+    assert cli.validation_text([], online=False) == "validation loss none"
+
+
+def test_the_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["calibrate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 200)" in out and "(default: 99)" in out and "(default: 1000)" in out

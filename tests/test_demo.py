@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from infcomp import demo
 
@@ -26,3 +27,20 @@ def test_the_demo_without_compilation(capsys):
 def test_the_demo_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         demo.main(["--num-particles", "many"])
+
+
+@pytest.mark.parametrize("module", ["infcomp.demo", "infcomp.sir_demo"])
+def test_the_demos_run_torch_on_one_thread(module, monkeypatch):
+    # The thread count is set in main (not at import): two threads on a loaded
+    # 2-core machine made `make demo` about 8 times slower.
+    import importlib
+
+    script = importlib.import_module(module)
+    monkeypatch.setattr(script, "report", lambda *args: "")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        script.main([])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

@@ -27,6 +27,9 @@ def test_weights_and_marginals_figures(tmp_path):
     left, right = figure.axes
     assert "ESS" in left.get_title() and "k-hat" in right.get_title()
     assert len(right.get_lines()) == 2  # the tail and its fit
+    # The title's k-hat (with its prior) and the legend's raw fit are labelled apart.
+    assert f"k-hat = {float(post.khat):.2f}" in right.get_title()
+    assert "raw k = " in right.get_legend().get_texts()[1].get_text()
     assert (tmp_path / "weights.png").read_bytes()[:8] == PNG
     prior = {"z": ic.JointSimulator(gaussian)(2000).traces[0]["z"].value}
     figure = plots.marginals(post, prior, path=tmp_path / "marginals.png")
@@ -37,7 +40,7 @@ def test_weights_and_marginals_figures(tmp_path):
 def test_loss_curve_ess_trace_and_calibration_figures(tmp_path):
     csis = ic.CSIS(gaussian, validation_size=64)
     csis.train(num_steps=20, batch_size=16, validate_every=5, progress=False)
-    figure = plots.loss_curve(csis, path=tmp_path / "loss.png")
+    figure = plots.loss_curve(csis, tmp_path / "loss.png")  # path positional, as elsewhere
     assert len(figure.axes[0].get_lines()) == 3  # training, validation, best step
     with pytest.raises(ValueError, match="loss_curve needs"):
         plots.loss_curve()

@@ -19,6 +19,7 @@ latent (each element of each latent site), over B simulated data sets:
   θ* lies in ``[q_{(1-a)/2}, q_{(1+a)/2}]`` (weighted quantiles) should be ``a`` for
   every level a, within the binomial error ``sqrt(a (1 - a) / B)``. For a discrete
   latent the closed interval holds its endpoints' whole mass, so it covers *at least* a.
+  :meth:`Calibration.passed` fails a coverage more than 3 standard errors below a.
 
 All B data sets are inferred in one batched call (:func:`~infcomp.importance_batch` or
 :meth:`~infcomp.CSIS.run_batch`), B × N particles at once when the model broadcasts.
@@ -110,13 +111,32 @@ class Calibration:
         levels = torch.tensor(self.levels, dtype=torch.float64)
         return (levels * (1 - levels) / self.num_datasets).sqrt()
 
+    #: How many binomial standard errors below its level a coverage may fall.
+    COVERAGE_TOLERANCE = 3.0
+
+    def undercovered(self) -> Tensor:
+        """Which central intervals cover too little: ``coverage < a - 3 sqrt(a (1 - a) / B)``
+        (3 binomial standard errors under the nominal level a), shape ``(levels, K)``.
+
+        An overconfident posterior (too narrow) undercovers; a calibrated one does so
+        with probability about 0.0013 per level and latent (normal approximation). Too
+        much coverage is not flagged: a discrete latent's closed intervals cover more.
+        """
+        levels = torch.tensor(self.levels, dtype=torch.float64)[:, None]
+        threshold = levels - self.COVERAGE_TOLERANCE * self.coverage_stderr[:, None]
+        return self.coverage < threshold
+
     def passed(self, alpha: float = 0.01) -> bool:
         """Whether every scalar latent passes the χ² test at level ``alpha``, corrected
-        for K tests (Bonferroni: each p-value above alpha / K)."""
-        return bool((self.p_values > alpha / len(self.names)).all())
+        for K tests (Bonferroni: each p-value above alpha / K), and no central interval
+        covers less than its level by more than 3 binomial standard errors
+        (:meth:`undercovered`)."""
+        uniform = bool((self.p_values > alpha / len(self.names)).all())
+        return uniform and not bool(self.undercovered().any())
 
     def summary(self) -> str:
-        """One row per scalar latent: χ², its p-value, and the coverage at each level."""
+        """One row per scalar latent: χ², its p-value, and the coverage at each level
+        (``!`` marks a coverage more than 3 standard errors below its level)."""
         width = max(12, *(len(name) for name in self.names))
         header = ["chi2", "p-value", *(f"cov {level:.0%}" for level in self.levels)]
         lines = [
@@ -124,9 +144,13 @@ class Calibration:
             f"{self.num_bins} bins (chi2 with {self.num_bins - 1} degrees of freedom)",
             f"{'latent':>{width}} " + " ".join(f"{h:>9}" for h in header),
         ]
+        low = self.undercovered()
         for k, name in enumerate(self.names):
             cells = [f"{float(self.chi2[k]):9.2f}", f"{float(self.p_values[k]):9.4f}"]
-            cells += [f"{float(self.coverage[j, k]):9.3f}" for j in range(len(self.levels))]
+            cells += [
+                f"{float(self.coverage[j, k]):8.3f}" + ("!" if low[j, k] else " ")
+                for j in range(len(self.levels))
+            ]
             lines.append(f"{name:>{width}} " + " ".join(cells))
         errors = ", ".join(
             f"{level:.0%} ± {float(e):.3f}" for level, e in zip(self.levels, self.coverage_stderr)
@@ -136,12 +160,26 @@ class Calibration:
         return "\n".join(lines)
 
     def verdict(self, alpha: float = 0.01) -> str:
-        """ "calibrated" or which latents fail the χ² test at ``alpha`` (Bonferroni)."""
+        """ "calibrated" or which latents fail the χ² test at ``alpha`` (Bonferroni) or
+        undercover (:meth:`undercovered`)."""
         failing = [n for n, p in zip(self.names, self.p_values) if p <= alpha / len(self.names)]
-        if not failing:
+        low = self.undercovered().any(0)
+        narrow = [n for k, n in enumerate(self.names) if low[k]]
+        if not failing and not narrow:
             tests = len(self.names)
-            return f"no latent fails the uniformity test at {alpha} (Bonferroni over {tests})"
-        return f"not calibrated: {', '.join(failing)} fail the uniformity test at {alpha}"
+            return (
+                f"no latent fails the uniformity test at {alpha} (Bonferroni over {tests}) "
+                f"or covers less than 3 standard errors below a level"
+            )
+        reasons = []
+        if failing:
+            reasons.append(f"{', '.join(failing)} fail the uniformity test at {alpha}")
+        if narrow:
+            reasons.append(
+                f"{', '.join(narrow)} cover less than their level by more than 3 standard "
+                f"errors (intervals too narrow)"
+            )
+        return "not calibrated: " + "; ".join(reasons)
 
     def plot(self, path: str | Path | None = None) -> Any:
         """The rank histograms and the coverage curve (see

@@ -13,9 +13,15 @@ folder (``examples.sir:sir``, or a file: ``path/to/model.py:sir``); ``compile`` 
 it in the artifact, so that the other commands find the model again (``--model``
 overrides). ``data.json`` maps observe-site names to numbers or nested lists.
 
+A model given as ``FILE.py:FUNCTION`` is stored with the file's absolute path, so that
+``infer`` and ``calibrate`` find it from any folder.
+
 Exit status: 0 on success; 2 for bad usage (unknown options, missing or unreadable
-files, a model that cannot be imported, data that do not fit the model: one line on
-stderr says why); 1 when ``calibrate`` finds the posterior not calibrated.
+files, output folders that do not exist, an unsupported figure format, a model that
+cannot be imported, arguments the library rejects, data that do not fit the model,
+a missing optional dependency: one line on stderr says why, no traceback; paths and
+formats are checked before any training or inference); 1 when ``calibrate`` finds the
+posterior not calibrated.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ import argparse
 import importlib
 import importlib.util
 import json
-import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -38,6 +44,7 @@ import torch
 import infcomp as ic
 from infcomp.errors import ArtifactError, InferenceWarning
 from infcomp.inference.artifacts import FORMAT_VERSION, Signature, read_artifact
+from infcomp.nn.network import split_index
 
 #: The metadata key under which ``compile`` stores the model's ``MODULE:FUNCTION``.
 ENTRY_POINT = "entry_point"
@@ -61,7 +68,7 @@ def load_entry_point(spec: str) -> Callable[..., Any]:
         UsageError: a malformed spec, a module that cannot be imported, a missing or
             non-callable attribute.
     """
-    module_name, _, attribute = spec.partition(":")
+    module_name, _, attribute = spec.rpartition(":")
     if not module_name or not attribute:
         raise UsageError(f"the model must be given as MODULE:FUNCTION, got {spec!r}")
     try:
@@ -78,8 +85,14 @@ def load_entry_point(spec: str) -> Callable[..., Any]:
             if os.getcwd() not in sys.path:
                 sys.path.insert(0, os.getcwd())  # as `python -m` does
             module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UsageError(f"cannot import the model's module {module_name!r}: {error}") from None
+    except UsageError:
+        raise
+    except Exception as error:  # the user's module: a syntax error, or raising at import
+        if module_name.endswith(".py"):
+            sys.modules.pop(Path(module_name).stem, None)
+        raise UsageError(
+            f"cannot import the model's module {module_name!r}: {type(error).__name__}: {error}"
+        ) from None
     function: Any = module
     for part in attribute.split("."):
         function = getattr(function, part, None)
@@ -90,9 +103,19 @@ def load_entry_point(spec: str) -> Callable[..., Any]:
     return function  # type: ignore[no-any-return]
 
 
-def load_compiled(path: str, model_spec: str | None) -> tuple[ic.CSIS, Callable[..., Any]]:
-    """The :class:`~infcomp.CSIS` saved at ``path`` and its model (from the artifact's
-    entry point, or ``model_spec``)."""
+def stored_entry_point(spec: str) -> str:
+    """``spec`` as stored in an artifact: a ``FILE.py`` by its absolute path."""
+    module_name, _, attribute = spec.rpartition(":")
+    if module_name.endswith(".py"):
+        return f"{Path(module_name).resolve()}:{attribute}"
+    return spec
+
+
+def load_compiled(
+    path: str, model_spec: str | None
+) -> tuple[ic.CSIS, Callable[..., Any], dict[str, Any]]:
+    """The :class:`~infcomp.CSIS` saved at ``path``, its model (from the artifact's
+    entry point, or ``model_spec``) and the artifact's payload."""
     payload = read_artifact_or_usage(path)
     spec = model_spec or payload["config"].get("metadata", {}).get(ENTRY_POINT)
     if not spec:
@@ -101,13 +124,81 @@ def load_compiled(path: str, model_spec: str | None) -> tuple[ic.CSIS, Callable[
             f"compile`): give --model MODULE:FUNCTION"
         )
     model = load_entry_point(spec)
-    return ic.CSIS.load(path, model), model
+    return ic.CSIS.load(path, model), model, payload
 
 
 def read_artifact_or_usage(path: str) -> dict[str, Any]:
+    if Path(path).is_dir():
+        raise UsageError(f"artifact {path!r} is a directory, not a file")
     if not Path(path).is_file():
         raise UsageError(f"artifact {path!r} does not exist")
     return read_artifact(path)
+
+
+def check_output(path: str, option: str) -> None:
+    """That ``path`` can be written: not a directory, in a folder that exists."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path!r} is a directory, not a file")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path!r}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {path!r}: the folder {str(folder)!r} is not writable")
+
+
+def check_figure(path: str, option: str = "--plot") -> None:
+    """That matplotlib is installed and can write ``path``'s format (its suffix)."""
+    check_output(path, option)
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise UsageError(
+            f"{option} needs matplotlib, an optional dependency: pip install 'infcomp[plot]'"
+        ) from None
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise UsageError(
+            f"{option} {path!r}: the format is given by the suffix, one of "
+            f"{', '.join(formats)}; got {('.' + suffix) if suffix else 'none'}"
+        )
+
+
+def check_data(data: dict[str, torch.Tensor], payload: dict[str, Any], path: str) -> None:
+    """That each observation has a shape the model's observe site (family) had in the
+    artifact's probe; sites the probe did not see are left to the inference."""
+    if payload.get("signature") is None:
+        return
+    shapes: dict[str, set[tuple[int, ...]]] = {}
+    for record in Signature.from_dict(payload["signature"]).sites:
+        if record.kind == "observe":
+            shapes.setdefault(record.family, set()).add(tuple(record.shape))
+    for name, value in data.items():
+        expected = shapes.get(split_index(name)[0])
+        if expected and tuple(value.shape) not in expected:
+            described = " or ".join(_shape(shape) for shape in sorted(expected))
+            raise UsageError(
+                f"{path!r}: observe site {name!r} has shape {_shape(tuple(value.shape))}; "
+                f"the model's is {described}"
+            )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return f"{list(shape)}" if shape else "scalar ()"
+
+
+def validation_text(history: Sequence[Sequence[float]], online: bool | None) -> str:
+    """The validation loss that matters: training on a budget restores the best
+    epoch's parameters; online training keeps the last step's (None: not known)."""
+    if not history:
+        return "validation loss none"
+    best, last = min(float(h[1]) for h in history), float(history[-1][1])
+    if online is None:
+        return f"validation loss {best:.4f} (best), {last:.4f} (last)"
+    if online:
+        return f"validation loss {last:.4f} (the last, kept by online training)"
+    return f"validation loss {best:.4f} (the best epoch's, restored)"
 
 
 def read_data(path: str) -> dict[str, torch.Tensor]:
@@ -135,10 +226,11 @@ def read_data(path: str) -> dict[str, torch.Tensor]:
 
 def compile_command(options: argparse.Namespace) -> int:
     model = load_entry_point(options.model)
+    check_output(options.out, "--out")  # before training
     torch.manual_seed(options.seed)
     network = ic.nn.NetworkConfig(attention=ATTENTION[options.attention])
     csis = ic.CSIS(model, network=network)
-    csis.metadata = {ENTRY_POINT: options.model, "seed": options.seed}
+    csis.metadata = {ENTRY_POINT: stored_entry_point(options.model), "seed": options.seed}
     if options.steps is not None:
         budget = f"{options.steps} online steps of {options.batch_size or 256} simulations"
         csis.train(
@@ -153,19 +245,28 @@ def compile_command(options: argparse.Namespace) -> int:
         )
     csis.metadata["budget"] = budget
     csis.save(options.out)
-    validation = csis.validation_history[-1][1] if csis.validation_history else math.nan
+    validation = validation_text(csis.validation_history, online=options.steps is not None)
     print(
         f"compiled {options.model} on {budget}: {csis.num_steps} steps, "
-        f"{csis.num_simulations:,} simulations, {csis.training_seconds:.1f} s, "
-        f"validation loss {validation:.4f}"
+        f"{csis.num_simulations:,} simulations, {csis.training_seconds:.1f} s, {validation}"
     )
     print(f"saved {options.out}")
     return 0
 
 
 def infer_command(options: argparse.Namespace) -> int:
-    csis, model = load_compiled(options.artifact, options.model)
+    if options.out:
+        check_output(options.out, "--out")
+        if importlib.util.find_spec("arviz") is None:
+            raise UsageError(
+                "--out writes ArviZ netCDF and needs ArviZ, an optional dependency: "
+                "pip install 'infcomp[arviz]'"
+            )
+    if options.plot:
+        check_figure(options.plot)
+    csis, model, payload = load_compiled(options.artifact, options.model)
     data = read_data(options.data)
+    check_data(data, payload, options.data)
     torch.manual_seed(options.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InferenceWarning)
@@ -203,7 +304,9 @@ def infer_command(options: argparse.Namespace) -> int:
 def calibrate_command(options: argparse.Namespace) -> int:
     from infcomp.calibration import calibrate
 
-    csis, model = load_compiled(options.artifact, options.model)
+    if options.plot:
+        check_figure(options.plot)
+    csis, model, _ = load_compiled(options.artifact, options.model)
     torch.manual_seed(options.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InferenceWarning)  # per data set; the summary says
@@ -227,25 +330,33 @@ def info_command(options: argparse.Namespace) -> int:
     payload = read_artifact_or_usage(options.artifact)
     config = payload["config"]
     metadata = config.get("metadata", {})
+    entry = metadata.get(ENTRY_POINT)
+    model = entry if entry else config.get("model")
+    if entry and entry.rpartition(":")[0].endswith(".py"):
+        model = f"{entry} (a file, stored by its absolute path)"
     lines = [
         f"{options.artifact}: infcomp CSIS artifact, format version "
         f"{payload['format_version']} (this infcomp writes {FORMAT_VERSION})",
-        f"model: {metadata.get(ENTRY_POINT, config.get('model'))}",
+        f"model: {model}",
         f"guide: {config['guide_class']}",
     ]
-    history = config.get("validation_history", [])
-    validation = f"{history[-1][1]:.4f}" if history else "none"
+    budget = metadata.get("budget")
+    online = None if budget is None else "online" in budget
+    validation = validation_text(config.get("validation_history", []), online)
     lines.append(
         f"training: {config['num_steps']} steps, {config.get('num_simulations', 0):,} "
-        f"simulations, {config.get('training_seconds', 0.0):.1f} s, validation loss "
-        f"{validation}" + (f" ({metadata['budget']})" if "budget" in metadata else "")
+        f"simulations, {config.get('training_seconds', 0.0):.1f} s, {validation}"
+        + (f"; {budget}" if budget else "")
     )
     invalid = config.get("invalid_simulations", {})
     if invalid:
         lines.append(f"dropped simulations: {invalid}")
     if payload.get("signature") is not None:
         signature = Signature.from_dict(payload["signature"])
-        lines.append(f"sites (a probe of {signature.size} simulations):")
+        lines.append(
+            f"site families (a family is a site's name without its loop index; "
+            f"a probe of {signature.size} simulations):"
+        )
         for record in signature.sites:
             shape = "x".join(map(str, record.shape)) or "scalar"
             kind = "latent" if record.kind == "sample" else record.kind
@@ -260,7 +371,12 @@ def info_command(options: argparse.Namespace) -> int:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with its errors in the same one-line form as ours."""
+    """argparse, with its errors in the same one-line form as ours and the defaults
+    shown in the help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
@@ -292,16 +408,20 @@ def parser() -> argparse.ArgumentParser:
     budget = compile_.add_mutually_exclusive_group(required=True)
     budget.add_argument("--simulations", type=positive, help="simulation budget (epochs)")
     budget.add_argument("--steps", type=positive, help="online steps of fresh simulations")
-    compile_.add_argument("--batch-size", type=positive, help="simulations per step")
-    compile_.add_argument("--out", default="model.pt", help="the artifact (default model.pt)")
+    compile_.add_argument(
+        "--batch-size", type=positive, help="simulations per step (None: the library's 256)"
+    )
+    compile_.add_argument("--out", default="model.pt", help="the artifact")
     compile_.add_argument(
         "--attention",
         choices=ATTENTION,
         default="auto",
         help="latent sites attend over the observe sites (auto: with 4 or more of them)",
     )
-    compile_.add_argument("--seed", type=int, default=0)
-    compile_.add_argument("--no-progress", dest="progress", action="store_false")
+    compile_.add_argument("--seed", type=int, default=0, help="torch's random seed")
+    compile_.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
     compile_.set_defaults(run=compile_command)
 
     infer = commands.add_parser("infer", help="importance sampling on a data set")
@@ -320,15 +440,17 @@ def parser() -> argparse.ArgumentParser:
 
     calibrate = commands.add_parser("calibrate", help="simulation-based calibration")
     _compiled_arguments(calibrate)
-    calibrate.add_argument("--datasets", type=positive, default=200)
-    calibrate.add_argument("--draws", type=positive, default=99, help="SBC draws per data set")
+    calibrate.add_argument("--datasets", type=positive, default=200, help="simulated data sets")
+    calibrate.add_argument(
+        "--draws", type=positive, default=99, help="SBC draws per data set (+ 1: bins x k)"
+    )
     calibrate.add_argument("--bins", type=positive, default=10, help="bins of the chi2 test")
     calibrate.add_argument("--sites", nargs="+", help="latent sites to check (default all)")
     calibrate.add_argument("--plot", help="write the rank histograms and coverage")
     calibrate.set_defaults(run=calibrate_command)
 
     info = commands.add_parser("info", help="what an artifact holds")
-    info.add_argument("artifact")
+    info.add_argument("artifact", help="a file written by `infcomp compile`")
     info.set_defaults(run=info_command)
     return main
 
@@ -347,10 +469,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parser().parse_args(argv)
         status: int = options.run(options)
         return status
-    except (UsageError, ArtifactError, ic.ModelError) as error:
-        message = " ".join(str(error).split())  # one line
-        print(f"infcomp: error: {message}", file=sys.stderr)
+    except (UsageError, ArtifactError, ic.ModelError, ImportError, OSError, ValueError) as error:
+        print(f"infcomp: error: {one_line(error)}", file=sys.stderr)
         return 2
+
+
+#: Python-only advice in the library's messages, and what the command line says instead.
+_FOR_PYTHON = (
+    (re.compile(r"\s*\(see the traceback above\)"), ""),
+    (re.compile(r";\s*pass on_error='skip' to drop and count failing simulations"), ""),
+    (
+        re.compile(
+            r"pass it in data \(data=\{.*?: \.\.\.\}\) or give observe\(\.\.\., value=\.\.\.\)"
+        ),
+        "give it in the data file",
+    ),
+)
+#: The library's argument names, as the command line's options.
+_OPTIONS = {
+    "num_simulations": "--simulations",
+    "num_steps": "--steps",
+    "batch_size": "--batch-size",
+    "num_particles": "--particles",
+    "num_datasets": "--datasets",
+    "num_draws": "--draws",
+    "num_bins": "--bins",
+}
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message in one line, in the command line's terms."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        message = f"{error.strerror}: {error.filename!r}"
+    elif isinstance(error, UsageError):
+        message = str(error)
+    else:
+        message = str(error)
+        for pattern, replacement in _FOR_PYTHON:
+            message = pattern.sub(replacement, message)
+        for name, option in _OPTIONS.items():
+            message = re.sub(rf"\b{name}\b", option, message)
+        if isinstance(error, ImportError):
+            message = f"{type(error).__name__}: {message}"
+    return " ".join(message.split())
 
 
 def run() -> None:

@@ -138,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--inference-samples", type=int, default=50)
     parser.add_argument("--figure", type=Path, default=Path("csis_gaussian.png"))
     options = parser.parse_args(argv)
+    # One torch thread: the demo's small batches gain nothing from more, and on a
+    # loaded machine two threads contend (make demo was ~8x slower with them).
+    torch.set_num_threads(1)
     print(
         report(
             options.num_particles,

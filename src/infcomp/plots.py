@@ -4,7 +4,9 @@ prior, training curves, calibration, and (for sequential Monte Carlo) the ESS tr
 matplotlib is an optional extra (``pip install 'infcomp[plot]'``), imported by each
 function when it is called, never by ``import infcomp``. Every function draws on a new
 ``matplotlib.figure.Figure`` (no pyplot, so no global state and no backend is chosen
-for you), saves it when ``path`` is given, and returns it (a notebook shows it).
+for you), saves it when ``path`` is given, and returns the ``Figure`` (a notebook shows
+it). (:meth:`~infcomp.SMCPosterior.plot` is different: it draws on pyplot's current
+``Axes``, or the one given, and returns that ``Axes``.)
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ def weights(posterior: Posterior, path: Location = None) -> Any:
     is healthy; a few weights near 1 mean ESS ≈ 1). Right: the upper tail the Pareto k-hat
     is fitted to (Vehtari et al., JMLR 2024): the M largest weights' exceedances over the
     threshold, their empirical survival function and the fitted generalized Pareto one
-    ``(1 + k x / σ)^(-1/k)`` (Zhang & Stephens' fit, before k-hat's prior).
+    ``(1 + k x / σ)^(-1/k)`` (Zhang & Stephens' fit, before k-hat's prior). The title's
+    k-hat is the reported one, ``(M k + 10 * 0.5) / (M + 10)`` with the weakly informative
+    prior (:func:`~infcomp.diagnostics.pareto_khat`); the legend's raw k is the fit drawn,
+    so the two differ a little.
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -100,7 +105,10 @@ def weights(posterior: Posterior, path: Location = None) -> Any:
         else:
             fitted = torch.exp(-grid / sigma_value)
         right.loglog(
-            grid.numpy(), fitted.numpy(), color="tab:red", label=f"GPD fit, k = {k_value:.2f}"
+            grid.numpy(),
+            fitted.numpy(),
+            color="tab:red",
+            label=f"GPD fit, raw k = {k_value:.2f} (k-hat: with its prior)",
         )
         right.legend()
     else:
@@ -172,10 +180,10 @@ def marginals(
 
 def loss_curve(
     csis: CSIS | None = None,
+    path: Location = None,
     *,
     loss_history: Sequence[float] | None = None,
     validation_history: Sequence[tuple[int, float]] | None = None,
-    path: Location = None,
 ) -> Any:
     """The training loss of every step (``-log q`` on each minibatch) and the validation
     loss (on held-out simulations), against the step, of a :class:`~infcomp.CSIS` (its

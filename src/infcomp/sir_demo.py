@@ -234,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--recompile", action="store_true", help="ignore a cached artifact")
     parser.add_argument("--figure", type=Path, default=Path("sir_outbreak.png"))
     options = parser.parse_args(argv)
+    # One torch thread: the demo's small batches gain nothing from more, and on a
+    # loaded machine two threads contend (make demo was ~8x slower with them).
+    torch.set_num_threads(1)
     if options.recompile and options.artifact.exists():
         options.artifact.unlink()
     print(

@@ -117,11 +117,13 @@ def read_artifact(path: Location) -> Payload:
     where = describe(path)
     try:
         saved = torch.load(path, weights_only=True, map_location="cpu")
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError) as error:
+        # (torch.load of an arbitrary file: KeyError for a text file, ValueError, ...)
         if isinstance(error, FileNotFoundError):
             raise
         raise ArtifactError(
-            f"{where} cannot be read (a truncated or foreign file?): {error}"
+            f"{where} cannot be read (a truncated or foreign file?): "
+            f"{type(error).__name__}: {error}"
         ) from error
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ArtifactError(f"{where} is not an infcomp CSIS artifact")
