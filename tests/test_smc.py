@@ -502,7 +502,10 @@ def test_a_batch_that_does_not_vectorize_runs_data_set_after_data_set():
     for b, single in enumerate(singles):
         assert torch.equal(batch.log_weights[:, b], single.log_weights)
         assert torch.equal(batch.ess_trace[:, b], single.ess_trace)
+        assert float(batch.ess[b]) == float(single.ess)  # the last epoch's, per data set
     assert batch.log_evidence_stderr.shape == (2,)
+    scheme = ic.smc_batch(substeps, datasets, 40, args=(2,), vectorize=False, resample="residual")
+    assert scheme[0].resampling == scheme[1].resampling == "residual"
 
 
 def test_particles_with_invalid_parameters_get_weight_zero_and_are_counted():
