@@ -1,10 +1,11 @@
 """Sequential Monte Carlo on the 100-step HMM: infcomp vs a hand-written filter vs Pyro.
 
 The 3-state HMM of :mod:`infcomp.examples.hmm`, 100 steps, data simulated from the model
-with seed 0. Every contender resamples systematically when ESS < N/2:
+with seed 0. Every contender resamples systematically when ESS < N/2 (``ic.smc`` is given
+``resample="systematic"`` explicitly: its default is multinomial):
 
-* **infcomp**: ``ic.smc(hmm, data, N, args=(100,))``, the model as written (a Python
-  loop of ``sample`` and ``observe``), with its default replay check; then
+* **infcomp**: ``ic.smc(hmm, data, N, args=(100,), resample="systematic")``, the model as
+  written (a Python loop of ``sample`` and ``observe``), with its default replay check; then
   ``log_evidence`` and ``ess`` as floats.
 * **torch**: the bootstrap filter written by hand for this model: a loop over steps with
   the state tensor, Categorical transitions, Normal emissions, float64 log weights,
@@ -48,6 +49,7 @@ from harness import Case, Row, Section
 
 STEPS = 100
 REPEATS = 30
+SYSTEMATIC = "systematic"  # ic.smc's default is multinomial; compared here with systematic
 
 
 def dataset() -> dict[str, torch.Tensor]:
@@ -62,7 +64,7 @@ Y = torch.stack([DATA[f"y_{t}"] for t in range(STEPS)])
 
 
 def run_infcomp(n: int) -> tuple[float, float]:
-    post = ic.smc(hmm, DATA, n, args=(STEPS,))
+    post = ic.smc(hmm, DATA, n, args=(STEPS,), resample=SYSTEMATIC)
     return float(post.log_evidence), float(post.ess)
 
 
@@ -136,7 +138,7 @@ def compiled() -> Callable[[int], tuple[float, float]]:
     csis.train(num_steps=200, batch_size=64, progress=False)
 
     def run(n: int) -> tuple[float, float]:
-        post = ic.smc(hmm, DATA, n, args=(STEPS,), guide=csis)
+        post = ic.smc(hmm, DATA, n, args=(STEPS,), guide=csis, resample=SYSTEMATIC)
         return float(post.log_evidence), float(post.ess)
 
     return run
@@ -163,9 +165,11 @@ def spread(options: argparse.Namespace) -> Callable[[], dict[str, float]]:
         exact, *_ = ssm.kalman(data, steps)
         linear = {
             "lg importance": lambda: ic.importance(ssm.state_space, data, 1000, args=(steps,)),
-            "lg smc": lambda: ic.smc(ssm.state_space, data, 1000, args=(steps,)),
+            "lg smc": lambda: ic.smc(
+                ssm.state_space, data, 1000, args=(steps,), resample=SYSTEMATIC
+            ),
             "lg guided": lambda: ic.smc(
-                ssm.state_space, data, 1000, args=(steps,), guide=optimal_guide
+                ssm.state_space, data, 1000, args=(steps,), guide=optimal_guide, resample=SYSTEMATIC
             ),
         }
         with warnings.catch_warnings():

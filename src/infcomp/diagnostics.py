@@ -541,7 +541,7 @@ def _low_ess(num_particles: int) -> float:
 def weight_problems(
     num_particles: int,
     ess: Tensor | float,
-    khat: Tensor | float,
+    khat: Tensor | float | None,
     num_nan: Tensor | int = 0,
     num_infinite: Tensor | int = 0,
     num_zero: Tensor | int = 0,
@@ -569,7 +569,9 @@ def weight_problems(
     Args:
         num_particles: ``N``.
         ess: :func:`effective_sample_size` of the weights.
-        khat: :func:`pareto_khat` of the weights.
+        khat: :func:`pareto_khat` of the weights; None skips checks 4 and 5 (weights for
+            which k-hat is not the importance-sampling diagnostic, as sequential Monte
+            Carlo's).
         num_nan, num_infinite, num_zero: how many log weights are NaN, +inf and -inf.
         nonfinite_sites: for the first check, particles with a NaN or +inf log density, by
             site.
@@ -585,6 +587,8 @@ def weight_problems(
     """
     n = num_particles
     threshold = khat_threshold(n)
+    if khat is None:
+        khat = -math.inf  # passes checks 4 and 5
     arguments = (ess, khat, num_nan, num_infinite, num_zero)
     if any(isinstance(x, Tensor) and x.dim() > 0 for x in arguments):
         ess_t = torch.as_tensor(ess, dtype=torch.float64)

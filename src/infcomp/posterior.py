@@ -53,6 +53,10 @@ class WeightedParticles:
 
     log_weights: Tensor
 
+    #: Whether :meth:`problems` judges the weights by their Pareto k-hat (not for
+    #: sequential Monte Carlo, whose final weights are not importance weights).
+    khat_diagnostic = True
+
     @property
     def num_particles(self) -> int:
         """The number of particles N (per data set, for a batch)."""
@@ -370,7 +374,7 @@ class Posterior(WeightedParticles):
         lines.append(
             f"N = {self.num_particles}, ESS = {float(self.ess):.1f}, "
             f"log Z = {float(self.log_evidence):.4f} ± {float(self.log_evidence_stderr):.4f}, "
-            f"k-hat = {float(self.khat):.2f}"
+            f"k-hat = {_khat_text(float(self.khat))}"
         )
         return "\n".join(lines)
 
@@ -413,12 +417,19 @@ def EmpiricalMarginal(posterior: Posterior, sites: Quantity) -> Empirical:  # no
     return posterior.marginal(sites)
 
 
+def _khat_text(khat: float) -> str:
+    """k-hat for a summary: ``-`` where it is not computable (NaN, or -inf for equal
+    weights)."""
+    return f"{khat:.2f}" if math.isfinite(khat) else "-"
+
+
 def _problems(posterior: Posterior | StreamedPosterior) -> list[str]:
     """The problems report of one posterior, from its counts and diagnostics."""
+    khat_diagnostic = getattr(posterior, "khat_diagnostic", True)
     problems = diagnostics.weight_problems(
         posterior.num_particles,
         posterior.ess,
-        posterior.khat,
+        posterior.khat if khat_diagnostic else None,
         posterior.num_nan_weights,
         posterior.num_infinite_weights,
         posterior.num_zero_weights,
@@ -563,7 +574,7 @@ class BatchPosterior(WeightedParticles):
         counts = diagnostics.weight_problems(
             self.num_particles,
             self.ess,
-            self.khat,
+            self.khat if self.khat_diagnostic else None,
             torch.isnan(log_weights).sum(0),
             torch.isposinf(log_weights).sum(0),
             torch.isneginf(log_weights).sum(0),
