@@ -211,8 +211,9 @@ def report(
         columns.append((label, post, seconds))
     lines += ["Posterior: mean [90 % interval]", *table(columns)]
     lines += [
-        "SMC resamples at the observe statements: its ESS is of the final weights, its log",
-        "evidence error from the genealogy (Lee & Whiteley 2018); k-hat does not apply.",
+        "SMC resamples at the observe statements: its ESS is the last epoch's (before a final",
+        "resampling), its log evidence error from the genealogy (Lee & Whiteley 2018, with",
+        "multinomial resampling); k-hat does not apply.",
     ]
     if figure is not None:
         # Predictive bands of compiled IS; R0 under every method but the short prior IS.
