@@ -169,7 +169,12 @@ def spread(options: argparse.Namespace) -> Callable[[], dict[str, float]]:
                 ssm.state_space, data, 1000, args=(steps,), resample=SYSTEMATIC
             ),
             "lg guided": lambda: ic.smc(
-                ssm.state_space, data, 1000, args=(steps,), guide=optimal_guide, resample=SYSTEMATIC
+                ssm.state_space,
+                data,
+                1000,
+                args=(steps,),
+                guide=ssm.optimal_guide,
+                resample=SYSTEMATIC,
             ),
         }
         with warnings.catch_warnings():
@@ -181,16 +186,6 @@ def spread(options: argparse.Namespace) -> Callable[[], dict[str, float]]:
         return found
 
     return values
-
-
-def optimal_guide(num_steps: int, observations: dict[str, torch.Tensor]) -> None:
-    """The linear-Gaussian model's locally optimal proposal p(x_t | x_{t-1}, y_t)."""
-    x = None
-    for t in range(num_steps):
-        prior_mean, prior_var = (0.0, 1.0) if x is None else (ssm.A * x, ssm.Q**2)
-        var = 1 / (1 / prior_var + 1 / ssm.R**2)
-        mean = var * (prior_mean / prior_var + observations[f"y_{t}"] / ssm.R**2)
-        x = ic.sample(f"x_{t}", Normal(mean, var**0.5))
 
 
 def describe(last: dict[str, Any]) -> str:

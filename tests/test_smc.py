@@ -45,6 +45,21 @@ def assert_unbiased(log_evidences, exact, what):
     )
 
 
+def assert_log_evidence_consistent(log_evidences, exact, what):
+    """For a long series, where Ẑ/Z is too heavy-tailed for its mean over a few repeats
+    (sd of log Ẑ near 1): Ẑ unbiased and about log-normal gives
+    E[log Ẑ] = log Z − Var(log Ẑ)/2 ≤ log Z; the mean of log Ẑ lies within 3 standard
+    errors of [log Z − s²/2, log Z], s the repeats' sd (unbiasedness of Ẑ itself is the
+    slow 200-repeat test)."""
+    values = torch.stack(log_evidences).double()
+    spread = float(values.std())
+    margin = 3 * spread / math.sqrt(len(values))
+    gap = float(values.mean()) - exact
+    assert -(spread**2) / 2 - margin < gap < margin, (
+        f"{what}: mean log Ẑ − log Z = {gap:.3f}, sd {spread:.3f}"
+    )
+
+
 def assert_mean_close(estimates, exact, num_particles, what):
     values = torch.stack([torch.as_tensor(e, dtype=torch.float64) for e in estimates])
     standard_error = values.std(0) / math.sqrt(len(values))
@@ -157,23 +172,14 @@ def test_hmm_evidence_is_unbiased_over_200_repeats(steps):
 # -- the linear-Gaussian state-space model -----------------------------------------------
 
 
-def optimal_guide(num_steps, observations):
-    """The locally optimal proposal p(x_t | x_{t-1}, y_t) (fully adapted filter)."""
-    x = None
-    for t in range(num_steps):
-        prior_mean, prior_var = (0.0, 1.0) if x is None else (ssm.A * x, ssm.Q**2)
-        var = 1 / (1 / prior_var + 1 / ssm.R**2)
-        mean = var * (prior_mean / prior_var + observations[f"y_{t}"] / ssm.R**2)
-        x = ic.sample(f"x_{t}", Normal(mean, var**0.5))
-
-
 def test_state_space_evidence_and_filtered_mean_match_the_kalman_filter():
     steps, num_particles = 50, 300
     data = ssm.simulate_data(steps)
     log_evidence, filtered, _, smoothed = ssm.kalman(data, steps)
-    # (Seeded for systematic resampling, with which these tolerances were set.)
-    posteriors = repeats(state_space, data, num_particles, 20, args=(steps,), resample="systematic")
-    assert_unbiased([p.log_evidence for p in posteriors], log_evidence, "Kalman, bootstrap")
+    posteriors = repeats(state_space, data, num_particles, 60, args=(steps,))
+    assert_log_evidence_consistent(
+        [p.log_evidence for p in posteriors], log_evidence, "Kalman, bootstrap"
+    )
     final = [p.mean(f"x_{steps - 1}") for p in posteriors]
     assert_mean_close(final, filtered[-1], num_particles, "filtered mean at T")
     # The genealogy gives smoothed means of the last steps (earlier ones have collapsed).
@@ -185,7 +191,7 @@ def test_a_guide_proposes_and_a_better_guide_gives_a_better_evidence():
     steps, num_particles = 30, 200
     data = ssm.simulate_data(steps)
     log_evidence, filtered, _, _ = ssm.kalman(data, steps)
-    guided = repeats(state_space, data, num_particles, 12, args=(steps,), guide=optimal_guide)
+    guided = repeats(state_space, data, num_particles, 12, args=(steps,), guide=ssm.optimal_guide)
     assert_unbiased([p.log_evidence for p in guided], log_evidence, "Kalman, optimal guide")
     assert_mean_close(
         [p.mean(f"x_{steps - 1}") for p in guided], filtered[-1], num_particles, "guided mean"

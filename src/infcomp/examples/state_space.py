@@ -30,6 +30,18 @@ def state_space(num_steps: int) -> Tensor:
     return x
 
 
+def optimal_guide(num_steps: int, observations: dict[str, Tensor]) -> None:
+    """The locally optimal proposal p(x_t | x_{t-1}, y_t) (the fully adapted particle
+    filter), a guide for :func:`state_space`: Normal with variance
+    ``v = 1 / (1 / prior var + 1 / R²)`` and mean ``v (prior mean / prior var + y_t / R²)``."""
+    x = None
+    for t in range(num_steps):
+        prior_mean, prior_var = (0.0, 1.0) if x is None else (A * x, Q**2)
+        var = 1 / (1 / prior_var + 1 / R**2)
+        mean = var * (prior_mean / prior_var + observations[f"y_{t}"] / R**2)
+        x = ic.sample(f"x_{t}", Normal(mean, var**0.5))
+
+
 def simulate_data(num_steps: int) -> dict[str, Tensor]:
     """Observations drawn from the model itself."""
     values = ic.trace(state_space).get_trace(num_steps).values()
