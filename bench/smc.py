@@ -5,8 +5,9 @@ with seed 0. Every contender resamples systematically when ESS < N/2 (``ic.smc``
 ``resample="systematic"`` explicitly: its default is multinomial):
 
 * **infcomp**: ``ic.smc(hmm, data, N, args=(100,), resample="systematic")``, the model as
-  written (a Python loop of ``sample`` and ``observe``), with its default replay check; then
-  ``log_evidence`` and ``ess`` as floats.
+  written (a Python loop of ``sample`` and ``observe``), then ``log_evidence`` and ``ess``
+  as floats. By default the program is replay-checked until one run has passed (here the
+  warm-up run); a second row replays every run (``check=True``).
 * **torch**: the bootstrap filter written by hand for this model: a loop over steps with
   the state tensor, Categorical transitions, Normal emissions, float64 log weights,
   systematic resampling (``infcomp.resampling.systematic_indices``) and the evidence
@@ -63,8 +64,8 @@ DATA = dataset()
 Y = torch.stack([DATA[f"y_{t}"] for t in range(STEPS)])
 
 
-def run_infcomp(n: int) -> tuple[float, float]:
-    post = ic.smc(hmm, DATA, n, args=(STEPS,), resample=SYSTEMATIC)
+def run_infcomp(n: int, check: bool | None = None) -> tuple[float, float]:
+    post = ic.smc(hmm, DATA, n, args=(STEPS,), resample=SYSTEMATIC, check=check)
     return float(post.log_evidence), float(post.ess)
 
 
@@ -208,6 +209,10 @@ def cases(options: argparse.Namespace) -> Iterator[Case]:
         target=("infcomp/torch", ">=", 1 / 1.5),
     )
     yield Case([row], contenders, work=n, warm_up=1, describe=describe)
+    every = Row("bootstrap SMC, HMM 100 steps, N = 1e4, check=True", "particles/s")
+    contenders["infcomp"] = lambda: run_infcomp(n, check=True)
+    contenders.pop("pyro", None)
+    yield Case([every], contenders, work=n, warm_up=1, describe=describe)
     ratio = Row(
         "log Ẑ sd, HMM 100 steps, N = 1e3: prior IS / bootstrap SMC",
         "ratio",

@@ -619,3 +619,26 @@ def test_the_standard_error_covers_the_exact_evidence_over_100_repeats():
     assert abs(covered - 0.95) < 3 * math.sqrt(0.95 * 0.05 / runs), covered
     ratio = float(stderr.mean() / log_z.std())
     assert abs(ratio - 1) < 3 * 0.07, ratio
+
+
+def test_by_default_a_program_is_replayed_until_a_run_that_resampled_has_passed():
+    def counted(num_steps):
+        counted.runs += 1
+        return state_space(num_steps)
+
+    counted.runs = 0
+    steps = 3
+    data = ssm.simulate_data(steps)
+
+    def runs(**options):
+        before = counted.runs
+        ic.smc(counted, data, 50, args=(steps,), **options)
+        return counted.runs - before  # the probe, the run, and the replay if checked
+
+    assert runs(ess_threshold=0.0) == 3  # no resampling: nothing learned, checked again
+    assert runs(ess_threshold=1.0) == 3  # resampled and passed
+    assert runs(ess_threshold=1.0) == 2  # not replayed again
+    assert runs(ess_threshold=1.0, check=True) == 3
+    assert runs(ess_threshold=0.0) == 2
+    with pytest.raises(ValueError, match="check must be None, True or False, got 'yes'"):
+        ic.smc(counted, data, 50, args=(steps,), check="yes")

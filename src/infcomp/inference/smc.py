@@ -27,12 +27,15 @@ How a program's particles are resampled:
   (``mu = A @ x`` computed before an observe and used after it) cannot be re-indexed:
   state that crosses an observe must be a sampled value; compute derived values after
   the observe. That includes the return value: a running total accumulated across
-  observe statements is stale; sum the sampled values at the end. With ``check=True``
-  (the default) up to 256 of the final particles are replayed through the program once
-  and every site's log density, and the return value (where it is a tensor with the
-  particle dimensions, particle by particle; other return values are not compared), are
-  compared with those of the run; a difference is a :class:`~infcomp.ModelError` naming
-  the site or the return value.
+  observe statements is stale; sum the sampled values at the end. The replay check
+  runs up to 256 of the final particles through the program once more and compares
+  every site's log density, and the return value (where it is a tensor with the particle
+  dimensions, particle by particle; other return values are not compared), with those
+  of the run; a difference is a :class:`~infcomp.ModelError` naming the site or the
+  return value. A stale value is a property of the program's code, so by default
+  (``check=None``) a program is checked until one of its runs has passed after
+  resampling at least once, and not again in this process; ``check=True`` checks every
+  run, ``check=False`` none.
 - **Programs that do not vectorize** (control flow on sampled values) run particle by
   particle, aligned by their count of observe statements: at step k each particle's
   program is re-run with its (resampled) past replayed up to its k-th observe and
@@ -55,6 +58,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -117,7 +121,7 @@ class Options(TypedDict, total=False):
     observations: Any
     resample: str
     ess_threshold: float
-    check: bool
+    check: bool | None
 
 
 OPTIONS = sorted(Options.__annotations__)
@@ -159,8 +163,11 @@ def smc(
         check: replay (up to 256 of) the final particles of a vectorized run and
             compare each site's log density, and the return value (a tensor with the
             particle dimensions, particle by particle), with those of the run (one more,
-            small run of the program): catches a derived value that crossed an observe
-            statement.
+            small run of the program, and the latent sites' log densities computed
+            during the run): catches a derived value that crossed an observe
+            statement. None (default): until a run of this program (the same
+            ``model`` object) has passed the check after resampling at least once in
+            this process; True: every run; False: never.
         args, kwargs, vectorize, device: as in :func:`~infcomp.importance`.
 
     Returns:
@@ -245,6 +252,9 @@ def _run(
     if not number or not 0 <= threshold <= 1:  # NaN included
         raise ValueError(f"ess_threshold must be a number in [0, 1], got {threshold!r}")
     threshold = float(threshold)
+    check = options.get("check")
+    if check not in (None, True, False):
+        raise ValueError(f"check must be None, True or False, got {check!r}")
     guide = options.get("guide")
     proposal = getattr(guide, "proposal", None)
     if proposal is not None and hasattr(guide, "train"):  # a CSIS: its trained proposal
@@ -265,9 +275,11 @@ def _run(
         if isinstance(engine.job.proposal, ProgramProposal) and probe.proposal_trace is not None:
             _check_guide_order(probe.model_trace, probe.proposal_trace)
         result = engine.choose(
-            lambda: filter_.vectorized(probe, options.get("check", True)),
+            lambda: filter_.vectorized(probe, _needs_check(model, check)),
             filter_.each_dataset if batched else filter_.sequential,
         )
+    if filter_.passed_check:
+        _passed_check(model)
     result.resampling = scheme_name
     for single in getattr(result, "_posteriors", None) or []:  # data set after data set
         single.resampling = scheme_name
@@ -276,6 +288,25 @@ def _run(
         if problem:
             warn_user(problem, InferenceWarning)
     return result
+
+
+#: The programs (held weakly, by identity) that passed the replay check on a run that
+#: resampled: the default ``check=None`` does not replay them again.
+_CHECKED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _needs_check(model: Program, check: bool | None) -> bool:
+    if check is not None:
+        return check
+    try:
+        return model not in _CHECKED
+    except TypeError:  # not weakly referenceable: checked every time
+        return True
+
+
+def _passed_check(model: Program) -> None:
+    with contextlib.suppress(TypeError):
+        _CHECKED[model] = True
 
 
 def _check_guide_order(model_trace: Trace, guide_trace: Trace) -> None:
@@ -868,6 +899,7 @@ class _Filter:
         self.num = batch_shape[0]
         self.scheme = scheme
         self.threshold = threshold
+        self.passed_check = False  # the replay check passed on a run that resampled
 
     def each_dataset(self) -> SMCBatchPosterior:
         """Data set after data set, particle by particle."""
@@ -889,6 +921,8 @@ class _Filter:
         model_trace = run.model_trace
         if check:
             self._replay(model_trace, probe, monitor)
+            # A stale value shows only where the particles were resampled.
+            self.passed_check = bool(monitor.indices)
         for site in model_trace.sites.values():
             # Observed values get the particle dimension (as importance sampling's).
             if site.kind == "observe" and site.value is not None and site.fn is not None:
