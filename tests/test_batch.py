@@ -9,6 +9,7 @@ import torch
 import infcomp as ic
 from infcomp.examples import gaussian as g
 from infcomp.examples.marsaglia import marsaglia
+from infcomp.inference.proposals import NetworkProposal
 
 pytestmark = pytest.mark.filterwarnings("ignore::infcomp.InferenceWarning")
 
@@ -43,6 +44,44 @@ def test_each_data_set_gets_its_exact_answer():
     assert ((batch.mean("z") - means).abs() < 4.5 * error).all()
     assert batch.values("z").shape == (20_000, 40)
     assert batch.khat.shape == batch.ess.shape == (40,)
+
+
+def test_a_network_runs_many_data_sets_in_groups_joined_in_order(monkeypatch):
+    calls = []
+
+    def counted(returns="tensor"):
+        calls.append(1)
+        z = g.gaussian()
+        if returns == "dict":
+            return {"z": [z, (z,)]}
+        return z.mean() if returns == "mean" else z
+
+    torch.manual_seed(0)
+    csis = ic.CSIS(counted, validation_size=0)
+    csis.train(num_steps=20, batch_size=64, progress=False)
+    monkeypatch.setattr(NetworkProposal, "group_rows", 2000)  # 1,000 particles: 2 data sets
+    data = datasets(7)
+    calls.clear()
+    batch = csis.run_batch(data, 1000)
+    assert len(calls) == 1 + 4  # the probe, then groups of 2, 2, 2 and 1 data sets
+    assert batch.weights.shape == batch.values("z").shape == (1000, 7)
+    assert torch.equal(batch.values("x1")[0], data["x1"])  # the data sets' order is kept
+    assert torch.equal(batch.trace.return_value, batch.values("z"))
+    assert torch.equal(batch[6].values("z"), batch.values("z")[:, 6])
+    log_evidence, _ = exact(data)
+    assert ((batch.log_evidence - log_evidence).abs() < 4.5 * batch.log_evidence_stderr).all()
+    calls.clear()  # containers of per-particle tensors are joined too
+    batch = csis.run_batch(data, 1000, returns="dict")
+    assert len(calls) == 1 + 4 and torch.equal(
+        batch.trace.return_value["z"][1][0], batch.values("z")
+    )
+    # A return value that is not one tensor per particle cannot be joined: one run for all.
+    calls.clear()
+    batch = csis.run_batch(data, 1000, returns="mean")
+    assert len(calls) == 1 + 4 + 1 and batch.trace.return_value.shape == ()
+    calls.clear()  # the prior keeps little state per particle: one run for all
+    ic.importance_batch(counted, data, num_particles=1000)
+    assert len(calls) == 1 + 1
 
 
 def test_a_data_set_of_the_batch_is_a_posterior():

@@ -14,6 +14,7 @@ from infcomp.nn.heads import (
     HEADS,
     HeadSpec,
     ProposalHead,
+    Readout,
     UnsupportedSiteError,
     head_class,
     head_spec,
@@ -356,3 +357,16 @@ def test_sites_of_a_family_with_different_integer_ranges_get_a_head_each():
     assert [f.lookup for f in InferenceNetwork.from_config_dict(old).families.values()] == [
         f.lookup for f in network.families.values()
     ]
+
+
+def test_a_readout_in_two_parts_gives_the_linear_layer_of_its_concatenation():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5 + 3, 4)
+    state, shared = torch.randn(6, 2, 5), torch.randn(1, 2, 3)  # shared by the 6 rows
+    readout = Readout(state, shared)
+    whole = torch.cat([state, shared.expand(6, 2, 3)], -1)
+    assert torch.equal(readout.tensor(), whole)
+    assert torch.allclose(readout.linear(layer), layer(whole), atol=1e-6)
+    head = make_head(head_spec("z", Normal(torch.zeros(6, 2), 1.0), lead=2), 8, 3)
+    prior = Normal(torch.zeros(6, 2), 1.0)
+    assert torch.allclose(head(readout, prior).mean, head(whole, prior).mean, atol=1e-6)

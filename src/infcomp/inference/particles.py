@@ -90,6 +90,16 @@ _T = TypeVar("_T")
 #: What simulation does when the user's program raises: raise a ModelError, or skip.
 OnError = Literal["raise", "skip"]
 
+#: With an inference network as proposal (hidden, cell and readout state per particle),
+#: a batched run on the CPU of N particles for each of B data sets goes through the
+#: program in groups of data sets of about this many particles (at least one data set
+#: per group), so that each site's tensors stay in the CPU's caches: 20 data sets of 10⁴
+#: particles of a 25-site program took 0.83 times the CPU time of one run of all 2·10⁵
+#: particles in groups of 2 to 4 data sets (and of a loop over the data sets). Other
+#: proposals keep little state per particle and run all data sets at once (the groups'
+#: Python overhead would cost more than the cache saves).
+GROUP_ROWS = 32_768
+
 #: The key of :attr:`JointBatch.failures` for simulations that failed before any site.
 BEFORE_ANY_SITE = "(before any site)"
 
@@ -706,6 +716,31 @@ class ParticleEngine:
     def _vectorized(
         self, data: dict[str, Tensor], batch_shape: tuple[int, ...], probe: SingleRun
     ) -> ParticleRun:
+        """One batched run; on the CPU, with a proposal that keeps much state per
+        particle (its ``group_rows``, an inference network's :data:`GROUP_ROWS`), many
+        data sets run in groups of about that many particles, joined."""
+        on_cpu = all(value.device.type == "cpu" for value in data.values())
+        group_rows = getattr(self.job.proposal, "group_rows", None)
+        if group_rows and len(batch_shape) == 2 and batch_shape[1] > 1 and on_cpu:
+            num, count = batch_shape
+            size = max(1, group_rows // num)
+            if size < count:
+                groups = [
+                    self._vectorized_once(
+                        {name: value[start : start + size] for name, value in data.items()},
+                        (num, min(size, count - start)),
+                        probe,
+                    )
+                    for start in range(0, count, size)
+                ]
+                joined = _join_datasets(groups)
+                if joined is not None:
+                    return joined
+        return self._vectorized_once(data, batch_shape, probe)
+
+    def _vectorized_once(
+        self, data: dict[str, Tensor], batch_shape: tuple[int, ...], probe: SingleRun
+    ) -> ParticleRun:
         run, reran = self._tolerant(lambda: self._single(Request(data, batch_shape, probe)))
         _check_data_used(data, [probe, run])
         for site in run.model_trace.sites.values():
@@ -1084,7 +1119,8 @@ def _concatenate(runs: list[ParticleRun], dim: int) -> ParticleRun:
         for name, count in run.invalid_sites.items():
             invalid[name] = invalid.get(name, 0) + count
     log_proposals = [run.log_proposal for run in runs]
-    join = torch.cat if dim == 0 else torch.stack
+    # Particles, or data sets: run after run ((N,) each, stacked) or groups ((N, B_g)).
+    join = torch.cat if dim == 0 or runs[0].log_weights.dim() == 2 else torch.stack
     return ParticleRun(
         [trace for run in runs for trace in run.traces] if dim == 0 else [],
         [size for run in runs for size in run.sizes] if dim == 0 else [],
@@ -1094,6 +1130,56 @@ def _concatenate(runs: list[ParticleRun], dim: int) -> ParticleRun:
         nonfinite,
         invalid_sites=invalid,
     )
+
+
+def _join_datasets(runs: list[ParticleRun]) -> ParticleRun | None:
+    """Vectorized runs of consecutive groups of data sets, particles ``(N, B_g)``, as one
+    run of ``(N, ΣB_g)``: each site's values joined along the data-set dimension (the
+    joined sites keep no distribution: none holds all groups). None where the groups'
+    traces differ in their sites, or where a return value is not ``None`` or a tensor
+    with the particle dimensions."""
+    traces = [run.traces[0] for run in runs]
+    first = traces[0]
+    names = list(first.sites)
+    if any(list(trace.sites) != names for trace in traces[1:]):
+        return None
+    shapes = [run.log_weights.shape for run in runs]
+    try:
+        returned = _join_values([trace.return_value for trace in traces], shapes)
+    except _CannotJoinError:
+        return None
+    joined = Trace(batch_ndim=2)
+    for name, site in first.sites.items():
+        values = [trace[name].value for trace in traces]
+        value = None if values[0] is None else torch.cat(values, dim=1)  # type: ignore[arg-type]
+        joined.add(Site(name, site.kind, None, value, site.scale))
+    joined.return_value = returned
+    merged = _concatenate(runs, dim=1)
+    merged.traces, merged.sizes, merged.vectorized = [joined], [runs[0].sizes[0]], True
+    return merged
+
+
+class _CannotJoinError(Exception):
+    pass
+
+
+def _join_values(values: list[Any], shapes: list[torch.Size]) -> Any:
+    """The groups' return values joined along the data-set dimension: tensors with the
+    particle dimensions, and dicts, lists and tuples of them; None stays None."""
+    first = values[0]
+    if first is None and all(value is None for value in values):
+        return None
+    same_type = all(type(value) is type(first) for value in values)
+    if isinstance(first, Tensor) and same_type:
+        if all(value.shape[:2] == shape for value, shape in zip(values, shapes)):
+            return torch.cat(values, dim=1)
+    elif type(first) is dict and same_type:
+        if all(value.keys() == first.keys() for value in values):
+            return {key: _join_values([value[key] for value in values], shapes) for key in first}
+    elif type(first) in (list, tuple) and same_type and len({len(v) for v in values}) == 1:
+        parts = [_join_values([v[i] for v in values], shapes) for i in range(len(first))]
+        return type(first)(parts)
+    raise _CannotJoinError
 
 
 def _log_weight(run: SingleRun) -> tuple[Tensor, Tensor | None]:

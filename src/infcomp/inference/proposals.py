@@ -20,6 +20,7 @@ from infcomp.errors import GuideError, ModelError
 from infcomp.handlers import block, particles, propose, replay, trace
 from infcomp.inference.common import Program, program_name, untouched_random_state
 from infcomp.inference.particles import (
+    GROUP_ROWS,
     Job,
     JointBatch,
     ParticleEngine,
@@ -115,6 +116,8 @@ class NetworkProposal:
     network: InferenceNetwork
     defensive: float = 0.0
     label = ""
+    #: Many data sets run in groups of about this many particles (see the engine).
+    group_rows = GROUP_ROWS
 
     def __post_init__(self) -> None:
         if not 0 <= self.defensive < 1:

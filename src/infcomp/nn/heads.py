@@ -280,13 +280,45 @@ def location_and_spread(prior: Distribution) -> tuple[Tensor, Tensor]:
     return loc.detach(), spread.detach()
 
 
+@dataclass(frozen=True)
+class Readout:
+    """The network's readout for a site, ``r = [state, shared]``, kept in its two parts:
+    the core's hidden state, one row per particle (``lead + (H,)``), and the evidence all
+    particles of a data set share (``data_lead + (E,)``, broadcastable to ``lead``).
+
+    :meth:`linear` computes a linear layer on ``r`` as ``W_s·state + (W_e·shared + b)``:
+    the shared part is multiplied once per data set and ``r`` is never materialized per
+    particle (for N particles of B data sets that saves writing and reading N·B·(H + E)
+    numbers per site).
+    """
+
+    state: Tensor
+    shared: Tensor
+
+    def linear(self, layer: nn.Linear) -> Tensor:
+        """``layer(r)``, shape ``lead + (out,)``."""
+        split = self.state.shape[-1]
+        own = nn.functional.linear(self.state, layer.weight[:, :split])
+        return own + nn.functional.linear(self.shared, layer.weight[:, split:], layer.bias)
+
+    def tensor(self) -> Tensor:
+        """``r`` itself, ``lead + (H + E,)``."""
+        lead = self.state.shape[:-1]
+        return torch.cat([self.state, self.shared.expand(lead + self.shared.shape[-1:])], -1)
+
+
+#: What a head's ``forward`` takes: the readout as one tensor, or as a :class:`Readout`.
+Hidden = Tensor | Readout
+
+
 class ProposalHead(nn.Module):
     """Base of the heads: a linear layer from the hidden state to raw parameters.
 
-    ``forward(hidden, prior)`` takes the hidden state of shape ``lead + (H,)``, where
-    ``lead`` broadcasts to the prior's leading batch dimensions
-    (``prior.batch_shape = lead' + natural``), and returns a distribution with the
-    prior's batch and event shapes. Rows that share a hidden state (particles before
+    ``forward(hidden, prior)`` takes the network's readout of shape ``lead + (H,)``
+    (a tensor, or a :class:`Readout` in two parts: use :meth:`project`, :meth:`raw` or
+    ``hidden.tensor()``), where ``lead`` broadcasts to the prior's leading batch
+    dimensions (``prior.batch_shape = lead' + natural``), and returns a distribution with
+    the prior's batch and event shapes. Rows that share a hidden state (particles before
     their values differ) are computed once and broadcast.
 
     A head class also says which priors it covers (:meth:`spec_for`), how the network
@@ -343,11 +375,16 @@ class ProposalHead(nn.Module):
         nn.init.normal_(self.linear.weight, std=0.01)
         nn.init.zeros_(self.linear.bias)
 
-    def raw(self, hidden: Tensor, prior: Distribution) -> Tensor:
-        """Raw parameters, shape ``prior.batch_shape + (params_per_element,)``."""
-        return expand_raw(self.linear(hidden), prior.batch_shape, self.spec.natural_shape)
+    def project(self, hidden: Hidden) -> Tensor:
+        """The head's linear layer applied to the readout (a tensor, or a
+        :class:`Readout` in two parts), shape ``lead + (elements · params_per_element,)``."""
+        return hidden.linear(self.linear) if isinstance(hidden, Readout) else self.linear(hidden)
 
-    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+    def raw(self, hidden: Hidden, prior: Distribution) -> Tensor:
+        """Raw parameters, shape ``prior.batch_shape + (params_per_element,)``."""
+        return expand_raw(self.project(hidden), prior.batch_shape, self.spec.natural_shape)
+
+    def forward(self, hidden: Hidden, prior: Distribution) -> Distribution:
         raise NotImplementedError
 
 
@@ -398,11 +435,11 @@ class RealHead(ProposalHead):
             bias[:, :, 1 : 1 + size] = offsets.view(1, components, 1)
 
     def mixture(
-        self, hidden: Tensor, batch_shape: torch.Size, loc: Tensor, spread: Tensor
+        self, hidden: Hidden, batch_shape: torch.Size, loc: Tensor, spread: Tensor
     ) -> Distribution:
         """The mixture for base location ``loc`` and spread (shape batch + event)."""
         size = self.event.numel()
-        raw = expand_raw(self.linear(hidden), batch_shape, self.spec.natural_shape)
+        raw = expand_raw(self.project(hidden), batch_shape, self.spec.natural_shape)
         raw = raw.reshape(batch_shape + (self.components, 1 + 2 * size))
         logits = raw[..., 0]
         shape = batch_shape + (self.components,) + self.event
@@ -425,7 +462,7 @@ class RealHead(ProposalHead):
         mixing = Categorical(logits=logits, validate_args=False)
         return MixtureSameFamily(mixing, component, validate_args=False)
 
-    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+    def forward(self, hidden: Hidden, prior: Distribution) -> Distribution:
         loc, spread = location_and_spread(prior)
         return self.mixture(hidden, prior.batch_shape, loc, spread)
 
@@ -493,7 +530,7 @@ class FlowHead(ProposalHead):
                 last.weight.mul_(0.01)
                 last.bias.zero_()
 
-    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+    def forward(self, hidden: Hidden, prior: Distribution) -> Distribution:
         size = self.event.numel()
         support = prior.support
         real = isinstance(_base_constraint(support), constraints._Real)
@@ -551,7 +588,7 @@ class ConstrainedHead(RealHead):
     def __init__(self, spec: HeadSpec, hidden_size: int, components: int) -> None:
         super().__init__(spec, hidden_size, components, spec.base_event_shape)
 
-    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+    def forward(self, hidden: Hidden, prior: Distribution) -> Distribution:
         assert prior.support is not None
         transform = biject_to(prior.support)
         center, spread = _unconstrained_location(prior, transform, prior.batch_shape + self.event)
@@ -612,7 +649,7 @@ class BernoulliHead(ProposalHead):
     def __init__(self, spec: HeadSpec, hidden_size: int, components: int = 1) -> None:
         super().__init__(spec, hidden_size, math.prod(spec.event_shape))
 
-    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+    def forward(self, hidden: Hidden, prior: Distribution) -> Distribution:
         raw = self.raw(hidden, prior).reshape(prior.batch_shape + prior.event_shape)
         prior_logits = getattr(prior, "logits", None)
         logits = raw if prior_logits is None else raw + prior_logits.detach()
@@ -686,7 +723,7 @@ class CategoricalHead(ProposalHead):
         super().__init__(spec, hidden_size, spec.num_categories)
         self.values = torch.arange(spec.num_categories, dtype=torch.float64) + spec.lower
 
-    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+    def forward(self, hidden: Hidden, prior: Distribution) -> Distribution:
         raw = self.raw(hidden, prior)
         prior_logits = getattr(prior, "logits", None)
         if isinstance(prior, Categorical) and prior_logits is not None:
@@ -721,7 +758,7 @@ class OneHotHead(ProposalHead):
     def __init__(self, spec: HeadSpec, hidden_size: int, components: int = 1) -> None:
         super().__init__(spec, hidden_size, spec.num_categories)
 
-    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+    def forward(self, hidden: Hidden, prior: Distribution) -> Distribution:
         raw = self.raw(hidden, prior)
         prior_logits = getattr(prior, "logits", None)
         logits = raw if prior_logits is None else raw + prior_logits.detach()
@@ -768,7 +805,7 @@ class CountHead(ProposalHead):
             offsets = torch.linspace(-1.0, 1.0, components) if components > 1 else torch.zeros(1)
             bias[:, :, 1] = offsets.view(1, components)
 
-    def forward(self, hidden: Tensor, prior: Distribution) -> Distribution:
+    def forward(self, hidden: Hidden, prior: Distribution) -> Distribution:
         raw = self.raw(hidden, prior).reshape(prior.batch_shape + (self.components, 3))
         loc, spread = location_and_spread(prior)
         loc, spread = loc.unsqueeze(-1), spread.unsqueeze(-1)

@@ -31,6 +31,7 @@ on after it). Training scores joint simulations site by site with the same code
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -48,6 +49,7 @@ from infcomp.nn.embeddings import MLPEmbedding
 from infcomp.nn.heads import (
     FlowHead,
     HeadSpec,
+    Readout,
     UnsupportedSiteError,
     head_class,
     head_spec,
@@ -589,6 +591,14 @@ class DefensiveNetwork:
             raise ValueError(f"the defensive weight must lie in (0, 1), got {self.epsilon}")
 
 
+@functools.cache
+def _gate_order(size: int) -> Tensor:
+    """Row indices that reorder :class:`torch.nn.LSTMCell`'s gates (entry, forget,
+    candidate, out) as (entry, forget, out, candidate)."""
+    gate = torch.arange(size)
+    return torch.cat([gate, gate + size, gate + 3 * size, gate + 2 * size])
+
+
 class NetworkProposer:
     """The state of one run of an :class:`InferenceNetwork`: the LSTM's hidden and cell
     states and the previous value's embedding.
@@ -660,10 +670,7 @@ class NetworkProposer:
         if family is None or family.spec is None:
             return None
         shared_readout = torch.cat(evidence, dim=-1).reshape(self.data_lead + (-1,))
-        readout = torch.cat(
-            [self.hidden.reshape(self.lead + (-1,)), shared_readout.expand(self.lead + (-1,))],
-            dim=-1,
-        )
+        readout = Readout(self.hidden.reshape(self.lead + (-1,)), shared_readout)
         proposal = network.heads[family.key](readout, prior)
         if self.defensive > 0:
             proposal = DefensiveMixture(proposal, prior, self.defensive)
@@ -687,26 +694,33 @@ class NetworkProposer:
         dimension, so that the gates' elementwise arithmetic stays in the CPU's caches.
         """
         core = self.network.core
+        size = core.hidden_size
+        order = _gate_order(size)  # (entry, forget, out, candidate): one sigmoid for three
         split = shared.shape[-1]
-        weight = torch.cat([core.weight_ih[:, split:], core.weight_hh], dim=-1)
+        weight = torch.cat([core.weight_ih[order, split:], core.weight_hh[order]], dim=-1)
         lead = self.lead or torch.Size((1,))
         data_lead = self.data_lead or torch.Size((1,))
-        bias = core.bias_ih + core.bias_hh
-        common = nn.functional.linear(shared, core.weight_ih[:, :split], bias)
+        bias = (core.bias_ih + core.bias_hh)[order]
+        common = nn.functional.linear(shared, core.weight_ih[order, :split], bias)
         common = common.reshape(data_lead + (-1,))
-        own = torch.cat([self.previous, self.hidden], dim=-1).reshape(lead + (-1,))
+        one_row = data_lead.numel() == 1  # the same input part for all: the product's bias
+        previous, hidden = (t.reshape(lead + (-1,)) for t in (self.previous, self.hidden))
         cell = self.cell.reshape(lead + (-1,))
         step = max(1, CHUNK_ROWS // max(lead[1:].numel(), 1))
         hiddens, cells = [], []
         for start in range(0, lead[0], step):
             part = slice(start, start + step)
-            gates = nn.functional.linear(own[part], weight)
-            gates = gates + (common if data_lead[0] == 1 else common[part])
-            entry, forget, candidate, out = gates.chunk(4, dim=-1)
-            new_cell = torch.sigmoid(forget) * cell[part] + torch.sigmoid(entry) * torch.tanh(
-                candidate
-            )
-            hiddens.append(torch.sigmoid(out) * torch.tanh(new_cell))
+            own = torch.cat([previous[part], hidden[part]], dim=-1)
+            if one_row:
+                gates = nn.functional.linear(own, weight, common.reshape(-1))
+            else:
+                gates = nn.functional.linear(own, weight) + (
+                    common if data_lead[0] == 1 else common[part]
+                )
+            sigmoids = torch.sigmoid(gates[..., : 3 * size])
+            entry, forget, out = sigmoids.chunk(3, dim=-1)
+            new_cell = torch.addcmul(forget * cell[part], entry, torch.tanh(gates[..., 3 * size :]))
+            hiddens.append(out * torch.tanh(new_cell))
             cells.append(new_cell)
         rows = self.hidden.shape[0]
         return torch.cat(hiddens).reshape(rows, -1), torch.cat(cells).reshape(rows, -1)
