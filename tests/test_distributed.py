@@ -242,3 +242,26 @@ def test_budget_on_one_rank_is_csis_budget_training() -> None:
     assert runs[0].validation_history == runs[1].validation_history
     for a, b in zip(runs[0].guide.parameters(), runs[1].guide.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_infcomp_compile_under_torchrun_writes_an_artifact_info_and_infer_accept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``torchrun -m infcomp compile`` trains on 2 processes; rank 0 alone prints and
+    writes; ``infcomp info`` and ``infcomp infer`` take the artifact."""
+    from infcomp import cli
+
+    stdout = torchrun(
+        "compile", "infcomp.examples.gaussian:gaussian", "--simulations", 1024,
+        "--out", "model.pt", "--no-progress", module="infcomp", cwd=tmp_path,
+    )  # fmt: skip
+    assert stdout.count("compiled infcomp.examples.gaussian:gaussian") == 1
+    assert "a budget of 1,024 simulations on 2 processes" in stdout
+    artifact = str(tmp_path / "model.pt")
+    assert cli.main(["info", artifact]) == 0
+    assert "on 2 processes" in capsys.readouterr().out
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"x1": 8.0, "x2": 9.0}))
+    assert cli.main(["infer", artifact, str(data), "--particles", "500"]) == 0
+    assert "ESS" in capsys.readouterr().out
