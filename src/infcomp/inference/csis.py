@@ -455,7 +455,9 @@ class CSIS:
         which otherwise decides the proposal's precision far in the tails (after 10⁴
         simulations, median ESS/N over 3 seeds: the Gaussian at (8, 9) 0.89 without,
         0.95 with; Gaussian linear, 0.81 and 0.87); ``average_decay=0`` keeps the last
-        step's parameters.
+        step's parameters. On many processes (``torchrun``), the same training is
+        ``DataParallel(csis).train(num_simulations=N)``
+        (:class:`~infcomp.inference.distributed.DataParallel`).
 
         **Online** (for cheap simulators), ``train(num_steps, batch_size)`` runs
         ``num_steps`` steps, each on ``batch_size`` fresh simulations (default

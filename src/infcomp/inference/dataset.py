@@ -174,9 +174,9 @@ class TraceDataset:
     def minibatch(self, rows: Tensor) -> JointBatch:
         """The simulations at ``rows`` (indices into the dataset's rows, numbered group
         by group), those of each structure as one group (none: an empty batch)."""
-        group_of = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
-        starts = torch.tensor([0, *self.sizes]).cumsum(0)[:-1]
-        groups = group_of[rows]
+        ends = torch.tensor(self.sizes, dtype=torch.long).cumsum(0)
+        starts = ends - torch.tensor(self.sizes, dtype=torch.long)
+        groups = torch.bucketize(rows, ends, right=True)  # ends[g - 1] <= row < ends[g]
         traces, sizes = [], []
         for group in groups.unique().tolist():
             local = rows[groups == group] - starts[group]

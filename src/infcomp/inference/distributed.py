@@ -42,9 +42,11 @@ minibatch (so every rank takes ⌈N_train / batch_size⌉ steps per epoch, in lo
 gradients are all-reduced as above, and the validation loss, the mean over the whole
 validation set, is all-reduced too (each rank sums its share's). Every rank therefore
 takes the same steps, keeps the same parameter average, sees the same validation losses
-and stops at the same epoch with the same weights. For a model of one structure (the
-same sites in every run), the minibatches are exactly those of one process training on
-the whole dataset, whatever P.
+and stops at the same epoch with the same weights. The rows' numbers, and so the split
+and the minibatches, do not depend on P: a seeded run trains the same network on 1 or
+1,024 ranks (up to the order of floating-point sums). For a model of one structure (the
+same sites in every run) they are also those of ``CSIS.train(dataset=...)`` in one
+process on the same simulations (which orders a dataset by structure first).
 
 Rank 0 saves the artifact (:meth:`DataParallel.save`); the others wait at a barrier.
 :func:`launched_group` starts and ends the process group for a command run by
