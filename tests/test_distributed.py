@@ -17,7 +17,7 @@ import torch
 import infcomp as ic
 from infcomp.examples.gaussian import DATA, gaussian
 from infcomp.inference.dataset import DatasetShare, TraceDataset
-from infcomp.inference.distributed import DataParallel, scaled_learning_rate
+from infcomp.inference.distributed import DataParallel, launched_group, scaled_learning_rate
 
 STEPS, BATCH, CHUNK, LEARNING_RATE, SEED = 100, 256, 64, 3e-3, 0
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -188,6 +188,17 @@ def test_budget_on_too_few_simulations_is_refused() -> None:
         trainer.train(num_simulations=50, progress=False)
     with pytest.raises(TypeError, match="num_steps= .* or num_simulations="):
         trainer.train(num_steps=5, num_simulations=500, progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no CUDA device"), launched_group("cuda"):
+        pass
+    from infcomp import cli
+
+    out = str(tmp_path / "m.pt")
+    arguments = ["compile", "infcomp.examples.gaussian:gaussian", "--steps", "1", "--out", out]
+    assert cli.main([*arguments, "--device", "cuda"]) == 2
 
 
 def test_budget_on_two_ranks_under_torchrun_matches_one_process(tmp_path: Path) -> None:

@@ -451,8 +451,8 @@ def parser() -> argparse.ArgumentParser:
     compile_.add_argument(
         "--device",
         default=None,
-        help="where the network trains (cpu, cuda); under torchrun, cuda means NCCL and "
-        "GPU LOCAL_RANK for each process (None: the library's default)",
+        help="where the network trains: cpu or cuda (under torchrun: NCCL, and GPU "
+        "LOCAL_RANK for each process); none given: the library's default",
     )
     compile_.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"

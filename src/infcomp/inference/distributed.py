@@ -107,6 +107,9 @@ def launched_group(device: str | torch.device = "cpu") -> Iterator[torch.device]
     process ``LOCAL_RANK`` on GPU ``LOCAL_RANK``) and destroy it on the way out. Without
     torchrun (no ``WORLD_SIZE``), it does nothing. Yields the device to train on.
 
+    Raises:
+        ValueError: a CUDA device is asked for and torch has none.
+
     Example:
         >>> with launched_group("cpu") as device:  # not under torchrun: one process
         ...     device, dist.is_initialized()
@@ -115,6 +118,8 @@ def launched_group(device: str | torch.device = "cpu") -> Iterator[torch.device]
     device = torch.device(device)
     launched = "WORLD_SIZE" in os.environ
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: torch finds no CUDA device here")
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     started = launched and not dist.is_initialized()
