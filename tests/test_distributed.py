@@ -255,6 +255,56 @@ def test_budget_on_one_rank_is_csis_budget_training() -> None:
         assert torch.equal(a, b)
 
 
+def budget_from_shards(folder: Path) -> ic.CSIS:
+    """One process's budget training on the shards in ``folder`` (DataParallel, world size 1)."""
+    torch.manual_seed(SEED)
+    csis = ic.CSIS(gaussian, learning_rate=BUDGET_LEARNING_RATE)
+    trainer = DataParallel(csis, CHUNK)
+    options = {k: v for k, v in BUDGET.items() if k != "num_simulations"}
+    trainer.train(dataset=trainer.read_shards(folder), **options, progress=False)  # type: ignore[arg-type]
+    return csis
+
+
+def test_budget_on_shards_reads_the_whole_dataset_in_order(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    whole = ic.CSIS(gaussian).simulate(1000)
+    whole.save(tmp_path, shard_size=300)
+    trainer = DataParallel(ic.CSIS(gaussian))
+    share = trainer.read_shards(tmp_path)
+    assert len(share) == 1000 and torch.equal(share.positions, torch.arange(1000))
+    assert torch.equal(share.traces[0]["z"].value, whole.traces[0]["z"].value)
+    with pytest.raises(TypeError, match="must be a DatasetShare"):
+        trainer.train(dataset=whole, progress=False)  # type: ignore[arg-type]
+    csis = budget_from_shards(tmp_path)
+    assert len(csis.validation_history) < BUDGET["max_epochs"]
+
+
+@pytest.mark.slow
+def test_budget_on_shards_on_two_ranks_under_torchrun_matches_one_process(tmp_path: Path) -> None:
+    """Rank r reads shards r, r + 2, ...; the rows are numbered shard by shard, so the
+    split and minibatches are one process's (tolerances as for simulated budgets)."""
+    torch.manual_seed(0)
+    ic.CSIS(gaussian).simulate(1024).save(tmp_path / "shards", shard_size=200)
+    artifact = tmp_path / "shards.pt"
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in BUDGET.items() if k != "num_simulations"]
+    stdout = torchrun(
+        "gaussian", "--shards", tmp_path / "shards", *options, "--learning-rate",
+        BUDGET_LEARNING_RATE, "--seed", SEED, "--chunk-size", CHUNK, "--output", artifact,
+        "--check-in-sync", "--report",
+    )  # fmt: skip
+    report = last_report(stdout)
+    assert report["world_size"] == 2 and report["checked_steps"] == report["num_steps"]
+    single = budget_from_shards(tmp_path / "shards")
+    assert report["num_steps"] == single.num_steps
+    for (step, loss), (step_two, loss_two) in zip(
+        single.validation_history, report["validation_history"], strict=True
+    ):
+        assert step == step_two and math.isclose(loss, loss_two, rel_tol=1e-5)
+    two = ic.CSIS.load(artifact, gaussian)
+    for (name, a), b in zip(single.guide.state_dict().items(), two.guide.state_dict().values()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), name
+
+
 @pytest.mark.slow
 def test_infcomp_compile_under_torchrun_writes_an_artifact_info_and_infer_accept(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -8,7 +8,9 @@ process) or the name of an example in :mod:`infcomp.examples` (``gaussian``). Ru
 plain ``python -m infcomp.distributed`` it trains in one process, the same way.
 
 With ``--num-simulations N`` instead of ``--num-steps``, the ranks train on a budget of N
-simulations for epochs, with early stopping (``DataParallel.train(num_simulations=N)``).
+simulations for epochs, with early stopping (``DataParallel.train(num_simulations=N)``);
+with ``--shards FOLDER`` alone, on the simulations saved there
+(``DataParallel.train(dataset=trainer.read_shards(FOLDER))``).
 
 Example (shell)::
 
@@ -50,7 +52,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m infcomp.distributed", description=__doc__.split("\n")[0]
     )
     parser.add_argument("model", help="module:function, or an example's name (gaussian)")
-    budget = parser.add_mutually_exclusive_group(required=True)
+    budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--num-steps", type=int, help="online steps of fresh simulations")
     budget.add_argument("--num-simulations", type=int, help="a budget, trained on for epochs")
     parser.add_argument(
@@ -75,14 +77,22 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--device", default="cpu", help="cpu (gloo) or cuda (NCCL, one GPU per rank)"
     )
     parser.add_argument(
-        "--shards", default=None, help="train on the shards in this folder (TraceDataset.save)"
+        "--shards",
+        default=None,
+        help="train on the shards in this folder (TraceDataset.save): with --num-steps, "
+        "online, reading them in turn; without, for epochs, as on a budget",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validate-every", type=int, default=100)
     parser.add_argument("--output", default=None, help="the artifact, written by rank 0")
     parser.add_argument("--check-in-sync", action="store_true", help="compare ranks every step")
     parser.add_argument("--report", action="store_true", help="rank 0 prints a JSON summary")
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    if options.num_steps is None and options.num_simulations is None and not options.shards:
+        parser.error("give --num-steps, --num-simulations or --shards")
+    if options.num_simulations is not None and options.shards:
+        parser.error("--num-simulations simulates a budget; --shards reads one: not both")
+    return options
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -96,15 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         csis = CSIS(resolve_model(options.model), learning_rate=learning_rate, device=device)
         trainer = DataParallel(csis, options.chunk_size, options.check_in_sync)
         start = time.perf_counter()
-        if options.shards:
-            if not online:
-                raise SystemExit("--shards trains for a number of steps: give --num-steps")
+        if online and options.shards:
             losses = trainer.train_on_shards(
-                options.shards,
-                options.num_steps,
-                options.batch_size or 512,
-                options.validate_every,
-                progress=False,
+                options.shards, options.num_steps, batch_size or 512, options.validate_every, False
             )
         elif online:
             losses = trainer.train(
@@ -116,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             losses = trainer.train(
                 num_simulations=options.num_simulations,
+                dataset=trainer.read_shards(options.shards) if options.shards else None,
                 batch_size=batch_size,
                 max_epochs=options.max_epochs,
                 patience=options.patience,
@@ -133,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "batch_size": batch_size,
                 "learning_rate": learning_rate,
                 "seconds": seconds,
-                "traces_per_second": csis.num_simulations / seconds if online else None,
+                "traces_per_second": options.num_steps * batch_size / seconds if online else None,
                 "final_loss": losses[-1],
                 "validation_history": csis.validation_history,
                 "checked_steps": trainer.checked_steps,

@@ -79,7 +79,7 @@ from infcomp.inference.dataset import (
 )
 from infcomp.inference.parallel import chunk_seed, chunk_sizes, run_chunk, warm_up
 from infcomp.inference.particles import JointBatch
-from infcomp.inference.shards import iter_shards, read_manifest
+from infcomp.inference.shards import dropped_counts, iter_shards, read_manifest
 from infcomp.nn.network import InferenceNetwork
 from infcomp.runtime import Trace
 
@@ -269,6 +269,7 @@ class DataParallel:
         batch_size: int | None = None,
         *,
         num_simulations: int | None = None,
+        dataset: DatasetShare | None = None,
         validation_fraction: float = 0.1,
         max_epochs: int = 500,
         patience: int = 20,
@@ -293,23 +294,36 @@ class DataParallel:
         :meth:`CSIS.train` does in one process; the ranks' parameters, average,
         validation losses and stopping epoch are the same (see the module docstring).
         ``csis.num_simulations`` counts all ranks' simulations; the dropped ones are
-        counted by site over all ranks.
+        counted by site over all ranks. ``train(dataset=share)`` trains so on a share
+        made before: :meth:`simulate`'s, or :meth:`read_shards`' (simulations saved
+        elsewhere).
 
         Raises:
-            TypeError: not exactly one of ``num_steps`` and ``num_simulations``.
+            TypeError: not exactly one of ``num_steps``, ``num_simulations`` and
+                ``dataset``, or a ``dataset`` that is not a :class:`DatasetShare`.
             ValueError: online, ``batch_size`` is not a multiple of ``chunk_size``; on a
                 budget, fewer than ``chunk_size`` simulations for each rank
                 (``num_simulations < world_size · chunk_size``).
             ModelError: more than half of the simulations (of all ranks) are invalid.
         """
-        if (num_steps is None) == (num_simulations is None):
+        modes = (num_steps, num_simulations, dataset)
+        if sum(mode is not None for mode in modes) != 1:
             raise TypeError(
-                "DataParallel.train needs num_steps= (online) or num_simulations= (a budget)"
+                "DataParallel.train needs one of num_steps= (online), num_simulations= (a "
+                "budget) or dataset= (a DatasetShare: DataParallel.simulate or read_shards)"
             )
-        if num_simulations is not None:
-            start = time.perf_counter()
-            share = self.simulate(num_simulations)
-            self.csis.training_seconds += time.perf_counter() - start  # CSIS.train adds its own
+        if dataset is not None and not isinstance(dataset, DatasetShare):
+            raise TypeError(
+                f"dataset must be a DatasetShare (DataParallel.simulate or read_shards), got "
+                f"{type(dataset).__name__}; train on a whole TraceDataset with CSIS.train"
+            )
+        if num_simulations is not None or dataset is not None:
+            share = dataset
+            if share is None:
+                assert num_simulations is not None
+                start = time.perf_counter()
+                share = self.simulate(num_simulations)
+                self.csis.training_seconds += time.perf_counter() - start  # and CSIS.train
             with untouched_random_state():
                 # CSIS.train draws the seed of its split and shuffles from the global
                 # stream: make it the same on every rank.
@@ -380,13 +394,35 @@ class DataParallel:
             pieces.append(TraceDataset.from_batches([batch]))
             if len(pieces) == 1:
                 pieces[0].check_minibatches()  # before spending the rest of the budget
-        return self._share(num_simulations, mine, pieces)
+        share = self._share(mine, pieces)
+        self.csis._count_simulations(num_simulations, share.invalid, share.failed)
+        return share
 
-    def _share(
-        self, num_simulations: int, chunks: list[int], pieces: list[TraceDataset]
-    ) -> DatasetShare:
-        """The :class:`DatasetShare` of this rank's ``pieces`` (chunk ``chunks[i]`` of
-        the whole dataset is ``pieces[i]``), the rows numbered chunk by chunk."""
+    def read_shards(self, folder: str | os.PathLike[str]) -> DatasetShare:
+        """This rank's share of the dataset saved in ``folder`` (by :meth:`TraceDataset.save
+        <infcomp.inference.dataset.TraceDataset.save>`): shards rank, rank + P, ...,
+        loaded safely; the whole dataset's rows are numbered shard by shard, so the
+        split and minibatches of :meth:`train` do not depend on P. The dropped-simulation
+        counts are the manifest's.
+
+        Raises:
+            ValueError: fewer shards than ranks.
+            ArtifactError: a bad manifest or shard.
+        """
+        count = self._check_shard_count(folder)
+        mine = list(range(self.rank, count, self.world_size))
+        pieces = [
+            TraceDataset.from_batches([shard])
+            for shard in iter_shards(folder, self.rank, self.world_size)
+        ]
+        share = self._share(mine, pieces)
+        share.invalid, share.failed = dropped_counts(folder)
+        return share
+
+    def _share(self, chunks: list[int], pieces: list[TraceDataset]) -> DatasetShare:
+        """The :class:`DatasetShare` of this rank's ``pieces`` (chunk or shard
+        ``chunks[i]`` of the whole dataset is ``pieces[i]``), the rows numbered piece by
+        piece; its dropped-simulation counts are all ranks' pieces'."""
         counts = [(c, len(p), p.invalid, p.failed) for c, p in zip(chunks, pieces)]
         everyone: list[Any] = [counts]
         if self.distributed:
@@ -405,7 +441,6 @@ class DataParallel:
             start[chunk], total = total, total + size_of[chunk]
         rows, order = TraceDataset.join(pieces)
         numbers = [torch.arange(start[c], start[c] + len(p)) for c, p in zip(chunks, pieces)]
-        self.csis._count_simulations(num_simulations, invalid, failed)
         share = DatasetShare(rows, torch.cat(numbers)[order], total)
         share.invalid, share.failed = invalid, failed
         return share
@@ -432,17 +467,22 @@ class DataParallel:
         """
         num_steps = check_positive_int("num_steps", num_steps)
         batch_size = check_positive_int("batch_size", batch_size)
+        self._check_shard_count(folder)
+        if batch_size < self.world_size:
+            raise ValueError(f"batch_size ({batch_size}) is less than the {self.world_size} ranks")
+        generator = torch.Generator().manual_seed(chunk_seed(self.base_seed, self.rank))
+        batches = self._read(folder, batch_size // self.world_size, generator)
+        return self._train(num_steps, lambda: next(batches), validate_every, progress)
+
+    def _check_shard_count(self, folder: str | os.PathLike[str]) -> int:
+        """The number of shards in ``folder``, at least one per rank (else ValueError)."""
         count = len(read_manifest(folder)["shards"])
         if count < self.world_size:
             raise ValueError(
                 f"{folder} holds {count} shard(s) for {self.world_size} ranks: write at "
                 f"least one shard per rank (a smaller shard_size)"
             )
-        if batch_size < self.world_size:
-            raise ValueError(f"batch_size ({batch_size}) is less than the {self.world_size} ranks")
-        generator = torch.Generator().manual_seed(chunk_seed(self.base_seed, self.rank))
-        batches = self._read(folder, batch_size // self.world_size, generator)
-        return self._train(num_steps, lambda: next(batches), validate_every, progress)
+        return count
 
     def _read(
         self, folder: str | os.PathLike[str], size: int, generator: torch.Generator
