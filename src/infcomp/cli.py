@@ -8,6 +8,13 @@
     infcomp calibrate model.pt --datasets N [--particles N] [--plot sbc.png]
     infcomp info model.pt
 
+Under ``torchrun`` (which sets ``WORLD_SIZE``), ``compile`` trains data-parallel on
+every process (gloo on CPU, NCCL with ``--device cuda``); rank 0 prints and writes the
+artifact::
+
+    torchrun --standalone --nproc-per-node 2 -m infcomp compile MODULE:FUNCTION \\
+        --simulations N --out model.pt
+
 ``MODULE:FUNCTION`` names the model, an infcomp program importable from the current
 folder (``examples.sir:sir``, or a file: ``path/to/model.py:sir``); ``compile`` stores
 it in the artifact, so that the other commands find the model again (``--model``
@@ -30,6 +37,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -225,32 +233,53 @@ def read_data(path: str) -> dict[str, torch.Tensor]:
 
 
 def compile_command(options: argparse.Namespace) -> int:
+    """Train and save; under ``torchrun`` (``WORLD_SIZE`` set), data-parallel on every
+    process of the group (gloo, or NCCL with ``--device cuda``), rank 0 printing and
+    writing the artifact (see :mod:`infcomp.inference.distributed`)."""
+    from infcomp.inference.distributed import DataParallel, launched_group
+
     model = load_entry_point(options.model)
     check_output(options.out, "--out")  # before training
-    torch.manual_seed(options.seed)
-    network = ic.nn.NetworkConfig(attention=ATTENTION[options.attention])
-    csis = ic.CSIS(model, network=network)
-    csis.metadata = {ENTRY_POINT: stored_entry_point(options.model), "seed": options.seed}
-    if options.steps is not None:
-        budget = f"{options.steps} online steps of {options.batch_size or 256} simulations"
-        csis.train(
-            num_steps=options.steps, batch_size=options.batch_size, progress=options.progress
+    with launched_group(options.device or "cpu") as device:
+        torch.manual_seed(options.seed)
+        network = ic.nn.NetworkConfig(attention=ATTENTION[options.attention])
+        csis = ic.CSIS(model, network=network, device=device if options.device else None)
+        csis.metadata = {ENTRY_POINT: stored_entry_point(options.model), "seed": options.seed}
+        trainer: ic.CSIS | DataParallel = csis
+        rank, processes = 0, ""
+        if "WORLD_SIZE" in os.environ:
+            # Simulations are made in seeded chunks of at most 64: online, a divisor of
+            # the global batch; on a budget, at least one chunk for each process.
+            world_size = int(os.environ["WORLD_SIZE"])
+            if options.steps is not None:
+                chunk = math.gcd(options.batch_size or csis.training_batch_size, 64)
+            else:
+                chunk = max(min(64, options.simulations // world_size), 1)
+            trainer = DataParallel(csis, chunk)
+            rank, processes = trainer.rank, f" on {trainer.world_size} processes"
+        progress = options.progress and rank == 0
+        if options.steps is not None:
+            budget = f"{options.steps} online steps of {options.batch_size or 256} simulations"
+            trainer.train(num_steps=options.steps, batch_size=options.batch_size, progress=progress)
+        else:
+            budget = f"a budget of {options.simulations:,} simulations"
+            trainer.train(
+                num_simulations=options.simulations,
+                batch_size=options.batch_size,
+                progress=progress,
+            )
+        csis.metadata["budget"] = budget + processes
+        if isinstance(trainer, DataParallel):
+            trainer.save(options.out)
+        else:
+            csis.save(options.out)
+    if rank == 0:
+        validation = validation_text(csis.validation_history, online=options.steps is not None)
+        print(
+            f"compiled {options.model} on {budget}{processes}: {csis.num_steps} steps, "
+            f"{csis.num_simulations:,} simulations, {csis.training_seconds:.1f} s, {validation}"
         )
-    else:
-        budget = f"a budget of {options.simulations:,} simulations"
-        csis.train(
-            num_simulations=options.simulations,
-            batch_size=options.batch_size,
-            progress=options.progress,
-        )
-    csis.metadata["budget"] = budget
-    csis.save(options.out)
-    validation = validation_text(csis.validation_history, online=options.steps is not None)
-    print(
-        f"compiled {options.model} on {budget}: {csis.num_steps} steps, "
-        f"{csis.num_simulations:,} simulations, {csis.training_seconds:.1f} s, {validation}"
-    )
-    print(f"saved {options.out}")
+        print(f"saved {options.out}")
     return 0
 
 
@@ -419,6 +448,12 @@ def parser() -> argparse.ArgumentParser:
         help="latent sites attend over the observe sites (auto: with 4 or more of them)",
     )
     compile_.add_argument("--seed", type=int, default=0, help="torch's random seed")
+    compile_.add_argument(
+        "--device",
+        default=None,
+        help="where the network trains: cpu or cuda (under torchrun: NCCL, and GPU "
+        "LOCAL_RANK for each process); none given: the library's default",
+    )
     compile_.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )

@@ -50,6 +50,7 @@ from infcomp.inference.common import (
 )
 from infcomp.inference.dataset import (
     TraceDataset,
+    add_counts,
     check_invalid_fraction,
     clean_batch,
     default_batch_size,
@@ -98,7 +99,11 @@ class GradientReducer(Protocol):
 
     def reduce(self, parameters: list[nn.Parameter], loss: float, size: int) -> float:
         """After the backward pass: set the gradients to those of the global batch and
-        return its loss."""
+        return its loss (with no parameters: the mean of the ranks' ``loss``, weighted
+        by their ``size``)."""
+
+    def stepped(self) -> None:
+        """After the optimizer's step."""
 
 
 class CSIS:
@@ -334,13 +339,15 @@ class CSIS:
         if self.data_parallel is not None:
             # Every process makes the modules of every process's new sites, alike.
             self.data_parallel.prepare(batch)
-        loss = self.loss(batch, args, kwargs)
-        # With every latent site proposed from its prior, log q does not depend on the
-        # parameters: there is nothing to learn from this batch.
-        if loss.requires_grad:
-            loss.backward()
+        value = 0.0  # a process's share of a global batch may be empty
+        if batch.size:
+            loss = self.loss(batch, args, kwargs)
+            # With every latent site proposed from its prior, log q does not depend on the
+            # parameters: there is nothing to learn from this batch.
+            if loss.requires_grad:
+                loss.backward()
+            value = float(loss.detach())
         adopt_new_parameters(self.guide, self.optimizer)
-        value = float(loss.detach())
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.data_parallel is not None:
             # The gradients (and loss) of the global batch, the same in every process.
@@ -360,6 +367,8 @@ class CSIS:
             self.scheduler.step()
         self.num_steps += 1
         self.loss_history.append(value)
+        if self.data_parallel is not None:
+            self.data_parallel.stepped()
         return value
 
     def _simulate_valid(
@@ -446,7 +455,9 @@ class CSIS:
         which otherwise decides the proposal's precision far in the tails (after 10⁴
         simulations, median ESS/N over 3 seeds: the Gaussian at (8, 9) 0.89 without,
         0.95 with; Gaussian linear, 0.81 and 0.87); ``average_decay=0`` keeps the last
-        step's parameters.
+        step's parameters. On many processes (``torchrun``), the same training is
+        ``DataParallel(csis).train(num_simulations=N)``
+        (:class:`~infcomp.inference.distributed.DataParallel`).
 
         **Online** (for cheap simulators), ``train(num_steps, batch_size)`` runs
         ``num_steps`` steps, each on ``batch_size`` fresh simulations (default
@@ -651,16 +662,18 @@ class CSIS:
                 check_first(batches[0])
             remaining -= asked
         dataset = TraceDataset.from_batches(batches)
-        check_invalid_fraction(dataset.invalid, dataset.failed, num_simulations)
-        self.num_simulations += num_simulations
-        for counts, new in (
-            (self.invalid_simulations, dataset.invalid),
-            (self.failed_simulations, dataset.failed),
-        ):
-            for name, count in new.items():
-                counts[name] = counts.get(name, 0) + count
-        self._report_dropped()
+        self._count_simulations(num_simulations, dataset.invalid, dataset.failed)
         return dataset
+
+    def _count_simulations(
+        self, num_simulations: int, invalid: dict[str, int], failed: dict[str, int]
+    ) -> None:
+        """Count a budget's simulations and those dropped from it (too many: an error)."""
+        check_invalid_fraction(invalid, failed, num_simulations)
+        self.num_simulations += num_simulations
+        add_counts(self.invalid_simulations, invalid)
+        add_counts(self.failed_simulations, failed)
+        self._report_dropped()
 
     def _simulate_seeded(
         self,
@@ -690,13 +703,20 @@ class CSIS:
             self._simulation_pool = None
 
     def dataset_loss(self, dataset: TraceDataset, batch_size: int = 256) -> float:
-        """The mean of ``-log q(x_i; y_i)`` over a dataset (no gradients)."""
+        """The mean of ``-log q(x_i; y_i)`` over a dataset (no gradients); during
+        data-parallel training, over the whole dataset of which each process holds a
+        share (:class:`~infcomp.inference.dataset.DatasetShare`)."""
         self._train_mode(False)
-        total = 0.0
+        total, count = 0.0, 0
         with torch.no_grad():
             for batch in dataset.batches(batch_size):
-                total += float(self.loss(batch)) * batch.size
-        return total / len(dataset)
+                if batch.size:
+                    total += float(self.loss(batch)) * batch.size
+                    count += batch.size
+        mean = total / count if count else 0.0
+        if self.data_parallel is not None:
+            mean = self.data_parallel.reduce([], mean, count)
+        return mean
 
     def _guide_state(self) -> dict[str, Tensor]:
         assert isinstance(self.guide, nn.Module)  # checked by train

@@ -77,22 +77,42 @@ class TraceDataset:
         (where their distributions can be; otherwise kept apart), simulations with
         values that are not finite are dropped and counted, and the batches' failures
         (simulations skipped because they raised) are counted."""
-        by_structure: dict[object, list[Trace]] = {}
+        kept: list[Trace] = []
         invalid: dict[str, int] = {}
         failed: dict[str, int] = {}
         for batch in batches:
-            for counts, new in ((failed, batch.failures), (invalid, batch.invalid)):
-                for name, count in new.items():
-                    counts[name] = counts.get(name, 0) + count
+            add_counts(failed, batch.failures)
+            add_counts(invalid, batch.invalid)
             for trace in batch.traces:
-                kept = _drop_invalid(trace, invalid)
-                if kept is not None:
-                    by_structure.setdefault(stacking_key(kept), []).append(kept)
-        traces: list[Trace] = []
-        for members in by_structure.values():
-            joined = _concatenate(members) if len(members) > 1 else members[0]
-            traces.extend([joined] if joined is not None else members)
+                clean = _drop_invalid(trace, invalid)
+                if clean is not None:
+                    kept.append(clean)
+        traces, _ = _join_by_structure(kept)
         return cls(traces, [group_size(trace) for trace in traces], invalid, failed)
+
+    @classmethod
+    def join(cls, datasets: list[TraceDataset]) -> tuple[TraceDataset, Tensor]:
+        """The datasets as one (groups of one structure joined, their counts of dropped
+        simulations added), and for each of its rows, that row's index in the datasets'
+        rows laid end to end (a permutation of ``range(Σ len)``; the identity for a model
+        of one structure)."""
+        traces: list[Trace] = []
+        rows: list[Tensor] = []
+        invalid: dict[str, int] = {}
+        failed: dict[str, int] = {}
+        start = 0
+        for dataset in datasets:
+            add_counts(invalid, dataset.invalid)
+            add_counts(failed, dataset.failed)
+            for trace, size in zip(dataset.traces, dataset.sizes):
+                traces.append(trace)
+                rows.append(torch.arange(start, start + size))
+                start += size
+        joined, order = _join_by_structure(traces)
+        positions = (
+            torch.cat([rows[i] for i in order]) if order else torch.zeros(0, dtype=torch.long)
+        )
+        return cls(joined, [group_size(t) for t in joined], invalid, failed), positions
 
     def save(self, folder: str | os.PathLike[str], shard_size: int = 10_000) -> int:
         """Write the dataset to ``folder`` as shards of at most ``shard_size`` simulations
@@ -123,12 +143,11 @@ class TraceDataset:
     ) -> tuple[TraceDataset, TraceDataset]:
         """A random split into (training, validation), the latter with
         ``round(fraction · len(self))`` simulations (at least one when ``fraction > 0``)."""
-        if not 0 <= fraction < 1:
-            raise ValueError(f"the validation fraction must lie in [0, 1), got {fraction}")
-        total = len(self)
-        held_out = min(max(round(fraction * total), 1 if fraction > 0 else 0), total - 1)
-        chosen = torch.zeros(total, dtype=torch.bool)
-        chosen[torch.randperm(total, generator=generator)[:held_out]] = True
+        return self.partition(held_out_rows(len(self), fraction, generator))
+
+    def partition(self, chosen: Tensor) -> tuple[TraceDataset, TraceDataset]:
+        """(the rows not ``chosen``, the rows ``chosen``), a boolean mask over the rows,
+        each part in this dataset's row order."""
         parts = torch.split(chosen, self.sizes)
         training: list[Trace] = []
         validation: list[Trace] = []
@@ -149,23 +168,113 @@ class TraceDataset:
         """Minibatches of ``batch_size`` simulations (the last may be smaller) that cover
         the dataset once: in a random order drawn from ``generator``, or in order when it
         is None. A minibatch holds the simulations of each structure as one group."""
-        total = len(self)
-        order = (
-            torch.randperm(total, generator=generator)
-            if generator is not None
-            else torch.arange(total)
+        for rows in minibatch_rows(len(self), batch_size, generator):
+            yield self.minibatch(rows)
+
+    def minibatch(self, rows: Tensor) -> JointBatch:
+        """The simulations at ``rows`` (indices into the dataset's rows, numbered group
+        by group), those of each structure as one group (none: an empty batch)."""
+        ends = torch.tensor(self.sizes, dtype=torch.long).cumsum(0)
+        starts = ends - torch.tensor(self.sizes, dtype=torch.long)
+        groups = torch.bucketize(rows, ends, right=True)  # ends[g - 1] <= row < ends[g]
+        traces, sizes = [], []
+        for group in groups.unique().tolist():
+            local = rows[groups == group] - starts[group]
+            traces.append(_take(self.traces[group], local))
+            sizes.append(len(local))
+        return JointBatch(traces, sizes, vectorized=True)
+
+
+def held_out_rows(total: int, fraction: float, generator: torch.Generator) -> Tensor:
+    """A random boolean mask of ``round(fraction · total)`` of ``total`` rows (at least
+    one when ``fraction > 0``, at most ``total - 1``): the validation rows of a split.
+
+    Raises:
+        ValueError: ``fraction`` is not in [0, 1).
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the validation fraction must lie in [0, 1), got {fraction}")
+    held_out = min(max(round(fraction * total), 1 if fraction > 0 else 0), total - 1)
+    chosen = torch.zeros(total, dtype=torch.bool)
+    chosen[torch.randperm(total, generator=generator)[:held_out]] = True
+    return chosen
+
+
+def minibatch_rows(
+    total: int, batch_size: int, generator: torch.Generator | None
+) -> Iterator[Tensor]:
+    """The rows ``0 .. total - 1`` in slices of ``batch_size`` (the last may be smaller):
+    in a random order drawn from ``generator``, or in order when it is None."""
+    order = (
+        torch.randperm(total, generator=generator) if generator is not None else torch.arange(total)
+    )
+    for begin in range(0, total, batch_size):
+        yield order[begin : begin + batch_size]
+
+
+class DatasetShare(TraceDataset):
+    """One process's share of a dataset spread over the ranks of a ``torch.distributed``
+    group: it holds its own rows (``traces``, ``sizes``), and ``positions[j]``, the
+    index of its row j in the whole dataset of ``total`` rows (``len`` is the whole
+    dataset's). Given the same generator on every rank, :meth:`split` and
+    :meth:`batches` make the whole dataset's split and minibatches, and each rank keeps
+    its rows of them, so that the ranks' minibatches together are one process's
+    minibatch of the whole dataset (a rank's part may be empty).
+
+    Raises:
+        ValueError: not one position per row.
+
+    Example (two ranks' shares, made here in one process: the even and the odd rows):
+        >>> import torch
+        >>> import infcomp as ic
+        >>> from infcomp.examples.gaussian import gaussian
+        >>> _ = torch.manual_seed(0)
+        >>> whole = ic.CSIS(gaussian).simulate(10)
+        >>> evens, odds = whole.partition(torch.arange(10) % 2 == 1)
+        >>> shares = [
+        ...     DatasetShare(evens, torch.arange(0, 10, 2), total=10),
+        ...     DatasetShare(odds, torch.arange(1, 10, 2), total=10),
+        ... ]
+        >>> [[b.size for b in s.batches(4, torch.Generator().manual_seed(1))] for s in shares]
+        [[2, 2, 1], [2, 2, 1]]
+    """
+
+    def __init__(self, rows: TraceDataset, positions: Tensor, total: int) -> None:
+        super().__init__(rows.traces, rows.sizes, rows.invalid, rows.failed)
+        if len(positions) != sum(rows.sizes):
+            raise ValueError(f"{len(positions)} positions for {sum(rows.sizes)} rows")
+        self.positions = positions
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def split(
+        self, fraction: float, generator: torch.Generator
+    ) -> tuple[DatasetShare, DatasetShare]:
+        """This rank's share of the whole dataset's split (see :meth:`TraceDataset.split`),
+        each part numbered in its whole part's row order."""
+        chosen = held_out_rows(self.total, fraction, generator)
+        mine = chosen[self.positions]
+        training, validation = self.partition(mine)
+        # A row's index in a part of the whole: how many rows of that part come before it.
+        before_training = torch.cumsum(~chosen, 0) - 1
+        before_validation = torch.cumsum(chosen, 0) - 1
+        return (
+            DatasetShare(training, before_training[self.positions[~mine]], int((~chosen).sum())),
+            DatasetShare(validation, before_validation[self.positions[mine]], int(chosen.sum())),
         )
-        group_of = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
-        starts = torch.tensor([0, *self.sizes]).cumsum(0)[:-1]
-        for begin in range(0, total, batch_size):
-            rows = order[begin : begin + batch_size]
-            groups = group_of[rows]
-            traces, sizes = [], []
-            for group in groups.unique().tolist():
-                local = rows[groups == group] - starts[group]
-                traces.append(_take(self.traces[group], local))
-                sizes.append(len(local))
-            yield JointBatch(traces, sizes, vectorized=True)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[JointBatch]:
+        """This rank's rows of each minibatch of the whole dataset (see
+        :meth:`TraceDataset.batches`): as many batches on every rank, some maybe empty."""
+        local = torch.full((self.total,), -1, dtype=torch.long)
+        local[self.positions] = torch.arange(len(self.positions))
+        for rows in minibatch_rows(self.total, batch_size, generator):
+            held = local[rows]
+            yield self.minibatch(held[held >= 0])
 
 
 def default_batch_size(num_simulations: int) -> int:
@@ -220,6 +329,29 @@ def check_invalid_fraction(invalid: dict[str, int], failed: dict[str, int], tota
         f"{'; '.join(parts)}. The simulator fails for most of its prior, so training "
         f"would learn a different model; fix the simulator or its prior."
     )
+
+
+def add_counts(counts: dict[str, int], new: dict[str, int]) -> None:
+    """Add the counts by site of ``new`` to ``counts``."""
+    for name, count in new.items():
+        counts[name] = counts.get(name, 0) + count
+
+
+def _join_by_structure(traces: list[Trace]) -> tuple[list[Trace], list[int]]:
+    """Group traces by :func:`stacking_key`, each group joined along its leading dimension
+    (or kept apart where some distributions cannot be joined); returns the traces and
+    the indices of the traces given, in the order their rows now come."""
+    by_structure: dict[object, list[int]] = {}
+    for index, trace in enumerate(traces):
+        by_structure.setdefault(stacking_key(trace), []).append(index)
+    joined_traces: list[Trace] = []
+    order: list[int] = []
+    for members in by_structure.values():
+        group = [traces[i] for i in members]
+        joined = _concatenate(group) if len(group) > 1 else group[0]
+        joined_traces.extend([joined] if joined is not None else group)
+        order.extend(members)
+    return joined_traces, order
 
 
 def _drop_invalid(trace: Trace, counts: dict[str, int]) -> Trace | None:

@@ -45,7 +45,7 @@ from infcomp.inference.particles import JointBatch
 from infcomp.runtime import Site, Trace
 from infcomp.traces import group_size
 
-__all__ = ["iter_shards", "load_shards", "save_shards"]
+__all__ = ["dropped_counts", "iter_shards", "load_shards", "save_shards"]
 
 FORMAT = "infcomp-trace-shards"
 FORMAT_VERSION = 1
@@ -131,10 +131,18 @@ def load_shards(folder: str | os.PathLike[str], rank: int = 0, world_size: int =
     ``world_size``: every world_size-th shard, see :func:`iter_shards`), grouped by
     structure again; its dropped-simulation counts are the manifest's (of all shards)."""
     dataset = TraceDataset.from_batches(list(iter_shards(folder, rank, world_size)))
-    manifest = read_manifest(folder)
-    dataset.invalid = {str(k): int(v) for k, v in manifest["invalid"].items()}
-    dataset.failed = {str(k): int(v) for k, v in manifest["failed"].items()}
+    dataset.invalid, dataset.failed = dropped_counts(folder)
     return dataset
+
+
+def dropped_counts(folder: str | os.PathLike[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """The manifest's counts, by site, of the simulations dropped from the whole dataset:
+    (invalid, failed)."""
+    manifest = read_manifest(folder)
+    return (
+        {str(k): int(v) for k, v in manifest["invalid"].items()},
+        {str(k): int(v) for k, v in manifest["failed"].items()},
+    )
 
 
 # -- encoding --------------------------------------------------------------------------------
