@@ -24,7 +24,12 @@ from infcomp.examples import hmm as hmm_example
 from infcomp.examples import state_space as ssm
 from infcomp.examples.hmm import hmm
 from infcomp.examples.state_space import state_space
-from infcomp.inference.smc import _History, genealogy_stderr
+from infcomp.inference.smc import (
+    NOT_ESTIMABLE,
+    _History,
+    first_ancestors,
+    genealogy_stderr,
+)
 
 
 def repeats(model, data, num_particles, num_repeats, **options):
@@ -621,24 +626,78 @@ def test_the_standard_error_covers_the_exact_evidence_over_100_repeats():
     assert abs(ratio - 1) < 3 * 0.07, ratio
 
 
-def test_by_default_a_program_is_replayed_until_a_run_that_resampled_has_passed():
-    def counted(num_steps):
+def test_by_default_a_call_is_replayed_until_a_run_with_sites_after_a_resampling_passed():
+    def counted(num_steps, scale=1.0):
         counted.runs += 1
         return state_space(num_steps)
 
     counted.runs = 0
-    steps = 3
-    data = ssm.simulate_data(steps)
+    data = ssm.simulate_data(3)
 
-    def runs(**options):
+    def runs(steps=3, **options):
         before = counted.runs
-        ic.smc(counted, data, 50, args=(steps,), **options)
+        observed = {f"y_{t}": data[f"y_{t}"] for t in range(steps)}
+        ic.smc(counted, observed, 50, args=(steps,), **options)
         return counted.runs - before  # the probe, the run, and the replay if checked
 
     assert runs(ess_threshold=0.0) == 3  # no resampling: nothing learned, checked again
-    assert runs(ess_threshold=1.0) == 3  # resampled and passed
+    assert runs(steps=1, ess_threshold=1.0) == 3  # resampled at its last site only
+    assert runs(steps=1, ess_threshold=1.0) == 3
+    assert runs(ess_threshold=1.0) == 3  # resampled, then sites: passed
     assert runs(ess_threshold=1.0) == 2  # not replayed again
-    assert runs(ess_threshold=1.0, check=True) == 3
     assert runs(ess_threshold=0.0) == 2
+    assert runs(ess_threshold=1.0, check=True) == 3
+    assert runs(steps=2, ess_threshold=1.0) == 3  # other arguments and data: another call
+    assert runs(ess_threshold=1.0, kwargs={"scale": 2.0}) == 3
+    assert runs(ess_threshold=1.0, kwargs={"scale": torch.tensor(2.0)}) == 3  # not plain:
+    assert runs(ess_threshold=1.0, kwargs={"scale": torch.tensor(2.0)}) == 3  # every time
     with pytest.raises(ValueError, match="check must be None, True or False, got 'yes'"):
-        ic.smc(counted, data, 50, args=(steps,), check="yes")
+        ic.smc(counted, data, 50, args=(3,), check="yes")
+
+
+def random_walk(num_steps, jitter=False):
+    x = ic.sample("x_0", Normal(0.0, 1.0))
+    for t in range(num_steps):
+        noise = 0.1 * torch.randn(x.shape) if jitter else 0.0  # untraced randomness
+        ic.observe(f"y_{t}", Normal(x + noise, 1.0))
+        if t + 1 < num_steps:
+            x = ic.sample(f"x_{t + 1}", Normal(0.9 * x, 1.0))
+    return x
+
+
+def test_a_collapse_of_the_particles_mid_run_is_a_problem_as_in_importance_sampling():
+    torch.manual_seed(0)
+    steps = 20
+    data = {f"y_{t}": torch.tensor(30.0 if t == 10 else 0.0) for t in range(steps)}
+    post = ic.smc(random_walk, data, 1000, args=(steps,))
+    assert float(post.ess_trace.min()) < 1.5
+    assert any("collapsed at step 'y_10'" in problem for problem in post.problems())
+    quiet = {name: torch.tensor(0.0) for name in data}
+    batch = ic.smc_batch(random_walk, [data, quiet], 1000, args=(steps,))
+    assert "1 of 2 data sets: the particles collapsed" in batch.problems()
+    assert not any(
+        "collapsed" in p for p in ic.smc(random_walk, quiet, 1000, args=(steps,)).problems()
+    )
+
+
+def test_the_standard_error_from_particles_of_one_first_ancestor_is_nan():
+    torch.manual_seed(0)
+    steps = 100
+    data = {f"y_{t}": torch.tensor(float(t % 3)) for t in range(steps)}
+    post = ic.smc(random_walk, data, 20, args=(steps,), ess_threshold=1.0)
+    assert int(first_ancestors(post.ancestors)) == 1
+    assert torch.isnan(post.log_evidence_stderr)  # Σ W_e² = 1 would give exactly 1
+    assert NOT_ESTIMABLE in post.problems()
+    ancestors = torch.tensor([[0, 1], [0, 1], [0, 2], [0, 1]])
+    assert first_ancestors(ancestors).tolist() == [1, 2]
+    weights = torch.full((4, 2), 0.25, dtype=torch.float64)
+    stderr = genealogy_stderr(weights, ancestors, torch.tensor([1, 1]))
+    assert torch.isnan(stderr[0]) and not torch.isnan(stderr[1])
+
+
+def test_randomness_outside_sample_statements_is_named_as_such_by_the_replay_check():
+    data = {f"y_{t}": torch.tensor(1.0) for t in range(4)}
+    with pytest.raises(ic.ModelError, match="site 'y_0'.*not a function of its sampled values"):
+        ic.smc(random_walk, data, 100, args=(4, True), check=True)
+    post = ic.smc(random_walk, data, 100, args=(4, True), check=False)
+    assert torch.isfinite(post.log_evidence)

@@ -532,7 +532,7 @@ def weighted_quantile(
 # -- the problems report -----------------------------------------------------------------
 
 
-def _low_ess(num_particles: int) -> float:
+def low_ess(num_particles: int) -> float:
     """Below this ESS the weight sits on too few particles: ``MIN_ESS_FRACTION * N``, and
     at least 1.5 (an ESS of about one is a collapse whatever N is) when N > 1."""
     return max(MIN_ESS_FRACTION * num_particles, 1.5 if num_particles > 1 else 0.0)
@@ -600,7 +600,7 @@ def weight_problems(
         found = [
             (nonfinite_t, "NaN or +inf weights"),
             (all_zero_t, "all weights zero"),
-            (checked & (ess_t < _low_ess(n)), f"ESS/N below {MIN_ESS_FRACTION} (or ESS about 1)"),
+            (checked & (ess_t < low_ess(n)), f"ESS/N below {MIN_ESS_FRACTION} (or ESS about 1)"),
             (checked & (khat_t > threshold), f"Pareto k-hat above {threshold:.2f}"),
             (checked & torch.isnan(khat_t), "Pareto k-hat not computable"),
         ]
@@ -609,7 +609,7 @@ def weight_problems(
     nan_count, inf_count, zero_count = int(num_nan), int(num_infinite), int(num_zero)
     nonfinite = nan_count + inf_count > 0
     all_zero = not nonfinite and zero_count == n
-    low_ess = not (nonfinite or all_zero) and float(ess) < _low_ess(n)
+    few = not (nonfinite or all_zero) and float(ess) < low_ess(n)
     heavy = not (nonfinite or all_zero) and float(khat) > threshold
     unknown = not (nonfinite or all_zero) and math.isnan(float(khat))
     if nonfinite:
@@ -621,7 +621,7 @@ def weight_problems(
     if all_zero:
         return [f"all {n} weights are zero: no particle is consistent with the data"]
     problems = []
-    if low_ess:
+    if few:
         value = float(ess)
         problems.append(
             f"ESS is {value:.1f} of {n} particles ({value / n:.2%}): the proposal is poor for "

@@ -32,10 +32,14 @@ How a program's particles are resampled:
   every site's log density, and the return value (where it is a tensor with the particle
   dimensions, particle by particle; other return values are not compared), with those
   of the run; a difference is a :class:`~infcomp.ModelError` naming the site or the
-  return value. A stale value is a property of the program's code, so by default
-  (``check=None``) a program is checked until one of its runs has passed after
-  resampling at least once, and not again in this process; ``check=True`` checks every
-  run, ``check=False`` none.
+  return value. By default (``check=None``) a call is checked until one of its runs has
+  passed with sites after a resampling (where a stale value would show), and not again
+  in this process; a call is the program (the same ``model`` object) with the same
+  arguments (plain values: numbers, strings, tuples of them; calls with other arguments
+  are checked every time) and the same observed sites. A stale value that only some
+  data reach (a branch on the observed values, or resampling at other steps) can pass
+  the first check and go unseen later: ``check=True`` checks every run (about 20 %
+  more time on the 100-step HMM), ``check=False`` none.
 - **Programs that do not vectorize** (control flow on sampled values) run particle by
   particle, aligned by their count of observe statements: at step k each particle's
   program is re-run with its (resampled) past replayed up to its k-th observe and
@@ -59,7 +63,7 @@ import functools
 import math
 import numbers
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
@@ -165,9 +169,10 @@ def smc(
             particle dimensions, particle by particle), with those of the run (one more,
             small run of the program, and the latent sites' log densities computed
             during the run): catches a derived value that crossed an observe
-            statement. None (default): until a run of this program (the same
-            ``model`` object) has passed the check after resampling at least once in
-            this process; True: every run; False: never.
+            statement. None (default): until a run of this call (the same ``model``
+            object, plain arguments and observed sites) has passed the check with
+            sites after a resampling, in this process (see the module docstring for
+            what that can miss); True: every run; False: never.
         args, kwargs, vectorize, device: as in :func:`~infcomp.importance`.
 
     Returns:
@@ -269,17 +274,18 @@ def _run(
     if batched:
         batch_shape += (next(iter(observed.values())).shape[0],)
     filter_ = _Filter(engine, observed, batch_shape, SCHEMES[scheme_name], threshold)
+    key = _call_key(args, kwargs, observed)
     result: SMCPosterior | SMCBatchPosterior
     with torch.no_grad():
         probe = engine.probe(observed, batched)
         if isinstance(engine.job.proposal, ProgramProposal) and probe.proposal_trace is not None:
             _check_guide_order(probe.model_trace, probe.proposal_trace)
         result = engine.choose(
-            lambda: filter_.vectorized(probe, _needs_check(model, check)),
+            lambda: filter_.vectorized(probe, _needs_check(model, key, check)),
             filter_.each_dataset if batched else filter_.sequential,
         )
     if filter_.passed_check:
-        _passed_check(model)
+        _passed_check(model, key)
     result.resampling = scheme_name
     for single in getattr(result, "_posteriors", None) or []:  # data set after data set
         single.resampling = scheme_name
@@ -290,23 +296,41 @@ def _run(
     return result
 
 
-#: The programs (held weakly, by identity) that passed the replay check on a run that
-#: resampled: the default ``check=None`` does not replay them again.
-_CHECKED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+#: For each program (held weakly, by identity), the calls (arguments, keyword arguments
+#: and observed site names) on which it passed the replay check on a run that had sites
+#: after a resampling: the default ``check=None`` does not replay those calls again.
+_CHECKED: weakref.WeakKeyDictionary[Any, set[Hashable]] = weakref.WeakKeyDictionary()
 
 
-def _needs_check(model: Program, check: bool | None) -> bool:
+def _plain(value: Any) -> bool:
+    """None, a bool, number or string, or a tuple of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return type(value) is tuple and all(_plain(item) for item in value)
+
+
+def _call_key(args: Any, kwargs: Any, data: Mapping[str, Any]) -> Hashable | None:
+    """What identifies a call for the check: None (check every time) unless its
+    arguments are plain values."""
+    kwargs = dict(kwargs or {})
+    if not _plain(tuple(args)) or not all(_plain(value) for value in kwargs.values()):
+        return None
+    return (tuple(args), tuple(sorted(kwargs.items())), frozenset(data))
+
+
+def _needs_check(model: Program, key: Hashable | None, check: bool | None) -> bool:
     if check is not None:
         return check
     try:
-        return model not in _CHECKED
+        return key is None or key not in _CHECKED.get(model, ())
     except TypeError:  # not weakly referenceable: checked every time
         return True
 
 
-def _passed_check(model: Program) -> None:
-    with contextlib.suppress(TypeError):
-        _CHECKED[model] = True
+def _passed_check(model: Program, key: Hashable | None) -> None:
+    if key is not None:
+        with contextlib.suppress(TypeError):
+            _CHECKED.setdefault(model, set()).add(key)
 
 
 def _check_guide_order(model_trace: Trace, guide_trace: Trace) -> None:
@@ -352,6 +376,11 @@ class SMCPosterior(Posterior):
     do not apply to them (they gave spurious warnings with an accurate log Ẑ), and after
     a resampling they tie (``khat`` is then -inf, shown as ``-`` by ``summary``). Judge
     the run by :attr:`ess_trace` and :attr:`log_evidence_stderr` instead.
+
+    Moments and their Monte Carlo standard errors (``mean``, ``mcse``, ``summary``)
+    count the final weights; a site early in a long run is estimated from the few
+    lineages that survived resampling (path degeneracy), so its ``mcse`` is too small
+    there: compare independent runs for early sites.
 
     In a vectorized run the traces' values are the resampled particles', but a site's
     distribution (``fn``) is the one its value was drawn from, before later resamplings:
@@ -407,7 +436,10 @@ class SMCPosterior(Posterior):
 
         After resampling, ``V̂`` can be zero or negative (the final particles descend
         from too few first ancestors for it); that is no estimate, and the standard error
-        is NaN (:meth:`problems` says so: compare independent runs), never a false 0.
+        is NaN (:meth:`problems` says so: compare independent runs), never a false 0. So
+        it is where all final particles descend from one first ancestor (then
+        ``Σ W_e² = 1`` and the formula gives ``V̂ / Ẑ² = 1`` whatever the error); with
+        fewer than :data:`FEW_ANCESTORS` first ancestors :meth:`problems` cautions.
 
         It is derived (and proven consistent) for **multinomial** resampling, the
         default. With systematic resampling (and the other schemes) it under-estimates:
@@ -425,13 +457,24 @@ class SMCPosterior(Posterior):
 
     def problems(self) -> list[str]:
         """:meth:`Posterior.problems` (without the k-hat checks, see the class
-        docstring), and the standard error's: none with one particle, none where the
-        genealogy estimate of the variance is not positive, and a caution where the
-        particles were resampled by a scheme other than multinomial (the estimate is
-        derived for multinomial resampling and under-estimates with the others)."""
+        docstring); a collapse at some step (the ESS before resampling below importance
+        sampling's low-ESS threshold, ``max(0.001 N, 1.5)``, naming the first such step);
+        and the standard error's: none with one particle, none where the genealogy
+        estimate of the variance is not positive or the final particles have one first
+        ancestor, a caution with fewer than :data:`FEW_ANCESTORS` of them, and a caution
+        where the particles were resampled by a scheme other than multinomial (the
+        estimate is derived for multinomial resampling and under-estimates with the
+        others)."""
         found = super().problems()
         if self.num_particles == 1:
             return [*found, ONE_PARTICLE]
+        found += _history_problems(
+            self.steps,
+            self.ess_trace,
+            self.ancestors,
+            self.num_particles,
+            self.num_resampling_steps,
+        )
         return found + _stderr_problems(
             self.log_evidence_stderr, self.num_resampling_steps, self.resampling
         )
@@ -514,9 +557,25 @@ class SMCBatchPosterior(BatchPosterior):
             found.append(ONE_PARTICLE)
         else:
             stderr, resampled = self.log_evidence_stderr, self.num_resampling_steps
+            num, datasets = self.num_particles, self.num_datasets
+            collapsed = (self.ess_trace < diagnostics.low_ess(num)).any(0)  # NaN: not reached
+            if bool(collapsed.any()):
+                found.append(
+                    f"{int(collapsed.sum())} of {datasets} data sets: the particles "
+                    f"collapsed (ESS below {diagnostics.low_ess(num):.3g} of {num} at some "
+                    f"step): log Ẑ and the estimates may be far off"
+                )
+            lineages = first_ancestors(self.ancestors)
+            few = (resampled.cpu() > 0) & (lineages >= 2) & (lineages < FEW_ANCESTORS)
+            if bool(few.any()):
+                found.append(
+                    f"{int(few.sum())} of {datasets} data sets: the final particles descend "
+                    f"from fewer than {FEW_ANCESTORS} first ancestors, so log_evidence_stderr "
+                    f"is unreliable"
+                )
             count = int(torch.isnan(stderr).sum())
             if count:
-                found.append(f"{count} of {self.num_datasets} data sets: {NOT_ESTIMABLE}")
+                found.append(f"{count} of {datasets} data sets: {NOT_ESTIMABLE}")
             if self.resampling != "multinomial" and bool((resampled > 0).any()):
                 found.append(_scheme_caution(self.resampling))
         return "; ".join(problem for problem in found if problem)
@@ -550,9 +609,20 @@ def genealogy_stderr(weights: Tensor, ancestors: Tensor, num_resampled: Tensor) 
     resampled = num_resampled.to(torch.float64).to(weights.device)
     relative = 1 - torch.exp((resampled + 1) * math.log(num / (num - 1))) * (1 - same)
     # Without resampling V̂ >= 0 up to rounding (equal weights: 0). After resampling a
-    # non-positive V̂ is no estimate: NaN (problems() says so), never a false 0.
+    # non-positive V̂ is no estimate: NaN (problems() says so), never a false 0; nor is
+    # V̂ / Ẑ² = 1 from particles that all descend from one first ancestor (Σ W_e² = 1).
     relative = torch.where(resampled > 0, relative, relative.clamp(min=0))
-    return torch.where((relative > 0) | (resampled == 0), relative, math.nan).sqrt()
+    one = first_ancestors(ancestors).to(weights.device) < 2
+    estimable = (resampled == 0) | ((relative > 0) & ~one)
+    return torch.where(estimable, relative, math.nan).sqrt()
+
+
+def first_ancestors(ancestors: Tensor) -> Tensor:
+    """How many distinct first ancestors the final particles have, shape ``ancestors``'
+    without its first (particle) dimension."""
+    present = torch.zeros(ancestors.shape, dtype=torch.bool)
+    present.scatter_(0, ancestors.cpu(), True)
+    return present.sum(0)
 
 
 def _last_epoch_ess(log_weights: Tensor, ess_trace: Tensor, resampled: Tensor) -> Tensor:
@@ -570,11 +640,49 @@ def _last_epoch_ess(log_weights: Tensor, ess_trace: Tensor, resampled: Tensor) -
 
 
 NOT_ESTIMABLE = (
-    "the standard error cannot be estimated from this run: the genealogy estimate of the "
-    "variance of Ẑ is not positive (the final particles descend from too few first "
-    "ancestors to tell its variance from zero), so log_evidence_stderr is NaN; compare "
-    "independent runs"
+    "the standard error cannot be estimated from this run: the final particles descend "
+    "from too few first ancestors (one, or too few for a positive genealogy estimate of "
+    "the variance of Ẑ), so log_evidence_stderr is NaN; compare independent runs"
 )
+
+#: Below this many distinct first ancestors of the final particles, the genealogy
+#: standard error is an average over so few lineages that it is itself uncertain
+#: (relative error about sqrt(2 / (k - 1)), more than 45 % for k < 10).
+FEW_ANCESTORS = 10
+
+
+def _few_ancestors(count: int) -> str:
+    return (
+        f"the final particles descend from only {count} first ancestors: "
+        f"log_evidence_stderr rests on {count} lineages and is unreliable (and so are "
+        f"the early sites' moments and their mcse, which count the final weights, not "
+        f"the lineages); compare independent runs, or use more particles"
+    )
+
+
+def _collapse(step: str, ess: float, num: int) -> str:
+    return (
+        f"the particles collapsed at step {step!r}: ESS {ess:.2f} of {num} before "
+        f"resampling, so about one particle carried the run on from there; log Ẑ and the "
+        f"estimates may be far off (a surprising observation there, or a poor proposal): "
+        f"use more particles or a better proposal"
+    )
+
+
+def _history_problems(
+    steps: list[str], ess_trace: Tensor, ancestors: Tensor, num: int, num_resampled: int
+) -> list[str]:
+    """One run's problems seen in its history: a collapse of the ESS at some step (the
+    threshold of importance sampling's low-ESS check), few first ancestors."""
+    found = []
+    low = ess_trace < diagnostics.low_ess(num)
+    if bool(low.any()):
+        first = int(low.nonzero()[0])
+        found.append(_collapse(steps[first], float(ess_trace[first]), num))
+    count = int(first_ancestors(ancestors))
+    if num_resampled > 0 and 2 <= count < FEW_ANCESTORS:
+        found.append(_few_ancestors(count))
+    return found
 
 
 def _scheme_caution(scheme: str) -> str:
@@ -796,10 +904,12 @@ class _Batched(_Recorder):
         # follows the final particles' ancestry back to it, rather than re-indexing it).
         self.densities: dict[str, tuple[Tensor, int]] = {}
         self.indices: list[Tensor] = []
+        self.site_after_resampling = False
         return super().__enter__()  # type: ignore[return-value]
 
     def postprocess_message(self, site: Site) -> None:
         # Outermost: the site's value is final, its proposal recorded.
+        self.site_after_resampling = self.site_after_resampling or bool(self.indices)
         density = self.weigh(site)
         if site.kind == "sample" and self.check and density is None:
             density = sum_rightmost(site.log_prob(), self.batch_ndim)
@@ -921,8 +1031,8 @@ class _Filter:
         model_trace = run.model_trace
         if check:
             self._replay(model_trace, probe, monitor)
-            # A stale value shows only where the particles were resampled.
-            self.passed_check = bool(monitor.indices)
+            # A stale value shows only at a site after a resampling.
+            self.passed_check = monitor.site_after_resampling
         for site in model_trace.sites.values():
             # Observed values get the particle dimension (as importance sampling's).
             if site.kind == "observe" and site.value is not None and site.fn is not None:
@@ -966,10 +1076,12 @@ class _Filter:
             fresh = sum_rightmost(site.log_prob(), ndim)
             differ = ~_close(fresh, live[name])
             if bool(differ.any()):
+                before_any = monitor.densities[name][1] == 0  # no resampling before it
                 raise ModelError(
                     f"{site.kind} site {name!r}: its log density recomputed from the final "
                     f"particles' values differs from the one computed during the run in "
-                    f"{int(differ.sum())} of {checked}; {_RULE}"
+                    f"{int(differ.sum())} of {checked}; "
+                    + (_NOT_DETERMINISTIC if before_any else _RULE)
                 )
         ran, replayed_returns = _tensors(final.return_value), _tensors(replayed.return_value)
         if len(ran) != len(replayed_returns):
@@ -1067,6 +1179,12 @@ def _close(fresh: Tensor, recorded: Tensor) -> Tensor:
     return same | (fresh == recorded)  # equal infinities
 
 
+_NOT_DETERMINISTIC = (
+    "no resampling came before that site, so no stale value can explain it: the program "
+    "is not a function of its sampled values (randomness outside sample statements, such "
+    "as torch.randn, or state kept between runs). Make that randomness a sample site; or, "
+    "if it is meant and used only until the next observe statement, pass check=False"
+)
 _RULE = (
     "a vectorized program's state that crosses an observe statement (what it returns "
     "included) must be a sampled value, since resampling re-indexes the sampled values in "
