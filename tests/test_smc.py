@@ -701,3 +701,16 @@ def test_randomness_outside_sample_statements_is_named_as_such_by_the_replay_che
         ic.smc(random_walk, data, 100, args=(4, True), check=True)
     post = ic.smc(random_walk, data, 100, args=(4, True), check=False)
     assert torch.isfinite(post.log_evidence)
+
+
+def test_impossible_data_are_reported_as_such_not_as_a_genealogy_problem():
+    data = {f"y_{t}": torch.tensor(math.inf if t == 2 else 0.0) for t in range(4)}
+    with pytest.warns(ic.InferenceWarning) as warned:
+        post = ic.smc(random_walk, data, 100, args=(4,))
+    messages = " ".join(str(w.message) for w in warned)
+    assert "weights are zero" in messages and "first ancestors" not in messages
+    with pytest.raises(ValueError, match="check must be None, True or False, got 1"):
+        ic.smc(random_walk, data, 10, args=(4,), check=1)
+    quiet = {name: torch.tensor(0.0) for name in data}
+    post = ic.smc(random_walk, quiet, 100, args=(4,), ess_threshold=torch.tensor(1.0))
+    assert post.num_resampling_steps == 4

@@ -253,12 +253,14 @@ def _run(
     if scheme_name not in SCHEMES:
         raise ValueError(f"resample must be one of {sorted(SCHEMES)}, got {scheme_name!r}")
     threshold = options.get("ess_threshold", 0.5)
+    if isinstance(threshold, torch.Tensor) and threshold.numel() == 1:
+        threshold = threshold.item()
     number = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
     if not number or not 0 <= threshold <= 1:  # NaN included
         raise ValueError(f"ess_threshold must be a number in [0, 1], got {threshold!r}")
     threshold = float(threshold)
     check = options.get("check")
-    if check not in (None, True, False):
+    if check is not None and not isinstance(check, bool):
         raise ValueError(f"check must be None, True or False, got {check!r}")
     guide = options.get("guide")
     proposal = getattr(guide, "proposal", None)
@@ -573,7 +575,7 @@ class SMCBatchPosterior(BatchPosterior):
                     f"from fewer than {FEW_ANCESTORS} first ancestors, so log_evidence_stderr "
                     f"is unreliable"
                 )
-            count = int(torch.isnan(stderr).sum())
+            count = int((torch.isnan(stderr) & (resampled.to(stderr.device) > 0)).sum())
             if count:
                 found.append(f"{count} of {datasets} data sets: {NOT_ESTIMABLE}")
             if self.resampling != "multinomial" and bool((resampled > 0).any()):
@@ -697,7 +699,8 @@ def _scheme_caution(scheme: str) -> str:
 
 def _stderr_problems(stderr: Tensor, num_resampled: int, scheme: str) -> list[str]:
     """The problems of one run's genealogy standard error (N > 1)."""
-    found = [NOT_ESTIMABLE] if bool(torch.isnan(stderr)) else []
+    # Without resampling a NaN comes from the weights themselves (all zero: reported).
+    found = [NOT_ESTIMABLE] if bool(torch.isnan(stderr)) and num_resampled > 0 else []
     if scheme != "multinomial" and num_resampled > 0:
         found.append(_scheme_caution(scheme))
     return found
