@@ -214,6 +214,7 @@ def assert_same_budget_training(single: ic.CSIS, report: dict[str, Any], artifac
         assert torch.allclose(a, b, rtol=0, atol=1e-5), name
 
 
+@pytest.mark.slow  # 10-16 s; the online torchrun test stays in the default suite
 def test_budget_on_two_ranks_under_torchrun_matches_one_process(tmp_path: Path) -> None:
     """Budget training on 2 ranks: the ranks' parameters, steps and validation counts are
     equal after every step and at the end (``--check-in-sync`` raises otherwise), and the
