@@ -649,6 +649,7 @@ def test_by_default_a_call_is_replayed_until_a_run_with_sites_after_a_resampling
     assert runs(ess_threshold=1.0, check=True) == 3
     assert runs(steps=2, ess_threshold=1.0) == 3  # other arguments and data: another call
     assert runs(ess_threshold=1.0, kwargs={"scale": 2.0}) == 3
+    assert runs(ess_threshold=1.0, kwargs={"scale": 2}) == 3  # 2 == 2.0, but another type
     assert runs(ess_threshold=1.0, kwargs={"scale": torch.tensor(2.0)}) == 3  # not plain:
     assert runs(ess_threshold=1.0, kwargs={"scale": torch.tensor(2.0)}) == 3  # every time
     with pytest.raises(ValueError, match="check must be None, True or False, got 'yes'"):
@@ -709,6 +710,12 @@ def test_impossible_data_are_reported_as_such_not_as_a_genealogy_problem():
         post = ic.smc(random_walk, data, 100, args=(4,))
     messages = " ".join(str(w.message) for w in warned)
     assert "weights are zero" in messages and "first ancestors" not in messages
+    data["y_0"] = torch.tensor(5.0)  # resampled there, before the impossible observation
+    with pytest.warns(ic.InferenceWarning) as warned:
+        post = ic.smc(random_walk, data, 100, args=(4,))
+    messages = " ".join(str(w.message) for w in warned)
+    assert post.num_resampling_steps > 0 and "weights are zero" in messages
+    assert "first ancestors" not in messages and "collapsed" not in messages
     with pytest.raises(ValueError, match="check must be None, True or False, got 1"):
         ic.smc(random_walk, data, 10, args=(4,), check=1)
     quiet = {name: torch.tensor(0.0) for name in data}

@@ -38,8 +38,11 @@ How a program's particles are resampled:
   arguments (plain values: numbers, strings, tuples of them; calls with other arguments
   are checked every time) and the same observed sites. A stale value that only some
   data reach (a branch on the observed values, or resampling at other steps) can pass
-  the first check and go unseen later: ``check=True`` checks every run (about 20 %
-  more time on the 100-step HMM), ``check=False`` none.
+  the first check and go unseen later, and the key holds nothing else the program reads:
+  a helper function redefined in a notebook, a global, a closure's variable, an
+  ``nn.Module``'s attributes, the guide and the resampling options. ``check=True``
+  checks every run (about 20 % more time on the 100-step HMM): use it while writing or
+  changing a model; ``check=False`` checks none.
 - **Programs that do not vectorize** (control flow on sampled values) run particle by
   particle, aligned by their count of observe statements: at step k each particle's
   program is re-run with its (resampled) past replayed up to its k-th observe and
@@ -317,7 +320,16 @@ def _call_key(args: Any, kwargs: Any, data: Mapping[str, Any]) -> Hashable | Non
     kwargs = dict(kwargs or {})
     if not _plain(tuple(args)) or not all(_plain(value) for value in kwargs.values()):
         return None
-    return (tuple(args), tuple(sorted(kwargs.items())), frozenset(data))
+    typed = [_typed(value) for value in args]
+    named = sorted((name, _typed(value)) for name, value in kwargs.items())
+    return (tuple(typed), tuple(named), frozenset(data))
+
+
+def _typed(value: Any) -> Hashable:
+    """A plain value with its type (``1``, ``1.0`` and ``True`` are equal in Python)."""
+    if type(value) is tuple:
+        return tuple(_typed(item) for item in value)
+    return (type(value).__name__, value)
 
 
 def _needs_check(model: Program, key: Hashable | None, check: bool | None) -> bool:
@@ -470,6 +482,8 @@ class SMCPosterior(Posterior):
         found = super().problems()
         if self.num_particles == 1:
             return [*found, ONE_PARTICLE]
+        if not bool(torch.isfinite(self.log_evidence)):
+            return found  # NaN or zero weights (reported): nothing more to judge
         found += _history_problems(
             self.steps,
             self.ess_trace,
@@ -575,7 +589,8 @@ class SMCBatchPosterior(BatchPosterior):
                     f"from fewer than {FEW_ANCESTORS} first ancestors, so log_evidence_stderr "
                     f"is unreliable"
                 )
-            count = int((torch.isnan(stderr) & (resampled.to(stderr.device) > 0)).sum())
+            judged = torch.isfinite(self.log_evidence).to(stderr.device)  # else reported
+            count = int((torch.isnan(stderr) & (resampled.to(stderr.device) > 0) & judged).sum())
             if count:
                 found.append(f"{count} of {datasets} data sets: {NOT_ESTIMABLE}")
             if self.resampling != "multinomial" and bool((resampled > 0).any()):
@@ -664,8 +679,8 @@ def _few_ancestors(count: int) -> str:
 
 def _collapse(step: str, ess: float, num: int) -> str:
     return (
-        f"the particles collapsed at step {step!r}: ESS {ess:.2f} of {num} before "
-        f"resampling, so about one particle carried the run on from there; log Ẑ and the "
+        f"the particles collapsed at step {step!r}: ESS {ess:.2f} of {num} there, so "
+        f"about one particle carried the run on from there; log Ẑ and the "
         f"estimates may be far off (a surprising observation there, or a poor proposal): "
         f"use more particles or a better proposal"
     )
