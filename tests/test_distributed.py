@@ -8,11 +8,13 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import infcomp as ic
 from infcomp.examples.gaussian import DATA, gaussian
@@ -74,6 +76,7 @@ def test_two_ranks_under_torchrun_match_one_process(tmp_path: Path) -> None:
     report = last_report(stdout)
     # Rank 1's parameters equalled rank 0's after every step (else it raised).
     assert report["world_size"] == 2 and report["checked_steps"] == STEPS
+    assert report["num_simulations"] == STEPS * BATCH  # both ranks' simulations counted
 
     # One process, the same seed and global batches (world size 1, in this process).
     torch.manual_seed(SEED)
@@ -326,3 +329,33 @@ def test_infcomp_compile_under_torchrun_writes_an_artifact_info_and_infer_accept
     data.write_text(json.dumps({"x1": 8.0, "x2": 9.0}))
     assert cli.main(["infer", artifact, str(data), "--particles", "500"]) == 0
     assert "ESS" in capsys.readouterr().out
+
+
+def test_errors_are_printed_once_under_torchrun_and_warnings_by_rank_0(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infcomp.cli import UsageError, report_error
+
+    monkeypatch.setenv("RANK", "1")  # another rank: the arguments' errors are rank 0's to print
+    assert report_error("infcomp", UsageError("--steps: bad")) == 2
+    assert report_error("infcomp", ValueError("device 'tpu': expected 'cpu' or 'cuda'")) == 2
+    assert capsys.readouterr().err == ""
+    report_error("infcomp", ic.ModelError("model 'm' raised on this rank"))  # not lost
+    assert capsys.readouterr().err == "infcomp: error (rank 1): model 'm' raised on this rank\n"
+    monkeypatch.setenv("RANK", "0")
+    report_error("infcomp", UsageError("--steps: bad"))
+    assert capsys.readouterr().err == "infcomp: error: --steps: bad\n"
+    with (
+        pytest.raises(ValueError, match="device 'tpu': expected 'cpu' or 'cuda'"),
+        launched_group("tpu"),
+    ):
+        pass
+    monkeypatch.setenv("WORLD_SIZE", "1")  # as under torchrun (the group's start faked)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with launched_group("cpu"):
+            warnings.warn("every rank would print this", ic.InferenceWarning, stacklevel=1)
+    assert caught == []

@@ -505,8 +505,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = options.run(options)
         return status
     except (UsageError, ArtifactError, ic.ModelError, ImportError, OSError, ValueError) as error:
-        print(f"infcomp: error: {one_line(error)}", file=sys.stderr)
-        return 2
+        return report_error("infcomp", error)
+
+
+def report_error(program: str, error: BaseException) -> int:
+    """Print ``error`` in one line on stderr and return the exit status, 2. Under
+    ``torchrun`` (``RANK`` set) rank 0 prints every error; the other ranks print only
+    those that are not about the command's arguments (usage errors and plain
+    ``ValueError``\ s, which every rank meets alike), with their rank, so that nothing met
+    by one rank alone is lost."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        sys.stderr.write(f"{program}: error: {one_line(error)}\n")
+    elif not isinstance(error, UsageError) and type(error) is not ValueError:
+        sys.stderr.write(f"{program}: error (rank {rank}): {one_line(error)}\n")
+    return 2
 
 
 #: Python-only advice in the library's messages, and what the command line says instead.

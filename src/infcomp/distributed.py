@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from infcomp.cli import report_error
+from infcomp.errors import ArtifactError, ModelError
 from infcomp.inference.csis import CSIS
 from infcomp.inference.distributed import DataParallel, launched_group, scaled_learning_rate
 
@@ -96,7 +98,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options = parse(argv)
+    """The command; errors (bad options, files, models) end it with one line on stderr
+    and exit status 2 (:func:`infcomp.cli.report_error`)."""
+    try:
+        train(parse(argv))
+    except (ArtifactError, ModelError, OSError, ValueError) as error:
+        raise SystemExit(report_error("python -m infcomp.distributed", error)) from None
+
+
+def train(options: argparse.Namespace) -> None:
     with launched_group(options.device) as device:
         torch.set_num_threads(1)
         torch.manual_seed(options.seed)

@@ -59,6 +59,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -107,15 +108,24 @@ def launched_group(device: str | torch.device = "cpu") -> Iterator[torch.device]
     process ``LOCAL_RANK`` on GPU ``LOCAL_RANK``) and destroy it on the way out. Without
     torchrun (no ``WORLD_SIZE``), it does nothing. Yields the device to train on.
 
+    On the ranks other than 0 the library's warnings are silenced for the duration
+    (every rank would print the same ones; rank 0 prints them once).
+
     Raises:
-        ValueError: a CUDA device is asked for and torch has none.
+        ValueError: a device other than a CPU or CUDA one, or a CUDA device where torch
+            has none.
 
     Example:
         >>> with launched_group("cpu") as device:  # not under torchrun: one process
         ...     device, dist.is_initialized()
         (device(type='cpu'), False)
     """
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {str(device)!r}: expected 'cpu' or 'cuda'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r}: expected 'cpu' or 'cuda'")
     launched = "WORLD_SIZE" in os.environ
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -126,7 +136,10 @@ def launched_group(device: str | torch.device = "cpu") -> Iterator[torch.device]
     if started:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        yield device
+        with warnings.catch_warnings():
+            if launched and int(os.environ.get("RANK", "0")) > 0:
+                warnings.simplefilter("ignore")
+            yield device
     finally:
         if started and dist.is_initialized():
             dist.destroy_process_group()
@@ -172,6 +185,9 @@ class DataParallel:
         self.world_size = dist.get_world_size() if self.distributed else 1
         #: Steps after which the ranks' parameters were checked equal (``check_in_sync``).
         self.checked_steps = 0
+        # This rank's online simulations, and those dropped by site, not yet added to the
+        # CSIS's counts (all ranks' are added together at the end of training).
+        self._counts: tuple[int, dict[str, int], dict[str, int]] = (0, {}, {})
         self._guide: nn.Module = csis.guide
         # NCCL reduces tensors on the GPU, gloo on the CPU: the collectives' small tensors
         # live with the parameters.
@@ -517,6 +533,7 @@ class DataParallel:
                 if csis.validation_size and (csis.num_steps % validate_every == 0 or last):
                     csis.validation_history.append((csis.num_steps, csis.validation_loss()))
                 bar.set_postfix({"loss": f"{loss:.4f}"}, refresh=False)
+            self._add_counts()
         finally:
             csis.data_parallel = None
             csis.training_seconds += time.perf_counter() - start
@@ -524,19 +541,36 @@ class DataParallel:
         return csis.loss_history[first:]
 
     def _simulate(self, seeds: list[int]) -> JointBatch:
-        csis = self.csis
+        """This rank's chunks of a step's global batch; their simulations and the
+        dropped ones are counted on this rank until :meth:`_add_counts`."""
+        count, invalid, failed = self._counts
         traces: list[Trace] = []
         sizes: list[int] = []
         for seed in seeds:
-            batch = run_chunk(csis.simulator, self.chunk_size, seed)
-            csis.num_simulations += self.chunk_size
-            batch = clean_batch(batch, csis.invalid_simulations, csis.failed_simulations)
+            batch = run_chunk(self.csis.simulator, self.chunk_size, seed)
+            count += self.chunk_size
+            batch = clean_batch(batch, invalid, failed)
             traces.extend(batch.traces)
             sizes.extend(batch.sizes)
-        check_invalid_fraction(
-            csis.invalid_simulations, csis.failed_simulations, csis.num_simulations
-        )
+        self._counts = (count, invalid, failed)
+        check_invalid_fraction(invalid, failed, count)
         return JointBatch(traces, sizes, vectorized=True)
+
+    def _add_counts(self) -> None:
+        """Add every rank's count of online simulations, and of those dropped, to the
+        CSIS's (the same on every rank; rank 0 warns of the dropped ones)."""
+        mine, self._counts = self._counts, (0, {}, {})
+        everyone: list[Any] = [mine]
+        if self.distributed:
+            everyone = [None] * self.world_size
+            dist.all_gather_object(everyone, mine)
+        csis = self.csis
+        for count, invalid, failed in everyone:
+            csis.num_simulations += count
+            add_counts(csis.invalid_simulations, invalid)
+            add_counts(csis.failed_simulations, failed)
+        if self.rank == 0:
+            csis._report_dropped()
 
     def _check_in_sync(self, after: str) -> None:
         """Raise unless this rank's parameters, step count and number of validation
