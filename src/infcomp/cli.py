@@ -512,8 +512,8 @@ def report_error(program: str, error: BaseException) -> int:
     """Print ``error`` in one line on stderr and return the exit status, 2. Under
     ``torchrun`` (``RANK`` set) rank 0 prints every error; the other ranks print only
     those that are not about the command's arguments (usage errors and plain
-    ``ValueError``\ s, which every rank meets alike), with their rank, so that nothing met
-    by one rank alone is lost."""
+    ``ValueError`` errors, which every rank meets alike), with their rank, so that nothing
+    met by one rank alone is lost."""
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         sys.stderr.write(f"{program}: error: {one_line(error)}\n")

@@ -680,7 +680,7 @@ def _few_ancestors(count: int) -> str:
 def _collapse(step: str, ess: float, num: int) -> str:
     return (
         f"the particles collapsed at step {step!r}: ESS {ess:.2f} of {num} there, so "
-        f"about one particle carried the run on from there; log Ẑ and the "
+        f"the run went on from the very few particles that held the weight; log Ẑ and the "
         f"estimates may be far off (a surprising observation there, or a poor proposal): "
         f"use more particles or a better proposal"
     )
@@ -1027,7 +1027,7 @@ class _Filter:
         self.num = batch_shape[0]
         self.scheme = scheme
         self.threshold = threshold
-        self.passed_check = False  # the replay check passed on a run that resampled
+        self.passed_check = False  # the replay check passed, with sites after a resampling
 
     def each_dataset(self) -> SMCBatchPosterior:
         """Data set after data set, particle by particle."""
