@@ -116,7 +116,12 @@ class TraceDataset:
 
     def save(self, folder: str | os.PathLike[str], shard_size: int = 10_000) -> int:
         """Write the dataset to ``folder`` as shards of at most ``shard_size`` simulations
-        (see :mod:`infcomp.inference.shards`); returns the number of shards."""
+        (see :mod:`infcomp.inference.shards`); returns the number of shards.
+
+        Raises:
+            ValueError: ``shard_size`` is not a positive integer, or the dataset is empty.
+            ArtifactError: a site's distribution cannot be written as tensors.
+        """
         from infcomp.inference.shards import save_shards
 
         return save_shards(self, folder, shard_size)
@@ -127,7 +132,16 @@ class TraceDataset:
     ) -> TraceDataset:
         """The dataset saved in ``folder`` by :meth:`save` (with ``rank`` of ``world_size``:
         that rank's share of the shards), loaded safely (``torch.load(weights_only=True)``,
-        see :mod:`infcomp.inference.shards`)."""
+        see :mod:`infcomp.inference.shards`).
+
+        Raises:
+            ValueError: ``world_size`` is not a positive integer, or ``rank`` not an
+                integer in ``[0, world_size)``.
+            ArtifactError: a bad manifest (a field missing or of the wrong type, a file
+                outside the folder), fewer shards than ranks, or a shard that is missing,
+                unreadable, not a trace shard, or of another size than the manifest says;
+                the error names the file and the field.
+        """
         from infcomp.inference.shards import load_shards
 
         return load_shards(folder, rank, world_size)
