@@ -80,7 +80,7 @@ from infcomp.inference.dataset import (
 )
 from infcomp.inference.parallel import chunk_seed, chunk_sizes, run_chunk, warm_up
 from infcomp.inference.particles import JointBatch
-from infcomp.inference.shards import dropped_counts, iter_shards, read_manifest
+from infcomp.inference.shards import check_share, dropped_counts, iter_shards
 from infcomp.nn.network import InferenceNetwork
 from infcomp.runtime import Trace
 
@@ -425,7 +425,7 @@ class DataParallel:
             ValueError: fewer shards than ranks.
             ArtifactError: a bad manifest or shard.
         """
-        count = self._check_shard_count(folder)
+        count = check_share(folder, self.rank, self.world_size)
         mine = list(range(self.rank, count, self.world_size))
         pieces = [
             TraceDataset.from_batches([shard])
@@ -483,22 +483,12 @@ class DataParallel:
         """
         num_steps = check_positive_int("num_steps", num_steps)
         batch_size = check_positive_int("batch_size", batch_size)
-        self._check_shard_count(folder)
+        check_share(folder, self.rank, self.world_size)
         if batch_size < self.world_size:
             raise ValueError(f"batch_size ({batch_size}) is less than the {self.world_size} ranks")
         generator = torch.Generator().manual_seed(chunk_seed(self.base_seed, self.rank))
         batches = self._read(folder, batch_size // self.world_size, generator)
         return self._train(num_steps, lambda: next(batches), validate_every, progress)
-
-    def _check_shard_count(self, folder: str | os.PathLike[str]) -> int:
-        """The number of shards in ``folder``, at least one per rank (else ValueError)."""
-        count = len(read_manifest(folder)["shards"])
-        if count < self.world_size:
-            raise ValueError(
-                f"{folder} holds {count} shard(s) for {self.world_size} ranks: write at "
-                f"least one shard per rank (a smaller shard_size)"
-            )
-        return count
 
     def _read(
         self, folder: str | os.PathLike[str], size: int, generator: torch.Generator
