@@ -21,7 +21,7 @@ Rows: particles/s at N = 10⁴ (targets: infcomp ≥ 1/1.5 of torch, faster than
 at N = 10³ over 30 repeats, the standard deviation of log Ẑ for prior importance
 sampling, bootstrap SMC (target: 10× smaller than prior IS), the hand-written filter and,
 with ``--long`` (the default when run alone, not in ``bench/all.py``), SMC with a network
-compiled for importance sampling (trained here first: 200 steps of 64 simulations, with
+compiled for importance sampling (trained here first: 600 steps of 64 simulations, with
 attention over the observations; target: smaller than bootstrap SMC's), with the mean
 final ESS; and the same spread on the 50-step linear-Gaussian model for prior IS,
 bootstrap SMC and SMC with the locally optimal proposal written as a guide. Run
@@ -134,9 +134,11 @@ def run_importance(n: int) -> tuple[float, float]:
 
 def compiled() -> Callable[[int], tuple[float, float]]:
     """SMC with an inference network trained for importance sampling (attention over the
-    observations; 200 steps of 64 simulations, a few minutes)."""
+    observations; 600 steps of 64 simulations, a few minutes: after 200 the network was
+    still about the prior, log Ẑ's spread 0.31 to 0.37 against bootstrap's 0.34 to 0.38;
+    after 600, 0.10)."""
     csis = ic.CSIS(hmm, args=(STEPS,), network=ic.nn.NetworkConfig(attention=True))
-    csis.train(num_steps=200, batch_size=64, progress=False)
+    csis.train(num_steps=600, batch_size=64, progress=False)
 
     def run(n: int) -> tuple[float, float]:
         post = ic.smc(hmm, DATA, n, args=(STEPS,), guide=csis, resample=SYSTEMATIC)
