@@ -473,3 +473,26 @@ def test_the_core_step_is_the_lstm_cell_with_the_shared_input_broadcast():
     expected_hidden, expected_cell = network.core(full, (proposer.hidden, proposer.cell))
     assert torch.allclose(hidden, expected_hidden, atol=1e-6)
     assert torch.allclose(cell, expected_cell, atol=1e-6)
+
+
+def test_groups_of_many_structures_are_scored_together_as_group_by_group():
+    from infcomp.examples.marsaglia import marsaglia
+
+    torch.manual_seed(0)
+    csis = ic.CSIS(marsaglia, vectorize=False, validation_size=0)
+    dataset = csis.simulate(600)
+    csis.train(dataset=dataset, max_epochs=1, progress=False)
+    batch = dataset.minibatch(torch.arange(len(dataset)))
+    assert len(batch.traces) >= 3  # rejection loops of 1, 2, 3, ... attempts
+    network = csis.network
+    together = network.log_prob_groups(batch.traces)
+    alone = torch.cat([network.log_prob_trace(trace) for trace in batch.traces])
+    assert torch.allclose(together, alone, atol=1e-5)
+    parameters = [p for p in network.parameters() if p.requires_grad]
+    grads = [
+        torch.autograd.grad(total.sum(), parameters, allow_unused=True)
+        for total in (network.log_prob_groups(batch.traces), alone)
+    ]
+    for merged, single in zip(*grads):
+        if merged is not None or single is not None:
+            assert torch.allclose(merged, single, atol=1e-4, rtol=1e-4)

@@ -169,7 +169,7 @@ class NetworkProposal:
 
     def log_prob(self, batch: JointBatch, job: Job) -> Tensor:
         """``log q(x_i; y_i)`` by teacher forcing through the network, site by site."""
-        return torch.cat([self.network.log_prob_trace(group) for group in batch.traces])
+        return self.network.log_prob_groups(batch.traces)
 
 
 class GuideValues(Messenger):

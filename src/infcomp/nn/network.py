@@ -31,10 +31,11 @@ on after it). Training scores joint simulations site by site with the same code
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -43,7 +44,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from infcomp._deprecation import warn_renamed
-from infcomp.distributions import DefensiveMixture
+from infcomp.distributions import DefensiveMixture, concatenate_distributions
 from infcomp.errors import ModelError
 from infcomp.nn.embeddings import MLPEmbedding
 from infcomp.nn.heads import (
@@ -507,6 +508,100 @@ class InferenceNetwork(nn.Module):
             proposer.accept(site)
         return total
 
+    def log_prob_groups(self, traces: Sequence[Trace]) -> Tensor:
+        """``log q(x_i; y_i)`` for the joint traces of many groups (one per structure),
+        concatenated in the groups' order, shape ``(Σ n_g,)``.
+
+        Groups with the same observe sites are scored together along the latent sites
+        their runs share: all rows go through the network at once while the groups' next
+        sites agree (the first attempts of a rejection loop, say), and the rows split
+        where they differ, so a minibatch of many structures costs about as many network
+        steps as its longest run, not the sum over structures. The arithmetic per row is
+        :meth:`log_prob_trace`'s (each row's state depends on its own sites only).
+        """
+        for trace in traces:
+            self.register(trace)
+        scores: list[Tensor | None] = [None] * len(traces)
+        together: dict[tuple[Any, ...], list[int]] = {}
+        for index, trace in enumerate(traces):
+            observed = tuple(
+                (name, tuple(site.value.shape[1:]))  # type: ignore[union-attr]
+                for name, site in trace.sites.items()
+                if site.kind == "observe"
+            )
+            together.setdefault(observed, []).append(index)
+        for indices in together.values():
+            merged = None
+            if len(indices) > 1:
+                merged = self._log_prob_merged([traces[i] for i in indices])
+            for position, index in enumerate(indices):
+                scores[index] = (
+                    merged[position] if merged is not None else self.log_prob_trace(traces[index])
+                )
+        return torch.cat(scores)  # type: ignore[arg-type]
+
+    def _log_prob_merged(self, traces: list[Trace]) -> list[Tensor] | None:
+        """:meth:`log_prob_groups` for groups with the same observe sites; None where
+        the priors of a shared site cannot be concatenated (then group by group)."""
+        sizes = [next(iter(trace.sites.values())).value.shape[0] for trace in traces]  # type: ignore[union-attr]
+        observed = [name for name, site in traces[0].sites.items() if site.kind == "observe"]
+        observations = {
+            name: torch.cat([trace[name].value for trace in traces])  # type: ignore[misc]
+            for name in observed
+        }
+        evidence = self.evidence(observations, 1)
+        proposer = NetworkProposer(self, evidence, torch.Size([sum(sizes)]), 0.0, learn=True)
+        latent = [
+            [site for site in trace.sites.values() if site.kind == "sample"] for trace in traces
+        ]
+        totals: list[Tensor] = [evidence.context.new_zeros(size) for size in sizes]
+        # Each entry: a proposer and the groups whose rows it holds, in order, with the
+        # position of each group's next latent site.
+        pending = [(proposer, list(range(len(traces))), 0)]
+        while pending:
+            proposer, members, position = pending.pop()
+            while True:
+                following: dict[str | None, list[int]] = {}
+                for g in members:
+                    name = latent[g][position].name if position < len(latent[g]) else None
+                    following.setdefault(name, []).append(g)
+                if len(following) > 1 or None in following:
+                    start = {}
+                    offset = 0
+                    for g in members:
+                        start[g] = offset
+                        offset += sizes[g]
+                    for name, part in following.items():
+                        if name is None:
+                            continue
+                        rows = torch.cat(
+                            [torch.arange(start[g], start[g] + sizes[g]) for g in part]
+                        )
+                        pending.append((proposer.select(rows), part, position))
+                    break
+                sites = [latent[g][position] for g in members]
+                fn = (
+                    sites[0].fn
+                    if len(sites) == 1
+                    else concatenate_distributions(
+                        [site.fn for site in sites]  # type: ignore[misc]
+                    )
+                )
+                if fn is None:
+                    return None
+                value = torch.cat([site.value for site in sites])  # type: ignore[misc]
+                site = Site(sites[0].name, "sample", fn, value, sites[0].scale)
+                proposal = proposer.propose(site)
+                if proposal is not None:
+                    scored = sum_rightmost(proposal.log_prob(value), 1).split(
+                        [sizes[g] for g in members]
+                    )
+                    for g, part_score in zip(members, scored):
+                        totals[g] = totals[g] + part_score
+                proposer.accept(site)
+                position += 1
+        return totals
+
     def config_dict(self) -> dict[str, Any]:
         """What rebuilds this network's modules (with :meth:`from_config_dict`)."""
         return {
@@ -750,6 +845,19 @@ class NetworkProposer:
         self.hidden, self.cell, self.previous = (
             t[rows] for t in (self.hidden, self.cell, self.previous)
         )
+
+    def select(self, rows: Tensor) -> NetworkProposer:
+        """A proposer for ``rows`` of this one's (one leading batch dimension, every row
+        its own data, as in training), with their states."""
+        assert len(self.batch_shape) == 1 and self.data_lead == self.batch_shape
+        chosen = copy.copy(self)
+        chosen.batch_shape = chosen.lead = chosen.data_lead = torch.Size([len(rows)])
+        chosen.data_context, chosen.values = self.data_context[rows], self.values[rows]
+        chosen.hidden, chosen.cell = self.hidden[rows], self.cell[rows]
+        chosen.previous = self.previous[rows]
+        if self._pending is not None:
+            chosen._pending = (self._pending[0], self._pending[1][rows])
+        return chosen
 
     def _embed_pending(self) -> None:
         if self._pending is None:
