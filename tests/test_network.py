@@ -217,14 +217,14 @@ def test_hmm_with_one_categorical_site_per_step():
 
 @pytest.mark.slow  # minutes of training; the fast path: test_the_slow_models_compile_briefly
 def test_marsaglia_with_a_varying_number_of_sites():
-    csis = compiled(marsaglia, 200, batch_size=64, learning_rate=3e-3)
+    csis = compiled(marsaglia, 500, batch_size=64, learning_rate=3e-3)
     assert csis.simulator.vectorize is False
     assert {family.base for family in csis.network.families.values()} == {"u", "v"}
     torch.manual_seed(3)
     post = csis.run(g.DATA, num_particles=1500, vectorize=False)
     torch.manual_seed(3)
     prior = ic.importance(marsaglia, g.DATA, num_particles=1500, vectorize=False)
-    assert float(post.ess) > float(prior.ess)
+    assert float(post.ess) > 2 * float(prior.ess)  # 500 steps: clearly better than the prior
     returned = lambda trace: trace.return_value
     assert abs(float(post.mean(returned)) - 7.25) < 4 * mean_error(post, returned)
     assert abs(float(post.log_evidence) - g.exact_log_evidence()) < 4 * float(
