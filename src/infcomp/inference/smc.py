@@ -714,8 +714,7 @@ def _scheme_caution(scheme: str) -> str:
 
 def _stderr_problems(stderr: Tensor, num_resampled: int, scheme: str) -> list[str]:
     """The problems of one run's genealogy standard error (N > 1)."""
-    # Without resampling a NaN comes from the weights themselves (all zero: reported).
-    found = [NOT_ESTIMABLE] if bool(torch.isnan(stderr)) and num_resampled > 0 else []
+    found = [NOT_ESTIMABLE] if bool(torch.isnan(stderr)) else []
     if scheme != "multinomial" and num_resampled > 0:
         found.append(_scheme_caution(scheme))
     return found
