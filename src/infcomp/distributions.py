@@ -15,6 +15,7 @@ library.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -680,7 +681,7 @@ def _stack_by_constructor(
         if any(t.shape[lead:] != tensors[0].shape[lead:] for t in tensors):
             return None
         kwargs[name] = combine(tensors)
-    signature = inspect.signature(kind.__init__)
+    signature = _constructor_signature(kind)
     for name, parameter in list(signature.parameters.items())[1:]:
         if name in arg_names or name == "validate_args":
             continue
@@ -704,15 +705,26 @@ def _stack_by_constructor(
 _MISSING = object()
 
 
+@functools.cache
+def _constructor_signature(kind: type) -> inspect.Signature:
+    """The signature of a distribution class's constructor (looked up once per class:
+    minibatches index the distributions of every site at every step)."""
+    return inspect.signature(kind.__init__)
+
+
+@functools.cache
+def _plain_property(kind: type, name: str) -> bool:
+    """Whether ``kind.name`` is a plain property (not a lazy one, which would compute an
+    alternative parametrization)."""
+    attribute = inspect.getattr_static(kind, name, None)
+    return isinstance(attribute, property) and not isinstance(attribute, lazy_property)
+
+
 def _parameter(fn: Distribution, name: str) -> Any:
-    """A constructor parameter held by ``fn``: an instance attribute, or a plain property
-    (not a lazy one, which would compute an alternative parametrization)."""
+    """A constructor parameter held by ``fn``: an instance attribute, or a plain property."""
     if name in vars(fn):
         return vars(fn)[name]
-    attribute = inspect.getattr_static(type(fn), name, None)
-    if isinstance(attribute, property) and not isinstance(attribute, lazy_property):
-        return getattr(fn, name)
-    return None
+    return getattr(fn, name) if _plain_property(type(fn), name) else None
 
 
 def _other_argument(items: list[Distribution], name: str) -> Any:
