@@ -77,7 +77,7 @@ def test_the_split_holds_out_the_stated_fraction_without_overlap():
 
 
 def test_the_default_batch_size_follows_the_budget():
-    assert [default_batch_size(n) for n in (100, 10_000, 10**6)] == [32, 100, 256]
+    assert [default_batch_size(n) for n in (100, 10_000, 10**6)] == [32, 200, 256]
 
 
 # -- training on a budget ----------------------------------------------------------------

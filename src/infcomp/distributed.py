@@ -61,7 +61,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--batch-size",
         type=int,
         default=None,
-        help="global batch (all ranks); default 512 online, N/100 in [32, 256] on a budget",
+        help="global batch (all ranks); default 512 online, N/50 in [32, 256] on a budget",
     )
     parser.add_argument("--max-epochs", type=int, default=500, help="on a budget")
     parser.add_argument("--patience", type=int, default=20, help="on a budget: epochs")

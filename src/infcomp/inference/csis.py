@@ -444,7 +444,7 @@ class CSIS:
         ``train(dataset=...)`` takes them ready made, and trains on them for many epochs
         (the recipe of sbi's neural posterior estimation): a random
         ``validation_fraction`` is held out, each epoch goes once over the rest in
-        minibatches of ``batch_size`` (default :func:`default_batch_size` of N: N/100
+        minibatches of ``batch_size`` (default :func:`default_batch_size` of N: N/50
         clamped to [32, 256]), the validation loss is recorded after each epoch in
         :attr:`validation_history`, training stops after ``patience`` epochs without a
         lower validation loss (or ``max_epochs``), and the guide's parameters of the
