@@ -64,7 +64,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="global batch (all ranks); default 512 online, N/50 in [32, 256] on a budget",
     )
     parser.add_argument("--max-epochs", type=int, default=500, help="on a budget")
-    parser.add_argument("--patience", type=int, default=20, help="on a budget: epochs")
+    parser.add_argument("--patience", type=int, default=10, help="on a budget: epochs")
     parser.add_argument(
         "--average-decay", type=float, default=0.99, help="on a budget: of the parameter average"
     )

@@ -288,7 +288,7 @@ class DataParallel:
         dataset: DatasetShare | None = None,
         validation_fraction: float = 0.1,
         max_epochs: int = 500,
-        patience: int = 20,
+        patience: int = 10,
         average_decay: float = 0.99,
         validate_every: int = 100,
         progress: bool = True,
