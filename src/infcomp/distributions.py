@@ -15,7 +15,6 @@ library.
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -705,19 +704,26 @@ def _stack_by_constructor(
 _MISSING = object()
 
 
-@functools.cache
-def _constructor_signature(kind: type) -> inspect.Signature:
-    """The signature of a distribution class's constructor (looked up once per class:
-    minibatches index the distributions of every site at every step)."""
-    return inspect.signature(kind.__init__)
+# Looked up once per class: minibatches index the distributions of every site at every step.
+_SIGNATURES: dict[type[Distribution], inspect.Signature] = {}
+_PLAIN_PROPERTIES: dict[tuple[type[Distribution], str], bool] = {}
 
 
-@functools.cache
-def _plain_property(kind: type, name: str) -> bool:
+def _constructor_signature(kind: type[Distribution]) -> inspect.Signature:
+    """The signature of a distribution class's constructor."""
+    if kind not in _SIGNATURES:
+        _SIGNATURES[kind] = inspect.signature(kind.__init__)
+    return _SIGNATURES[kind]
+
+
+def _plain_property(kind: type[Distribution], name: str) -> bool:
     """Whether ``kind.name`` is a plain property (not a lazy one, which would compute an
     alternative parametrization)."""
-    attribute = inspect.getattr_static(kind, name, None)
-    return isinstance(attribute, property) and not isinstance(attribute, lazy_property)
+    if (kind, name) not in _PLAIN_PROPERTIES:
+        attribute = inspect.getattr_static(kind, name, None)
+        plain = isinstance(attribute, property) and not isinstance(attribute, lazy_property)
+        _PLAIN_PROPERTIES[kind, name] = plain
+    return _PLAIN_PROPERTIES[kind, name]
 
 
 def _parameter(fn: Distribution, name: str) -> Any:
