@@ -453,14 +453,13 @@ class CSIS:
         ``bench/quality.py`` at 10³ and 10⁴ simulations, 3 seeds each, stopping after 10
         kept the best epoch of 20 in 23 of 28 runs, at most 0.014 nats of validation
         loss worse in the others, in 0.72 of the training time. The parameters validated
-        and kept are an
-        exponential moving average of the steps' parameters, ``θ̄ ← d·θ̄ + (1 - d)·θ``
-        after every step with ``d = average_decay`` (Polyak & Juditsky 1992, as
-        exponential averaging): it smooths out the minibatch noise of the last steps,
-        which otherwise decides the proposal's precision far in the tails (after 10⁴
-        simulations, median ESS/N over 3 seeds: the Gaussian at (8, 9) 0.89 without,
-        0.95 with; Gaussian linear, 0.81 and 0.87); ``average_decay=0`` keeps the last
-        step's parameters. On many processes (``torchrun``), the same training is
+        and kept are an exponential moving average of the steps' parameters,
+        ``θ̄ ← d·θ̄ + (1 - d)·θ`` after every step with ``d = average_decay`` (Polyak &
+        Juditsky 1992, as exponential averaging): it smooths out the minibatch noise of
+        the last steps, which otherwise decides the proposal's precision far in the
+        tails (after 10⁴ simulations, median ESS/N over 3 seeds: the Gaussian at (8, 9)
+        0.89 without, 0.95 with; Gaussian linear, 0.81 and 0.87); ``average_decay=0``
+        keeps the last step's parameters. On many processes (``torchrun``), the same training is
         ``DataParallel(csis).train(num_simulations=N)``
         (:class:`~infcomp.inference.distributed.DataParallel`).
 

@@ -295,9 +295,10 @@ def default_batch_size(num_simulations: int) -> int:
     """The minibatch size for training on ``num_simulations``: about one fiftieth of the
     budget, between 32 and 256, so that small budgets still get many steps per epoch
     (sbi's NPE takes 200 at every budget). At 10⁴ simulations, 200 rather than 100
-    trains 1.3 to 1.6 times faster at the same quality (ESS/N at the stated observation,
-    median over 3 seeds: the Gaussian 0.949, Gaussian linear 0.851, branching 0.975,
-    Marsaglia 0.392; ``bench/quality.py``'s tasks)."""
+    trains 1.3 to 1.6 times faster at about the same quality (ESS/N at the stated
+    observation, median over 3 seeds, with 100 and with 200: the Gaussian 0.948 and
+    0.949, Gaussian linear 0.870 and 0.851, branching 0.983 and 0.975, Marsaglia 0.461
+    and 0.392; ``bench/quality.py``'s tasks)."""
     return min(max(num_simulations // 50, 32), 256)
 
 
