@@ -44,7 +44,8 @@ Figures, for each contender (a table row per task and budget):
 The particle-by-particle tasks (``branching``, ``marsaglia``) use at most 1,000 particles
 and 5 simulated observations (``SEQUENTIAL_*``) unless ``--particles``/``--observations`` say
 otherwise. One torch thread. With ``--seeds 0,1,2`` each figure is the median over the
-training seeds.
+training seeds; the ESS/N cell then also lists each seed's, in brackets, and the JSON
+output holds each seed's figures under ``seeds``.
 
 Run ``python bench/quality.py`` (all tasks at 10³, 10⁴ and 10⁵ simulations; ``make
 bench-quality``), ``--budgets 1e3,1e4``, ``--tasks gaussian,hmm``, ``--no-sbi``,
@@ -483,7 +484,8 @@ def median_figures(runs: list[Figures]) -> Figures:
 class Row:
     task: str
     budget: int
-    figures: dict[str, Figures] = field(default_factory=dict)  # contender -> figures
+    figures: dict[str, Figures] = field(default_factory=dict)  # contender -> median figures
+    seeds: dict[str, list[Figures]] = field(default_factory=dict)  # contender -> each seed's
 
 
 # -- table -------------------------------------------------------------------------------
@@ -516,6 +518,9 @@ def table(rows: list[Row], contenders: Sequence[str]) -> str:
             values = [cell(figures, get) for _, get in COLUMNS]
             if figures is not None and figures.note:
                 values[0] += f" ({figures.note})"
+            runs = row.seeds.get(contender, [])
+            if len(runs) > 1:  # the median, then each training seed's figure
+                values[0] += " [" + ", ".join(cell(run, COLUMNS[0][1]) for run in runs) + "]"
             cells += values
         lines.append(cells)
     out = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
@@ -618,19 +623,21 @@ def write(
             encoding="utf-8",
         )
     if options.json:
-        # NaN (a figure that does not apply) is written as null.
         records = [
             {
                 "task": r.task,
                 "budget": r.budget,
-                "figures": {
-                    c: {k: None if v != v else v for k, v in vars(f).items()}
-                    for c, f in r.figures.items()
-                },
+                "figures": {c: finite_or_null(f) for c, f in r.figures.items()},
+                "seeds": {c: [finite_or_null(f) for f in runs] for c, runs in r.seeds.items()},
             }
             for r in rows
         ]
         options.json.write_text(json.dumps(records, indent=1), encoding="utf-8")
+
+
+def finite_or_null(figures: Figures) -> dict[str, Any]:
+    """The figures as a JSON object; NaN (a figure that does not apply) as null."""
+    return {k: None if v != v else v for k, v in vars(figures).items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -688,8 +695,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if contender == "sbi" and task.sbi is not None:
                             figures.note = task.sbi.note
                         runs.append(figures)
+                        if len(options.seeds) > 1:
+                            where = f"N = {budget:.0e}, {contender}, seed {seed}"
+                            print(f"  {where}: {describe(figures)}")
                     if runs:
                         row.figures[contender] = median_figures(runs)
+                        row.seeds[contender] = runs
                         print(
                             f"  N = {budget:.0e}, {contender}: {describe(row.figures[contender])}"
                         )

@@ -37,6 +37,24 @@ def test_quick_mode_runs_one_task_and_reports_every_figure(tmp_path, capsys):
     assert "| gaussian | 1e2 |" in table and "infcomp ESS/N" in table
 
 
+def test_several_seeds_give_the_median_and_each_seeds_figures(tmp_path, capsys):
+    path = tmp_path / "quality.json"
+    argv = ["--quick", "--tasks", "gaussian", "--no-sbi", "--budgets", "100"]
+    assert quality.main([*argv, "--seeds", "0,1,2", "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())
+    runs = row["seeds"]["infcomp"]
+    assert len(runs) == 3 and len({run["ess"] for run in runs}) == 3  # three trainings
+    assert row["figures"]["infcomp"]["ess"] == sorted(run["ess"] for run in runs)[1]
+    cells = " ".join(quality.harness.number(run["ess"]) for run in runs)
+    table = capsys.readouterr().out.split("| gaussian | 1e2 |")[1].splitlines()[0]
+    assert f"[{cells.replace(' ', ', ')}]" in table
+    # Each seed alone gives the figures listed for it.
+    assert quality.main([*argv, "--seeds", "2", "--json", str(path)]) == 0
+    (alone,) = json.loads(path.read_text())
+    assert alone["figures"]["infcomp"]["ess"] == runs[2]["ess"]
+    assert len(alone["seeds"]["infcomp"]) == 1
+
+
 def test_bad_options_are_named(capsys):
     with pytest.raises(SystemExit):
         quality.main(["--tasks", "gaussian,nope"])
