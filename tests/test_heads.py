@@ -13,6 +13,7 @@ from infcomp.nn import InferenceNetwork
 from infcomp.nn.heads import (
     HEADS,
     HeadSpec,
+    NormalCDFTransform,
     ProposalHead,
     Readout,
     UnsupportedSiteError,
@@ -20,6 +21,7 @@ from infcomp.nn.heads import (
     head_spec,
     location_and_spread,
     make_head,
+    unconstraining_transform,
 )
 
 # Which head each prior gets: the registry must keep choosing the same ones (saved networks
@@ -370,3 +372,74 @@ def test_a_readout_in_two_parts_gives_the_linear_layer_of_its_concatenation():
     head = make_head(head_spec("z", Normal(torch.zeros(6, 2), 1.0), lead=2), 8, 3)
     prior = Normal(torch.zeros(6, 2), 1.0)
     assert torch.allclose(head(readout, prior).mean, head(whole, prior).mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normal_cdf_transform_is_phi_with_its_inverse_and_log_density(dtype):
+    x = torch.linspace(-6, 5, 45, dtype=dtype)
+    transform = NormalCDFTransform()
+    y = transform(x)
+    exact = Normal(torch.zeros((), dtype=torch.float64), 1.0).cdf(x.double())
+    assert torch.allclose(y.double(), exact, rtol=1e-5, atol=0)  # the lower tail too
+    # Near 1, y resolves 1 - Φ(x) only to the dtype's eps (as the logistic does).
+    inside = x <= (3 if dtype == torch.float32 else 5)
+    back = transform.inv(y)[inside]
+    assert torch.allclose(back, x[inside], atol=1e-4 if dtype == torch.float32 else 1e-7)
+    slope = torch.autograd.functional.jacobian(lambda t: transform(t).sum(), x.double())
+    assert torch.allclose(transform.log_abs_det_jacobian(x, y).double(), slope.log(), atol=1e-6)
+    # Far out, y stays inside (0, 1) so that no value lands on an interval's end.
+    far = transform(torch.tensor([-40.0, 40.0], dtype=dtype))
+    assert bool((far > 0).all() and (far < 1).all())
+    assert transform == NormalCDFTransform() and transform != D.transforms.SigmoidTransform()
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        D.Uniform(-3.0, 3.0),
+        D.Uniform(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 5.0])),
+        D.Independent(D.Uniform(-3 * torch.ones(5), 3.0), 1),
+        D.Beta(2.0, 5.0),
+    ],
+)
+def test_interval_sites_are_unconstrained_by_the_normal_cdf(prior):
+    # x ↦ a + (b - a)·Φ(x) pushes N(0, 1) onto exactly Uniform(a, b): a uniform prior is
+    # a standard Normal in unconstrained space, with Normal tails where the logistic's
+    # are exponential. (Beta's support is the unit interval: Uniform(0, 1).)
+    uniform = D.Uniform(0.0, 1.0).expand((3,)) if isinstance(prior, D.Beta) else prior
+    transform = unconstraining_transform(prior.support)
+    base = D.Normal(torch.zeros(uniform.batch_shape + uniform.event_shape), 1.0)
+    if isinstance(uniform, D.Independent):
+        base = D.Independent(base, 1)
+    pushed = D.TransformedDistribution(base, [transform], validate_args=False)
+    value = uniform.sample((1000,))
+    assert torch.allclose(pushed.log_prob(value), uniform.log_prob(value), atol=1e-3)
+
+
+def test_other_supports_keep_torchs_bijections():
+    for support in (D.constraints.positive, D.constraints.simplex, D.constraints.real):
+        assert type(unconstraining_transform(support)) is type(D.biject_to(support))
+    independent = unconstraining_transform(D.constraints.independent(D.constraints.positive, 1))
+    assert isinstance(independent, D.transforms.IndependentTransform)
+    with pytest.raises(NotImplementedError):
+        unconstraining_transform(D.constraints.integer_interval(0, 3))
+
+
+def test_a_uniform_prior_has_bounded_weights_under_a_wider_normal_proposal():
+    # The reason for the Normal CDF: a proposal N(m, s²) in unconstrained space, pushed onto
+    # (a, b), has weights p/q against a uniform target that stay bounded near the ends when
+    # s > 1 (both tails are Normal); through the logistic they grow without bound (the
+    # target's tails there are exponential). Weights at points approaching the lower end:
+    prior = D.Uniform(-3.0, 3.0)
+    ends = -3.0 + 6.0 * torch.tensor([1e-2, 1e-4, 1e-6, 1e-8], dtype=torch.float64)
+    proposal = D.Normal(torch.tensor(0.5, dtype=torch.float64), 1.5)
+
+    def log_weights(transform):
+        q = D.TransformedDistribution(proposal, [transform], validate_args=False)
+        return -math.log(6.0) - q.log_prob(ends)
+
+    normal_cdf = log_weights(unconstraining_transform(prior.support))
+    logistic = log_weights(D.biject_to(prior.support))
+    # Bounded: log(s) + max over x of (x - m)²/(2s²) - x²/2 = log 1.5 + m²/(2(s² - 1)).
+    assert float(normal_cdf.max()) <= math.log(1.5) + 0.25 / (2 * 1.25) + 1e-9
+    assert float(logistic[-1] - logistic[0]) > 5  # grows as the end is approached

@@ -9,7 +9,8 @@ A head is chosen by the prior's support (``torch.distributions.constraints``):
   K Normals, located and scaled relative to the prior's mean and standard deviation,
   ``loc = m + s·a``, ``scale = s·softplus(b)``;
 - constrained continuous (positive, interval, simplex, ...): that real head in the
-  unconstrained space, pushed through ``biject_to(support)``;
+  unconstrained space, pushed through :func:`unconstraining_transform`'s bijection
+  (``biject_to(support)``, except on intervals: the standard Normal CDF);
 - boolean: Bernoulli with ``logits = prior logits + a``;
 - a small finite set (a Categorical, a Binomial): Categorical over the support with
   ``logits = prior log-probabilities + a``;
@@ -61,6 +62,7 @@ from torch.distributions import (
 )
 from torch.distributions.transforms import (
     AffineTransform,
+    ComposeTransform,
     IndependentTransform,
     ReshapeTransform,
     Transform,
@@ -199,6 +201,65 @@ def _base_constraint(support: constraints.Constraint | None) -> constraints.Cons
     while isinstance(support, constraints._IndependentConstraint):
         support = support.base_constraint
     return support
+
+
+class NormalCDFTransform(Transform):
+    """``y = Φ(x)``, the standard Normal CDF, from the real line onto (0, 1); its inverse
+    is the probit ``Φ⁻¹`` and ``log |dy/dx| = log φ(x) = -x²/2 - log √(2π)``.
+
+    ``Φ(x) = erfc(-x/√2)/2`` keeps the lower tail precise (``torch.special.ndtr`` loses
+    it in float32: 0 at x = -6); y is clamped to ``[tiny, 1 - eps]`` of its dtype, as
+    torch's ``SigmoidTransform`` clamps, so that no value lands on the interval's ends.
+    """
+
+    domain = constraints.real
+    codomain = constraints.unit_interval
+    bijective = True
+    sign = +1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NormalCDFTransform)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def _call(self, x: Tensor) -> Tensor:
+        finfo = torch.finfo(x.dtype)
+        phi = 0.5 * torch.special.erfc(x * -math.sqrt(0.5))
+        return phi.clamp(min=finfo.tiny, max=1 - finfo.eps)
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return torch.special.ndtri(y)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return -0.5 * x.square() - 0.5 * math.log(2 * math.pi)
+
+
+def unconstraining_transform(support: constraints.Constraint) -> Transform:
+    """The bijection from unconstrained space onto ``support`` that the constrained heads
+    push their proposals through: ``biject_to(support)``, except on an interval (a, b)
+    (``Uniform``, ``Beta``, ...; also within ``Independent``), where it is
+    ``x ↦ a + (b - a)·Φ(x)`` (:class:`NormalCDFTransform`) rather than torch's logistic
+    ``a + (b - a)·σ(x)``.
+
+    Why: posterior mass piled against an end of the interval (a correlation near ±1
+    in SLCP, a Beta posterior near 0) becomes a tail in unconstrained space. Through
+    the logistic it is an exponential tail, ``∝ e^{-|x|}``, which the Normal tails of
+    the heads cannot cover, so the importance weights there grow without bound;
+    through Φ it is a Normal tail, ``∝ φ(x)`` (a uniform prior becomes exactly N(0, 1)).
+    On SLCP at 10⁵ simulations this raised ESS/N over 10⁵ pooled proposals at the
+    benchmark's observation from 0.095 to 0.163 (training seed 0; ``bench/quality.py``).
+
+    Raises:
+        NotImplementedError: torch has no bijection onto ``support``.
+    """
+    if isinstance(support, constraints._IndependentConstraint):
+        inner = unconstraining_transform(support.base_constraint)
+        return IndependentTransform(inner, support.reinterpreted_batch_ndims)
+    if isinstance(support, (constraints._Interval, constraints._HalfOpenInterval)):
+        lower, upper = support.lower_bound, support.upper_bound
+        return ComposeTransform([NormalCDFTransform(), AffineTransform(lower, upper - lower)])
+    return biject_to(support)
 
 
 def _integer_range(prior: Distribution) -> dict[str, Any] | None:
@@ -482,7 +543,7 @@ class FlowHead(ProposalHead):
     any shape, flattened to D > 1 coordinates), so that correlated and multimodal
     posteriors are represented. A constrained support (positive, interval, simplex,
     ...) gets the same in the unconstrained space, pushed through
-    ``T = biject_to(support)`` and located at ``T⁻¹(mean)`` as in
+    ``T = unconstraining_transform(support)`` and located at ``T⁻¹(mean)`` as in
     :class:`ConstrainedHead`. Chosen for vector sites whose unconstrained event has
     more than one and at most :data:`FLOW_MAX_SIZE` coordinates, before
     :class:`RealHead` and :class:`ConstrainedHead`.
@@ -538,7 +599,7 @@ class FlowHead(ProposalHead):
             loc, spread = location_and_spread(prior)
         else:
             assert support is not None
-            constrain = biject_to(support)
+            constrain = unconstraining_transform(support)
             loc, spread = _unconstrained_location(prior, constrain, prior.batch_shape + self.event)
         shape = prior.batch_shape + (size,)
         loc, spread = loc.reshape(shape), spread.reshape(shape)
@@ -564,9 +625,9 @@ FLOW_MAX_SIZE = 256
 
 
 class ConstrainedHead(RealHead):
-    """A :class:`RealHead` in the unconstrained space, pushed through ``biject_to(support)``:
-    ``q = T_# (Normal mixture)`` with ``T = biject_to(prior.support)``, the mixture
-    located relative to the prior's mean and spread mapped by ``T⁻¹``.
+    """A :class:`RealHead` in the unconstrained space, pushed through the support's
+    bijection: ``q = T_# (Normal mixture)`` with ``T = unconstraining_transform(support)``,
+    the mixture located relative to the prior's mean and spread mapped by ``T⁻¹``.
     """
 
     kind = "constrained"
@@ -590,20 +651,20 @@ class ConstrainedHead(RealHead):
 
     def forward(self, hidden: Hidden, prior: Distribution) -> Distribution:
         assert prior.support is not None
-        transform = biject_to(prior.support)
+        transform = unconstraining_transform(prior.support)
         center, spread = _unconstrained_location(prior, transform, prior.batch_shape + self.event)
         base = self.mixture(hidden, prior.batch_shape, center, spread)
         return TransformedDistribution(base, [transform], validate_args=False)
 
 
 def _unconstrained_event_shape(prior: Distribution) -> tuple[int, ...] | None:
-    """The event shape of ``biject_to(prior.support)``'s domain (None: a discrete or
+    """The event shape of :func:`unconstraining_transform`'s domain (None: a discrete or
     dependent support, or one with no bijection)."""
     support = prior.support
     if support is None or support.is_discrete or constraints.is_dependent(support):
         return None
     try:
-        transform = biject_to(support)
+        transform = unconstraining_transform(support)
     except NotImplementedError:
         return None
     # The transform's parameters may carry the batch: map the whole shape, then keep the

@@ -67,10 +67,12 @@ CHUNK_ROWS = 4096
 #: many observe sites in a run.
 ATTENTION_MIN_OBSERVATIONS = 4
 #: The version of :meth:`InferenceNetwork.config_dict`'s architecture; 2 added the heads'
-#: skip connection from the context, standardized observation embeddings and flow heads.
-#: The attention over observe sites is an option within it (``attention``, absent: off),
-#: so that networks saved without it keep loading.
-NETWORK_VERSION = 2
+#: skip connection from the context, standardized observation embeddings and flow heads;
+#: 3 pushes the heads of interval sites through the Normal CDF rather than the logistic
+#: (:func:`~infcomp.nn.heads.unconstraining_transform`). The attention over observe
+#: sites is an option within it (``attention``, absent: off), so that networks saved
+#: without it keep loading.
+NETWORK_VERSION = 3
 _INDEXED = re.compile(r"^(?P<base>.*?)(?:_|\[)?(?P<index>\d+)\]?$")
 
 
@@ -668,8 +670,9 @@ def architecture_mismatch(data: Mapping[str, Any]) -> str | None:
         return None
     return (
         f"the inference network has architecture version {version}; this infcomp builds "
-        f"version {NETWORK_VERSION} (the heads read the observation context, observations "
-        f"are standardized, vector sites get flows): compile the model anew"
+        f"version {NETWORK_VERSION} (since 2: the heads read the observation context, "
+        f"observations are standardized, vector sites get flows; since 3: interval sites "
+        f"are proposed through the Normal CDF): compile the model anew"
     )
 
 
