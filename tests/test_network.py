@@ -392,6 +392,9 @@ def test_vector_sites_get_a_flow_head_unless_turned_off_and_it_survives_saving()
     del old["version"]  # as saved before the heads read the observation context
     with pytest.raises(ValueError, match="architecture version 1.*compile the model anew"):
         InferenceNetwork.from_config_dict(old)
+    old["version"] = 2  # as saved before interval sites went through the Normal CDF
+    with pytest.raises(ValueError, match="version 2.*interval sites.*compile the model anew"):
+        InferenceNetwork.from_config_dict(old)
 
 
 def test_observations_are_standardized_with_the_simulations_that_build_the_network():
