@@ -391,6 +391,25 @@ def test_normal_cdf_transform_is_phi_with_its_inverse_and_log_density(dtype):
     far = transform(torch.tensor([-40.0, 40.0], dtype=dtype))
     assert bool((far > 0).all() and (far < 1).all())
     assert transform == NormalCDFTransform() and transform != D.transforms.SigmoidTransform()
+    assert bool(torch.isfinite(transform.inv(torch.tensor([0.0, 1.0], dtype=dtype))).all())
+
+
+@pytest.mark.parametrize("head_kind", ["flow", "constrained"])
+def test_a_proposal_that_lands_on_an_end_of_its_interval_has_a_finite_log_density(head_kind):
+    # In float32, -3 + 6·Φ(x) rounds to -3 for x below about -5.5: a poorly trained head
+    # proposes such values (SLCP at 10³ simulations did). Their log-density must stay
+    # finite, not NaN from Φ⁻¹(0) = -∞.
+    size = 5 if head_kind == "flow" else 1
+    prior = D.Independent(D.Uniform(-3 * torch.ones(size), 3.0), 1)
+    if head_kind == "constrained":
+        prior = D.Uniform(-3.0, 3.0)
+    spec = head_spec("theta", prior)
+    assert spec.kind == head_kind
+    head = make_head(spec, HIDDEN, components=1)
+    proposal = head(torch.randn(2, HIDDEN), prior.expand((2,)))
+    shape = (2, size) if head_kind == "flow" else (2,)
+    ends = torch.stack([torch.full(shape[1:], -3.0), torch.full(shape[1:], 3.0)])
+    assert bool(torch.isfinite(proposal.log_prob(ends)).all())
 
 
 @pytest.mark.parametrize(

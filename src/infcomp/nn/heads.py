@@ -208,8 +208,10 @@ class NormalCDFTransform(Transform):
     is the probit ``Φ⁻¹`` and ``log |dy/dx| = log φ(x) = -x²/2 - log √(2π)``.
 
     ``Φ(x) = erfc(-x/√2)/2`` keeps the lower tail precise (``torch.special.ndtr`` loses
-    it in float32: 0 at x = -6); y is clamped to ``[tiny, 1 - eps]`` of its dtype, as
-    torch's ``SigmoidTransform`` clamps, so that no value lands on the interval's ends.
+    it in float32: 0 at x = -6). As torch's ``SigmoidTransform`` does, y is clamped to
+    ``[tiny, 1 - eps]`` of its dtype both ways: a value that still lands on an end of
+    the interval (in float32, a + (b - a)·Φ(x) rounds to a for x below about -5.5) maps
+    back to a finite x, so its log-density stays finite.
     """
 
     domain = constraints.real
@@ -229,7 +231,8 @@ class NormalCDFTransform(Transform):
         return phi.clamp(min=finfo.tiny, max=1 - finfo.eps)
 
     def _inverse(self, y: Tensor) -> Tensor:
-        return torch.special.ndtri(y)
+        finfo = torch.finfo(y.dtype)
+        return torch.special.ndtri(y.clamp(min=finfo.tiny, max=1 - finfo.eps))
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         return -0.5 * x.square() - 0.5 * math.log(2 * math.pi)
