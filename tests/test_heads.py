@@ -399,16 +399,15 @@ def test_a_proposal_that_lands_on_an_end_of_its_interval_has_a_finite_log_densit
     # In float32, -3 + 6·Φ(x) rounds to -3 for x below about -5.5: a poorly trained head
     # proposes such values (SLCP at 10³ simulations did). Their log-density must stay
     # finite, not NaN from Φ⁻¹(0) = -∞.
-    size = 5 if head_kind == "flow" else 1
-    prior = D.Independent(D.Uniform(-3 * torch.ones(size), 3.0), 1)
-    if head_kind == "constrained":
+    if head_kind == "flow":
+        prior = D.Independent(D.Uniform(-3 * torch.ones(5), 3.0), 1)
+    else:
         prior = D.Uniform(-3.0, 3.0)
     spec = head_spec("theta", prior)
     assert spec.kind == head_kind
     head = make_head(spec, HIDDEN, components=1)
     proposal = head(torch.randn(2, HIDDEN), prior.expand((2,)))
-    shape = (2, size) if head_kind == "flow" else (2,)
-    ends = torch.stack([torch.full(shape[1:], -3.0), torch.full(shape[1:], 3.0)])
+    ends = torch.stack([torch.full(prior.event_shape, -3.0), torch.full(prior.event_shape, 3.0)])
     assert bool(torch.isfinite(proposal.log_prob(ends)).all())
 
 
@@ -432,7 +431,9 @@ def test_interval_sites_are_unconstrained_by_the_normal_cdf(prior):
         base = D.Independent(base, 1)
     pushed = D.TransformedDistribution(base, [transform], validate_args=False)
     value = uniform.sample((1000,))
-    assert torch.allclose(pushed.log_prob(value), uniform.log_prob(value), atol=1e-3)
+    # Equal up to float32 rounding in Φ⁻¹ and the affine map (at most 2·10⁻⁶ seen over
+    # 10⁵ draws, summed over 5 coordinates).
+    assert torch.allclose(pushed.log_prob(value), uniform.log_prob(value), atol=1e-5)
 
 
 def test_other_supports_keep_torchs_bijections():
