@@ -891,10 +891,11 @@ class ParticleEngine:
 
         def unbatched() -> Trace:
             # With "skip", a probe that fails is tried again (a few times: a program that
-            # always fails is the user's error all the same).
+            # always fails is the user's error all the same). Invalid parameters are no
+            # failure (the probe gives shapes, and a rare draw may meet them).
             for _ in range(1 if on_error == "raise" else _PROBE_ATTEMPTS):
                 try:
-                    return self._guarded(lambda: self._joint((), None, prior_inflation))
+                    return self._tolerant(lambda: self._joint((), None, prior_inflation))[0]
                 except _ProgramError as failure:
                     last = failure
             raise self._user_error(last, hint) from last.error
