@@ -95,3 +95,34 @@ def test_the_standardization_ignores_failed_simulations():
     embed.fit(values)
     assert torch.equal(embed.loc, torch.tensor([2.0, 4.0]))
     assert torch.allclose(embed.scale, torch.tensor([2.0, 8.0]).sqrt())
+
+
+@pytest.mark.parametrize(
+    ("method", "image", "match"),
+    [
+        (
+            "run",
+            torch.zeros(8, 7),
+            r"^observe site 'image': .* \(8, 7\), but .* compiled on .* \(8, 8\)",
+        ),
+        ("run", torch.zeros(2, 8, 8), r"^observe site 'image': .* \(2, 8, 8\), but .* \(8, 8\)"),
+        (
+            "run_batch",
+            torch.zeros(3, 8, 7),
+            r"^data set 0: observe site 'image': .* \(8, 7\), but .* \(8, 8\)",
+        ),
+        ("smc", torch.zeros(64), r"^observe site 'image': .* \(64,\), but .* \(8, 8\)"),
+    ],
+)
+def test_observations_of_another_shape_than_compiled_name_the_site(method, image, match):
+    # Not an error "in the program": a reshape inside the network used to raise one.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        csis = ic.CSIS(brightness)
+    runs = {
+        "run": lambda data: csis.run(data, num_particles=10),
+        "run_batch": lambda data: csis.run_batch(data, num_particles=10),
+        "smc": lambda data: ic.smc(brightness, data, num_particles=10, guide=csis.guide),
+    }
+    with pytest.raises(ic.ModelError, match=match):
+        runs[method]({"image": image})

@@ -522,9 +522,17 @@ def other_model():
 def test_a_dataset_of_another_model_is_refused_naming_the_differences():
     dataset = ic.CSIS(other_model).simulate(200)
     csis = ic.CSIS(gaussian)
-    with pytest.raises(ic.ModelError, match=r"not of model 'gaussian'.*'y'"):
+    with pytest.raises(ic.ModelError, match=r"not of model 'gaussian'.*'y'") as raised:
         csis.train(dataset=dataset, progress=False)
     assert csis.num_steps == 0
+    # Said of the dataset, not of an artifact or a compiled guide.
+    message = str(raised.value)
+    assert "latent site 'z': the dataset has Independent, shape (2,), the model" in message
+    assert "observe site 'y' (Normal, shape ()) is in the dataset but the model" in message
+    assert message.endswith(
+        "observe site family 'x' (e.g. 'x1') (Normal, shape ()) is not in the dataset"
+    )
+    assert "artifact" not in message and "guide" not in message
 
 
 def same_name_two_types():

@@ -465,8 +465,12 @@ def batch_signature(traces: Sequence[Trace], sizes: Sequence[int]) -> Signature:
     return Signature(sum(sizes), tuple(found.values()))
 
 
-def signature_differences(saved: Signature, current: Signature) -> list[str]:
-    """Each way the model (``current``) differs from what the artifact was saved for.
+def signature_differences(
+    saved: Signature, current: Signature, source: str = "artifact"
+) -> list[str]:
+    """Each way the model (``current``) differs from what the artifact was saved for
+    (``saved``), or from the model a dataset was simulated from (``source="dataset"``:
+    the sentences then name the dataset).
 
     Sites are compared by family (the name without its loop index), kind, distribution
     type and value shape. A model whose sites occur in only some runs (branches, loops
@@ -515,18 +519,18 @@ def signature_differences(saved: Signature, current: Signature) -> list[str]:
         kind = "latent" if key[0] == "sample" else "observe"
         if not new:
             differences.append(
-                f"{kind} site {_site(gone[0])} ({_variants(gone)}) is in the artifact but "
+                f"{kind} site {_site(gone[0])} ({_variants(gone)}) is in the {source} but "
                 f"the model no longer makes it"
             )
         elif not old:
             lacks = "has not learned it" if kind == "latent" else "does not condition on it"
             differences.append(
                 f"the model's {kind} site {_site(added[0])} ({_variants(added)}) is not in "
-                f"the artifact: the compiled guide {lacks}"
+                f"the {source}" + (f": the compiled guide {lacks}" if source == "artifact" else "")
             )
         else:
             differences.append(
-                f"{kind} site {_site((gone or added)[0])}: the artifact has {_variants(old)}, "
+                f"{kind} site {_site((gone or added)[0])}: the {source} has {_variants(old)}, "
                 f"the model now makes {_variants(new)}"
             )
     return differences

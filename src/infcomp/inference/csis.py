@@ -566,6 +566,7 @@ class CSIS:
         differences = signature_differences(
             batch_signature(dataset.traces, dataset.sizes),
             probe_signature(self.simulator, self.args, self.kwargs),
+            source="dataset",
         )
         if differences:
             raise ModelError(

@@ -438,7 +438,9 @@ class InferenceNetwork(nn.Module):
         embedding for are ignored.
 
         Raises:
-            ModelError: the network knows none of the observe sites.
+            ModelError: the network knows none of the observe sites, or an observed
+                value's shape (after the ``batch_ndim`` leading ones) is not the one the
+                network was compiled on.
         """
         device = self.context_bias.device
         embedded: list[Tensor] = []
@@ -448,6 +450,13 @@ class InferenceNetwork(nn.Module):
             if name not in observations:
                 continue
             value = observations[name].to(device)
+            if value.dim() < batch_ndim or value.shape[batch_ndim:] != slot.shape:
+                batched = f" after the first {batch_ndim} dimension(s)" if batch_ndim else ""
+                raise ModelError(
+                    f"observe site {name!r}: the observed value has shape "
+                    f"{tuple(value.shape)}, but the inference network was compiled on "
+                    f"values of shape {tuple(slot.shape)}{batched}"
+                )
             lead = value.shape[:batch_ndim]
             flat = value.reshape((-1, *slot.shape))
             embedded.append(
