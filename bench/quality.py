@@ -539,16 +539,22 @@ def describe(figures: Figures) -> str:
 
 
 def numbers(text: str) -> list[int]:
+    """Whole numbers separated by commas (``1e3,1e4`` or ``0,1,2``), at least one."""
     try:
-        return [int(float(part)) for part in text.split(",") if part]
+        values = [float(part) for part in text.split(",") if part]
     except ValueError:
+        values = []
+    if not values or not all(v.is_integer() for v in values):
         raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {text!r}"
-        ) from None
+            f"expected whole numbers separated by commas, got {text!r}"
+        )
+    return [int(v) for v in values]
 
 
 def names(text: str) -> list[str]:
     chosen = [part for part in text.split(",") if part]
+    if not chosen:
+        raise argparse.ArgumentTypeError(f"expected task names separated by commas, got {text!r}")
     unknown = [name for name in chosen if name not in TASKS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; the tasks are {list(TASKS)}")

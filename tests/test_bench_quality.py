@@ -59,9 +59,20 @@ def test_bad_options_are_named(capsys):
     with pytest.raises(SystemExit):
         quality.main(["--tasks", "gaussian,nope"])
     assert "unknown task(s) ['nope']" in capsys.readouterr().err
+    # Nothing to run, or a budget that is not a whole number, is an error, not an empty
+    # table or a rounded budget.
+    for option, value in [
+        ("--budgets", "1e3,x"),
+        ("--budgets", "1.5"),
+        ("--seeds", ""),
+        ("--seeds", ","),
+    ]:
+        with pytest.raises(SystemExit):
+            quality.main([option, value])
+        assert "expected whole numbers separated by commas" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        quality.main(["--budgets", "1e3,x"])
-    assert "expected numbers separated by commas" in capsys.readouterr().err
+        quality.main(["--tasks", ""])
+    assert "expected task names" in capsys.readouterr().err
 
 
 def test_the_exact_answers_are_those_of_the_examples():

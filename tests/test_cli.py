@@ -133,6 +133,9 @@ def test_bad_usage_exits_2_with_one_line(compiled):
         (["compile", "raises.py:m", "--steps", "1"], "RuntimeError: at import"),
         # The library's ValueErrors, in terms of the options.
         (["compile", MODEL, "--simulations", "1"], "needs at least 2 simulations"),
+        (["compile", MODEL, "--simulations", "2.5"], "expected a positive integer (such as"),
+        (["compile", MODEL, "--simulations", "1e400"], "expected a positive integer (such as"),
+        (["compile", MODEL, "--steps", "0"], "expected a positive integer, got '0'"),
         (["calibrate", "g.pt", "--datasets", "1"], "--datasets must be an integer >= 2"),
         (["calibrate", "g.pt", "--bins", "1000"], "--bins = 1000"),
         (["calibrate", "g.pt", "--draws", "50"], "choose --draws = k * 10 - 1"),
@@ -235,3 +238,24 @@ def test_the_help_shows_the_defaults(capsys):
         cli.main(["calibrate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 200)" in out and "(default: 99)" in out and "(default: 1000)" in out
+
+
+def test_counts_take_the_forms_of_a_whole_number():
+    # As bench/quality.py's --budgets 1e3: a float that is a whole number is a count.
+    assert [cli.positive(t) for t in ("1000", "10_000", "1e3", "2.5e3", "1000.0")] == [
+        1000,
+        10_000,
+        1000,
+        2500,
+        1000,
+    ]
+
+
+def test_the_progress_bar_is_on_unless_turned_off(capsys):
+    parse = cli.parser().parse_args
+    assert parse(["compile", MODEL, "--steps", "1"]).progress
+    assert not parse(["compile", MODEL, "--steps", "1", "--no-progress"]).progress
+    with pytest.raises(SystemExit):
+        cli.main(["compile", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--progress, --no-progress show a progress bar" in out

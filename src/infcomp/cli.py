@@ -412,10 +412,19 @@ class Parser(argparse.ArgumentParser):
 
 
 def positive(text: str) -> int:
+    """A count such as ``1000``, ``10_000`` or ``1e4`` (a float that is a whole number)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not number.is_integer():
+            raise argparse.ArgumentTypeError(
+                f"expected a positive integer (such as 1000 or 1e3), got {text!r}"
+            ) from None
+        value = int(number)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
@@ -455,7 +464,10 @@ def parser() -> argparse.ArgumentParser:
         "LOCAL_RANK for each process); none given: the library's default",
     )
     compile_.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show a progress bar with the validation loss",
     )
     compile_.set_defaults(run=compile_command)
 
