@@ -536,6 +536,8 @@ def test_low_ess_and_high_khat_are_both_reported() -> None:
     assert len(problems) == 2
     assert problems[0].startswith(f"ESS is {low * 0.99:.1f} of {n} particles (")
     assert problems[1].startswith(f"Pareto k-hat is {khat_threshold(n) + 0.01:.2f} > ")
+    # It says what k-hat is fitted to: M = ceil(min(0.2 N, 3 sqrt(N))) = 213 of 5000.
+    assert "fitted to the largest 213 of 5000 weights" in problems[1]
     assert weight_problems(n, ess=low, khat=khat_threshold(n)) == []  # both limits allowed
 
 

@@ -581,7 +581,7 @@ def weight_problems(
         >>> for problem in weight_problems(1000, ess=0.5, khat=0.9):  # doctest: +ELLIPSIS
         ...     print(problem)
         ESS is 0.5 of 1000 particles (0.05%): the proposal is poor for these data; ...
-        Pareto k-hat is 0.90 > 0.67: the weights are heavy-tailed and estimates may be far off
+        Pareto k-hat is 0.90 > 0.67: the weights are heavy-tailed and estimates may be far off (...
         >>> weight_problems(10, ess=float("nan"), khat=float("nan"), num_zero=10)
         ['all 10 weights are zero: no particle is consistent with the data']
     """
@@ -630,7 +630,9 @@ def weight_problems(
     if heavy:
         problems.append(
             f"Pareto k-hat is {float(khat):.2f} > {threshold:.2f}: the weights are "
-            f"heavy-tailed and estimates may be far off"
+            f"heavy-tailed and estimates may be far off (k-hat is fitted to the largest "
+            f"{_pareto_tail_length(n)} of {n} weights; where ESS/N is high, a few large but "
+            f"bounded weights can look like a heavy tail: more particles tell them apart)"
         )
     if unknown:
         cause = "fewer than 21 particles" if n < 21 else "the largest weights tie"
