@@ -287,7 +287,13 @@ def fit_infcomp(task: Task, num_simulations: int, seed: int) -> Runner:
     torch.manual_seed(seed)
     csis = ic.CSIS(task.model, args=task.args, validation_size=0)
     csis.train(num_simulations=num_simulations, progress=False)
-    return lambda data, n: csis.run(data, num_particles=n)
+    return with_steps(lambda data, n: csis.run(data, num_particles=n), csis.num_steps)
+
+
+def with_steps(runner: Runner, steps: int) -> Runner:
+    """``runner``, carrying the number of optimizer steps its training took."""
+    runner.train_steps = steps  # type: ignore[attr-defined]
+    return runner
 
 
 def fit_prior(task: Task, num_simulations: int, seed: int) -> Runner:
@@ -399,6 +405,10 @@ def fit_sbi(task: Task, num_simulations: int, seed: int) -> Runner | None:
     with contextlib.redirect_stdout(io.StringIO()):  # sbi prints when it converges
         estimator = inference.append_simulations(theta, x).train()
     estimator.eval()
+    # sbi's defaults: 10 % held out, full minibatches of 200 only (its loader drops the
+    # last); its summary counts the epochs.
+    training = int((1 - 0.1) * num_simulations)
+    steps = inference._summary["epochs_trained"][-1] * (training // min(200, training))
 
     def run(data: Data, n: int) -> ic.Posterior:
         proposal = FlowProposal(estimator, flat_x(task, data), event_shape, view.inside)
@@ -408,7 +418,7 @@ def fit_sbi(task: Task, num_simulations: int, seed: int) -> Runner | None:
 
         return ic.importance(view.model, data, n, guide=guide)
 
-    return run
+    return with_steps(run, steps)
 
 
 FITS: dict[str, Callable[[Task, int, int], Runner | None]] = {
@@ -434,6 +444,7 @@ class Figures:
     median_std_error: float = math.nan
     median_abs_log_z_error: float = math.nan
     train_seconds: float = math.nan
+    train_steps: float = math.nan  # optimizer steps of the training (prior: none)
     infer_seconds: float = math.nan
     note: str = ""
 
@@ -698,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         torch.manual_seed(seed)
                         figures = evaluate(task, runner, stated, others, particles)
                         figures.train_seconds = math.nan if contender == "prior" else train_seconds
+                        figures.train_steps = float(getattr(runner, "train_steps", math.nan))
                         if contender == "sbi" and task.sbi is not None:
                             figures.note = task.sbi.note
                         runs.append(figures)

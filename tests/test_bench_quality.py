@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import infcomp as ic
 
@@ -31,8 +32,14 @@ def test_quick_mode_runs_one_task_and_reports_every_figure(tmp_path, capsys):
         assert 0 < figures["ess"] <= 1 and 0 < figures["median_ess"] <= 1, name
         for key in ("mean_error", "std_error", "log_z_error", "infer_seconds"):
             assert math.isfinite(figures[key]), (name, key)
-    assert figures["train_seconds"] is None  # the prior trains nothing
+    assert figures["train_seconds"] is None and figures["train_steps"] is None  # the prior
     assert row["figures"]["infcomp"]["train_seconds"] > 0
+    # The steps are those of CSIS.train on the same budget and seed.
+    task = quality.TASKS["gaussian"]
+    torch.manual_seed(0)
+    csis = ic.CSIS(task.model, args=task.args, validation_size=0)
+    csis.train(num_simulations=100, progress=False)
+    assert row["figures"]["infcomp"]["train_steps"] == csis.num_steps
     table = capsys.readouterr().out
     assert "| gaussian | 1e2 |" in table and "infcomp ESS/N" in table
 
@@ -108,3 +115,19 @@ def test_sbi_contender_on_the_gaussian_and_slcp():
         post = run(task.observation(), 300)
         assert post.num_particles == 300 and float(post.ess) > 1, name
     assert quality.fit_sbi(quality.TASKS["hmm"], 500, seed=0) is None
+
+
+def test_sbi_steps_are_its_optimizer_steps(monkeypatch):
+    pytest.importorskip("sbi")
+    steps = 0
+    step = torch.optim.Adam.step
+
+    def counted(self, *args, **kwargs):
+        nonlocal steps
+        steps += 1
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counted)
+    # 450 simulations: 405 for training, 2 full minibatches of 200 per epoch.
+    runner = quality.fit_sbi(quality.TASKS["gaussian_linear"], 450, seed=0)
+    assert runner is not None and runner.train_steps == steps > 0
