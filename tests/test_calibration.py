@@ -159,3 +159,20 @@ def test_passed_also_checks_coverage_3_standard_errors_below_the_level(inference
         assert "!" in result.summary()
     else:
         assert result.passed() and "!" not in result.summary()
+
+
+def test_a_csis_guide_brings_its_arguments_and_explicit_ones_serve_both_sides():
+    # Compiled at prior mean 5 (untrained: its heads start at the prior of the call's
+    # arguments). By default the simulations use the CSIS's arguments: the true z of
+    # B = 200 data sets average 5 ± √5/√200 = 0.16. With args=(1.0,), both the
+    # simulations and the inference use prior mean 1 (they used to infer with 5).
+    csis = ic.CSIS(gaussian, args=(5.0,))
+    torch.manual_seed(0)
+    default = calibrate(gaussian, B, N, guide=csis)
+    assert abs(float(default.true_values.mean()) - 5.0) < 5 * math.sqrt(5 / B)
+    torch.manual_seed(0)
+    explicit = calibrate(gaussian, B, N, guide=csis, args=(1.0,))
+    assert abs(float(explicit.true_values.mean()) - 1.0) < 5 * math.sqrt(5 / B)
+    for result in (default, explicit):
+        assert float(result.p_values[0]) > 1e-3
+        assert_coverage_near(result, result.levels)

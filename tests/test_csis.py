@@ -417,3 +417,31 @@ def test_a_model_without_observations_cannot_be_compiled():
 
     with pytest.raises(ic.ModelError, match="model 'test_a_model_without.*prior_only' has no obse"):
         ic.CSIS(prior_only)
+
+
+def test_every_inference_function_takes_a_csis_as_guide():
+    # guide=csis is the CSIS's trained proposal: from the same seed, the same weights as
+    # csis.run, whatever the function (smc without resampling is importance sampling).
+    torch.manual_seed(0)
+    csis = ic.CSIS(gaussian)
+    csis.train(num_steps=20, batch_size=64, progress=False)
+    torch.manual_seed(1)
+    expected = csis.run(DATA, num_particles=300).log_weights
+    runs = {
+        "importance": lambda: ic.importance(gaussian, DATA, 300, guide=csis).log_weights,
+        "smc": lambda: ic.smc(gaussian, DATA, 300, guide=csis, ess_threshold=0).log_weights,
+        "importance_batch": lambda: ic.importance_batch(
+            gaussian, [DATA], 300, guide=csis
+        ).log_weights[:, 0],
+    }
+    for name, run in runs.items():
+        torch.manual_seed(1)
+        assert torch.equal(run(), expected), name
+    torch.manual_seed(1)
+    streamed = ic.importance_stream(gaussian, DATA, 300, guide=csis)
+    torch.manual_seed(1)
+    assert float(streamed.log_evidence) == pytest.approx(
+        float(ic.importance(gaussian, DATA, 300, guide=csis).log_evidence), abs=1e-5
+    )
+    with pytest.raises(TypeError, match="a function or an nn.Module. or a CSIS"):
+        ic.importance(gaussian, DATA, 10, guide="csis")

@@ -196,7 +196,7 @@ def calibrate(
     *,
     guide: Program | CSIS | None = None,
     inference: Inference | None = None,
-    args: tuple[Any, ...] = (),
+    args: tuple[Any, ...] | None = None,
     kwargs: Mapping[str, Any] | None = None,
     sites: Sequence[str] | None = None,
     num_draws: int = 99,
@@ -213,10 +213,11 @@ def calibrate(
     Args:
         model: the program (its observe sites are simulated, then observed).
         guide: the proposal: None (the prior), a guide program, or a trained
-            :class:`~infcomp.CSIS` (its :meth:`~infcomp.CSIS.run_batch`).
+            :class:`~infcomp.CSIS` (its trained proposal, on the device it trains on).
         inference: instead of ``guide``, any function ``(datasets, num_particles) ->
             BatchPosterior`` (to calibrate another inference method).
-        args, kwargs: the model's arguments.
+        args, kwargs: the model's arguments, for the simulations and the inference
+            alike (default: with a CSIS as guide, the CSIS's; otherwise none).
         sites: the latent sites to check (default: every latent site).
         num_draws: L; ``num_draws + 1`` must be a multiple of ``num_bins``.
         num_bins: bins of the χ² uniformity test (expect B / bins ≥ 5).
@@ -252,6 +253,10 @@ def calibrate(
         raise ValueError(f"levels must lie in (0, 1), got {list(levels)}")
     if guide is not None and inference is not None:
         raise ValueError("give a guide or an inference function, not both")
+    if isinstance(guide, CSIS):
+        args = guide.args if args is None else args
+        kwargs = guide.kwargs if kwargs is None else kwargs
+    args = () if args is None else tuple(args)
     if inference is None:
         inference = _inference(model, guide, args, kwargs)
 
@@ -281,11 +286,9 @@ def _inference(
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any] | None,
 ) -> Inference:
-    if isinstance(guide, CSIS):
-        csis = guide
-        return lambda datasets, n: csis.run_batch(datasets, n)
+    device = guide.device if isinstance(guide, CSIS) else None
     return lambda datasets, n: importance_batch(
-        model, datasets, n, guide=guide, args=args, kwargs=kwargs
+        model, datasets, n, guide=guide, args=args, kwargs=kwargs, device=device
     )
 
 

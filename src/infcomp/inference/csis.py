@@ -815,6 +815,14 @@ class CSIS:
         count = self.num_inference_samples if count is None else count
         return observations, count, importance_options
 
+    def compiled_proposal(self) -> Any:
+        """The trained proposal, as the inference functions take it: ``guide=csis`` in
+        :func:`~infcomp.importance`, :func:`~infcomp.importance_batch`,
+        :func:`~infcomp.importance_stream`, :func:`~infcomp.smc` and
+        :func:`~infcomp.calibration.calibrate` proposes with it (the model's arguments
+        are then those of the call, not this CSIS's)."""
+        return self._proposal(0.0)
+
     def _proposal(self, defensive: float) -> Any:
         self._train_mode(False)
         if not defensive:

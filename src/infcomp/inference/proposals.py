@@ -261,18 +261,24 @@ def _trace_of(values: Mapping[str, Tensor]) -> Trace:
 
 def as_proposal(guide: Any, vectorize: bool | None = None) -> Proposal:
     """The proposal for what a user passed as ``guide``: None is the prior, an
-    :class:`~infcomp.nn.InferenceNetwork` a :class:`NetworkProposal`, any other callable
-    a :class:`ProgramProposal`; a proposal is returned as it is."""
+    :class:`~infcomp.nn.InferenceNetwork` a :class:`NetworkProposal`, a
+    :class:`~infcomp.CSIS` its trained proposal (:meth:`~infcomp.CSIS.compiled_proposal`),
+    any other callable a :class:`ProgramProposal`; a proposal is returned as it is."""
     if guide is None:
         return PriorProposal()
     if isinstance(guide, (PriorProposal, ProgramProposal, NetworkProposal)):
         return guide
+    compiled = getattr(guide, "compiled_proposal", None)
+    if callable(compiled):  # a CSIS (not imported here: it imports this module)
+        return compiled()  # type: ignore[no-any-return]
     if isinstance(guide, InferenceNetwork):
         return NetworkProposal(guide)
     if isinstance(guide, DefensiveNetwork):  # deprecated: InferenceNetwork.defensive
         return NetworkProposal(guide.network, guide.epsilon)
     if not callable(guide):
-        raise TypeError(f"a guide must be callable (a function or an nn.Module), got {guide!r}")
+        raise TypeError(
+            f"a guide must be callable (a function or an nn.Module) or a CSIS, got {guide!r}"
+        )
     return ProgramProposal(guide, vectorize)
 
 

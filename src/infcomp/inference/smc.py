@@ -265,12 +265,8 @@ def _run(
     check = options.get("check")
     if check is not None and not isinstance(check, bool):
         raise ValueError(f"check must be None, True or False, got {check!r}")
-    guide = options.get("guide")
-    proposal = getattr(guide, "proposal", None)
-    if proposal is not None and hasattr(guide, "train"):  # a CSIS: its trained proposal
-        guide = proposal
     args, kwargs = options.get("args", ()), options.get("kwargs")
-    engine = engine_for(model, guide, args, kwargs, options.get("vectorize"))
+    engine = engine_for(model, options.get("guide"), args, kwargs, options.get("vectorize"))
     data = data_argument(data, options.get("observations"))
     device = options.get("device")
     observed = stack_datasets(data or {}, device) if batched else as_data(data, device)
