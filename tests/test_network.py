@@ -298,13 +298,39 @@ def test_a_site_never_seen_in_training_is_proposed_from_its_prior(gaussian_csis)
         ic.observe("x1", Normal(z, 2**0.5))
         ic.observe("x2", Normal(z, 2**0.5))
 
-    post = ic.importance(extended, g.DATA, num_particles=4000, guide=gaussian_csis.network)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "latent site")  # never seen by name: no warning
+        post = ic.importance(extended, g.DATA, num_particles=4000, guide=gaussian_csis.network)
     nuisance = post.values("nuisance")
     # The nuisance site is drawn from its prior and leaves the weights alone...
     assert stats.kstest(nuisance.numpy(), stats.norm(10, 2).cdf).pvalue > 1e-3
     # ... and the network carries on: z is still proposed well (the core saw one extra step).
     assert float(post.ess) > 0.5 * 4000
     assert abs(float(post.mean("z")) - 7.25) < 4 * mean_error(post, "z")
+
+
+def vector_site(d=3):
+    w = ic.sample("w", Independent(Normal(torch.zeros(d), 1.0), 1))
+    ic.observe("y", Independent(Normal(w.sum(-1, keepdim=True), 0.1), 1))
+
+
+def test_a_known_site_of_another_shape_is_proposed_from_its_prior_with_a_warning():
+    csis = ic.CSIS(vector_site, args=(3,))
+    data = {"y": torch.tensor([1.5])}
+    message = (
+        r"latent site 'w' \(Independent, shape \(2,\)\) is not what the inference network "
+        r"was compiled on, \(Independent, shape \(3,\)\): it is proposed from its prior"
+    )
+    with pytest.warns(ic.InferenceWarning, match=message):
+        post = csis.run(2, observations=data, num_particles=50)
+    # The prior's draws: log q is the prior's, so the weights are the likelihood's.
+    w = post.values("w")
+    likelihood = Normal(w.sum(-1), 0.1).log_prob(torch.tensor(1.5)).double()
+    assert torch.allclose(post.log_weights, likelihood, atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "latent site")  # once per network and variant
+        csis.run(2, observations=data, num_particles=50)
+        csis.run(3, observations=data, num_particles=50)  # the compiled shape: silent
 
 
 # -- options -------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import copy
 import functools
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -43,9 +44,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from infcomp._deprecation import warn_renamed
+from infcomp._deprecation import user_stacklevel, warn_renamed
 from infcomp.distributions import DefensiveMixture, concatenate_distributions
-from infcomp.errors import ModelError
+from infcomp.errors import InferenceWarning, ModelError
 from infcomp.nn.embeddings import MLPEmbedding
 from infcomp.nn.heads import (
     FlowHead,
@@ -273,6 +274,7 @@ class InferenceNetwork(nn.Module):
         self.families: dict[str, Family] = {}
         self._observation_families: dict[str, str] = {}  # family name → its key
         self._by_lookup: dict[tuple[Any, ...], Family] = {}
+        self._warned_variants: set[tuple[Any, ...]] = set()
         self._names: dict[str, tuple[str, int | None, Tensor]] = {}
         self._new_parameters: list[nn.Parameter] = []
 
@@ -350,6 +352,8 @@ class InferenceNetwork(nn.Module):
             integer_range(prior),
         )
         family = self._by_lookup.get(lookup)
+        if family is None and not create:
+            self._warn_unseen_variant(name, lookup)
         if family is not None or not create:
             return family
         key = f"f{len(self.families)}"
@@ -363,6 +367,28 @@ class InferenceNetwork(nn.Module):
                     raise
         self._build_family(Family(key, base, lookup, spec))
         return self.families[key]
+
+    def _warn_unseen_variant(self, name: str, lookup: tuple[Any, ...]) -> None:
+        """Warn (once per variant) that a latent site the network knows by name comes with
+        another distribution type or shape than it was compiled on, and is proposed from
+        its prior: the model is run with other arguments, say. A site never seen by name
+        (a rare branch) is proposed from its prior without a warning."""
+        known = [f.lookup for f in self.families.values() if f.base == lookup[0]]
+        if not known or lookup in self._warned_variants:
+            return
+        self._warned_variants.add(lookup)
+
+        def variant(entry: tuple[Any, ...]) -> str:
+            return f"({entry[1]}, shape {(*entry[2], *entry[3])})"
+
+        compiled = ", ".join(dict.fromkeys(variant(entry) for entry in known))
+        warnings.warn(
+            f"latent site {name!r} {variant(lookup)} is not what the inference network "
+            f"was compiled on, {compiled}: it is proposed from its prior (are the "
+            f"model's arguments those it was compiled with?)",
+            InferenceWarning,
+            stacklevel=user_stacklevel(),
+        )
 
     def _build_family(self, family: Family) -> None:
         c = self.config
