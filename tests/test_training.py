@@ -574,3 +574,25 @@ def test_budget_training_refuses_a_function_guide_before_training():
     with pytest.raises(TypeError, match="must be an nn.Module.*train it online"):
         csis.train(num_simulations=300, progress=False)
     assert csis.num_simulations == 0 and torch.equal(weights, torch.zeros(2))
+
+
+def test_a_dataset_simulated_elsewhere_counts_in_the_budget_once(tmp_path):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.SimulationWarning)
+        simulated = ic.CSIS(zero_scale_often).simulate(400)
+    dropped = simulated.invalid["x"]
+    assert len(simulated) + dropped == 400 and dropped > 0
+    simulated.save(tmp_path / "shards", shard_size=150)
+    loaded = ic.TraceDataset.load(tmp_path / "shards")
+    for dataset in (simulated, loaded):
+        csis = ic.CSIS(zero_scale_often)
+        with pytest.warns(ic.SimulationWarning, match="invalid parameters"):
+            csis.train(dataset=dataset, max_epochs=1, progress=False)
+        assert csis.num_simulations == 400 and csis.invalid_simulations == {"x": dropped}
+        csis.train(dataset=dataset, max_epochs=1, progress=False)  # the same dataset again
+        assert csis.num_simulations == 400
+    # Simulated by this CSIS: counted when simulated, not again when trained on.
+    csis = ic.CSIS(gaussian)
+    csis.train(dataset=csis.simulate(300), max_epochs=1, progress=False)
+    assert csis.num_simulations == 300

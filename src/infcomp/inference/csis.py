@@ -16,6 +16,7 @@ import copy
 import math
 import numbers
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -260,8 +261,13 @@ class CSIS:
         self.num_steps = 0
         self.loss_history: list[float] = []
         self.validation_history: list[tuple[int, float]] = []
-        #: Joint simulations run for training (online steps and :meth:`simulate`).
+        #: Joint simulations run for training (online steps and :meth:`simulate`), and
+        #: those of datasets simulated elsewhere that it trained on (kept and dropped).
         self.num_simulations = 0
+        # The datasets whose simulations num_simulations counts (by id, while they live).
+        self._counted: weakref.WeakValueDictionary[int, TraceDataset] = (
+            weakref.WeakValueDictionary()
+        )
         #: Simulations dropped for NaN or infinite values, by the first such site.
         self.invalid_simulations: dict[str, int] = {}
         #: Simulations that raised in the model and were skipped, by the last site reached.
@@ -539,6 +545,13 @@ class CSIS:
             raise TypeError(f"dataset must be a TraceDataset, got {type(dataset).__name__}")
         else:
             self._check_dataset(dataset)
+            if self._counted.get(id(dataset)) is not dataset:
+                # Simulated elsewhere (loaded shards, another CSIS): its budget is this
+                # training's too, kept and dropped simulations alike.
+                dropped = sum(dataset.invalid.values()) + sum(dataset.failed.values())
+                self._count_simulations(
+                    len(dataset) + dropped, dataset.invalid, dataset.failed, dataset
+                )
         if len(dataset) < 2:
             raise ValueError(f"a training dataset needs at least 2 simulations, got {len(dataset)}")
         losses = self._train_epochs(
@@ -670,14 +683,21 @@ class CSIS:
                 check_first(batches[0])
             remaining -= asked
         dataset = TraceDataset.from_batches(batches)
-        self._count_simulations(num_simulations, dataset.invalid, dataset.failed)
+        self._count_simulations(num_simulations, dataset.invalid, dataset.failed, dataset)
         return dataset
 
     def _count_simulations(
-        self, num_simulations: int, invalid: dict[str, int], failed: dict[str, int]
+        self,
+        num_simulations: int,
+        invalid: dict[str, int],
+        failed: dict[str, int],
+        dataset: TraceDataset | None = None,
     ) -> None:
-        """Count a budget's simulations and those dropped from it (too many: an error)."""
+        """Count a budget's simulations and those dropped from it (too many: an error),
+        and remember their ``dataset``, so that training on it does not count it again."""
         check_invalid_fraction(invalid, failed, num_simulations)
+        if dataset is not None:
+            self._counted[id(dataset)] = dataset
         self.num_simulations += num_simulations
         add_counts(self.invalid_simulations, invalid)
         add_counts(self.failed_simulations, failed)
