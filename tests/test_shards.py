@@ -43,6 +43,18 @@ def test_roundtrip_of_a_variable_structure_dataset(tmp_path: Path) -> None:
         torch.load(file, weights_only=True)
 
 
+def test_saving_again_leaves_only_the_new_shards(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dataset = ic.CSIS(gaussian).simulate(300)
+    (tmp_path / "notes.txt").write_text("kept")
+    (tmp_path / "shard-old.pt").write_text("not ours: kept")
+    assert dataset.save(tmp_path, shard_size=100) == 3
+    assert dataset.save(tmp_path, shard_size=300) == 1
+    left = sorted(file.name for file in tmp_path.iterdir())
+    assert left == ["manifest.json", "notes.txt", "shard-00000.pt", "shard-old.pt"]
+    assert_same(dataset, TraceDataset.load(tmp_path))
+
+
 def test_distribution_trees_roundtrip() -> None:
     mixture = torch.distributions.MixtureSameFamily(
         Categorical(logits=torch.randn(3, 2)), Normal(torch.randn(3, 2), torch.ones(3, 2))

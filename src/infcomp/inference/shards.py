@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ _EXCLUSIVE = (("logits", "probs"), ("scale_tril", "covariance_matrix", "precisio
 def save_shards(dataset: TraceDataset, folder: str | os.PathLike[str], shard_size: int) -> int:
     """Write ``dataset`` to ``folder`` (created if needed) as shards of at most
     ``shard_size`` simulations, in the dataset's order; returns the number of shards.
+    Shard files of an earlier dataset saved in the folder that the new one does not
+    overwrite are removed (other files are left alone).
 
     Raises:
         ValueError: ``shard_size`` is not a positive integer, or the dataset is empty
@@ -93,6 +96,11 @@ def save_shards(dataset: TraceDataset, folder: str | os.PathLike[str], shard_siz
         "failed": dataset.failed,
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    # Shards of an earlier, bigger dataset saved here are not in the manifest: remove them.
+    written = {shard["file"] for shard in shards}
+    for stale in path.glob("shard-*.pt"):
+        if re.fullmatch(r"shard-\d{5}\.pt", stale.name) and stale.name not in written:
+            stale.unlink()
     return len(shards)
 
 
