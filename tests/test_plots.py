@@ -35,6 +35,12 @@ def test_weights_and_marginals_figures(tmp_path):
     figure = plots.marginals(post, prior, path=tmp_path / "marginals.png")
     assert figure.axes[0].get_xlabel() == "z"
     assert (tmp_path / "marginals.png").read_bytes()[:8] == PNG
+    # A file name where the prior's draws go is refused, not taken for draws by site.
+    for where in ("marginals.png", tmp_path / "marginals.png"):
+        with pytest.raises(TypeError, match=r"marginals's prior argument .* path="):
+            plots.marginals(post, where)
+    with pytest.raises(TypeError, match=r"ess_trace's num_particles argument .* path="):
+        plots.ess_trace([100, 40], "ess.png")
 
 
 def test_loss_curve_ess_trace_and_calibration_figures(tmp_path):

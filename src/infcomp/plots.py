@@ -12,6 +12,7 @@ it). (:meth:`~infcomp.SMCPosterior.plot` is different: it draws on pyplot's curr
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,15 @@ def _figure(columns: int = 1, rows: int = 1, width: float = 5.0, height: float =
     figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
     return figure, axes
+
+
+def _not_a_path(value: Any, argument: str, function: str) -> None:
+    """A file name where ``function`` takes something else: say to pass it as ``path=``."""
+    if isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"{function}'s {argument} argument got {str(value)!r}, a file name: pass it by "
+            f"keyword, {function}(..., path={str(value)!r})"
+        )
 
 
 def _finish(figure: Any, path: Location) -> Any:
@@ -135,7 +145,10 @@ def marginals(
     Raises:
         ImportError: matplotlib is not installed.
         ModelError: a site some particles lack.
+        TypeError: a file name as ``prior`` or ``sites`` (the file is ``path=``).
     """
+    _not_a_path(prior, "prior", "marginals")
+    _not_a_path(sites, "sites", "marginals")
     names = posterior._latent_names() if sites is None else list(sites)
     if sites is None:
         names = [name for name in names if posterior.values(name).dim() == 1]
@@ -232,7 +245,10 @@ def ess_trace(
 
     Raises:
         ImportError: matplotlib is not installed.
+        TypeError: a file name as ``num_particles`` or ``resampled`` (it is ``path=``).
     """
+    _not_a_path(num_particles, "num_particles", "ess_trace")
+    _not_a_path(resampled, "resampled", "ess_trace")
     values = torch.as_tensor(ess, dtype=torch.float64).cpu()
     figure, axes = _figure(1, 1, 6.0, 3.2)
     axis = axes[0][0]
