@@ -55,6 +55,29 @@ def test_saving_again_leaves_only_the_new_shards(tmp_path: Path) -> None:
     assert_same(dataset, TraceDataset.load(tmp_path))
 
 
+def test_datasets_made_in_pieces_concatenate_by_structure(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    csis = ic.CSIS(marsaglia, vectorize=False)
+    for index, size in enumerate((150, 100)):
+        csis.simulate(size).save(tmp_path / f"part{index}", shard_size=60)
+    parts = [TraceDataset.load(tmp_path / f"part{index}") for index in range(2)]
+    whole = TraceDataset.concatenate(parts)
+    assert len(whole) == 250
+    # One group per structure (number of attempts of the loop), each part's rows in it.
+    structures = [tuple(trace.sites) for trace in whole.traces]
+    assert len(set(structures)) == len(structures)
+    for trace, size in zip(whole.traces, whole.sizes):
+        assert size == sum(
+            s
+            for part in parts
+            for t, s in zip(part.traces, part.sizes)
+            if t.sites.keys() == trace.sites.keys()
+        )
+    csis.train(dataset=whole, max_epochs=1, progress=False)
+    with pytest.raises(TypeError, match="a list of TraceDatasets"):
+        TraceDataset.concatenate(parts[0])
+
+
 def test_distribution_trees_roundtrip() -> None:
     mixture = torch.distributions.MixtureSameFamily(
         Categorical(logits=torch.randn(3, 2)), Normal(torch.randn(3, 2), torch.ones(3, 2))

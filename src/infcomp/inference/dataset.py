@@ -17,7 +17,7 @@ simulations that raised, when the simulator skips them (``on_error="skip"``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -113,6 +113,30 @@ class TraceDataset:
             torch.cat([rows[i] for i in order]) if order else torch.zeros(0, dtype=torch.long)
         )
         return cls(joined, [group_size(t) for t in joined], invalid, failed), positions
+
+    @classmethod
+    def concatenate(cls, datasets: Sequence[TraceDataset]) -> TraceDataset:
+        """The datasets as one, for training on simulations made in pieces (several
+        jobs, several shard folders): each structure's simulations in one group, the
+        counts of dropped simulations added (:meth:`join` without the row positions).
+
+        Raises:
+            TypeError: not a sequence of datasets.
+
+        Example:
+            >>> import infcomp as ic
+            >>> from infcomp.examples.gaussian import gaussian
+            >>> csis = ic.CSIS(gaussian)
+            >>> parts = [csis.simulate(100), csis.simulate(50)]
+            >>> whole = ic.TraceDataset.concatenate(parts)
+            >>> len(whole), whole.sizes
+            (150, [150])
+        """
+        if isinstance(datasets, TraceDataset) or not all(
+            isinstance(d, TraceDataset) for d in datasets
+        ):
+            raise TypeError("concatenate takes a list of TraceDatasets")
+        return cls.join(list(datasets))[0]
 
     def save(self, folder: str | os.PathLike[str], shard_size: int = 10_000) -> int:
         """Write the dataset to ``folder`` as shards of at most ``shard_size`` simulations
