@@ -90,6 +90,25 @@ def test_to_arviz_vector_sites_and_bad_arguments():
         ic.importance(model, {}, 100).to_arviz(num_draws=0)
 
 
+def test_to_arviz_names_the_sites_some_particles_lack(tmp_path):
+    def branching():
+        b = ic.sample("b", torch.distributions.Bernoulli(0.5))
+        name = "a" if bool(b) else "c"
+        z = ic.sample(name, Normal(0.0, 1.0))
+        ic.observe("y", Normal(z, 1.0), value=torch.tensor(0.5))
+
+    torch.manual_seed(0)
+    post = ic.importance(branching, {}, 200)
+    data = post.to_arviz()
+    assert list(data.posterior.data_vars) == ["b"]
+    assert set(data.posterior.attrs["sites_not_in_every_particle"].split(", ")) == {"a", "c"}
+    data.to_netcdf(tmp_path / "post.nc")  # the attribute is a string: netCDF holds it
+    plain = ic.importance(
+        lambda: ic.observe("y", Normal(ic.sample("z", Normal(0, 1)), 1)), {"y": 0.5}, 50
+    )
+    assert plain.to_arviz().posterior.attrs["sites_not_in_every_particle"] == ""
+
+
 def test_to_arviz_without_arviz_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "arviz", None)  # import arviz raises ImportError
     with pytest.raises(ImportError, match=r"infcomp\[arviz\]"):

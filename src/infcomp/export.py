@@ -65,7 +65,10 @@ def to_inference_data(
     Args:
         posterior: the weighted posterior.
         num_draws: equally weighted draws in the ``posterior`` group (default N).
-        sites: the latent sites to export (default: those present in every particle).
+        sites: the latent sites to export (default: those present in every particle;
+            the others, of branches some particles do not take, are named in the
+            attribute ``sites_not_in_every_particle`` (comma-separated), and their values
+            stay available from the posterior, by structure).
 
     Raises:
         ImportError: ArviZ is not installed (it names the extra to install).
@@ -89,6 +92,17 @@ def to_inference_data(
         "log_evidence": float(posterior.log_evidence),
         "log_evidence_stderr": float(posterior.log_evidence_stderr),
         "pareto_khat": float(posterior.khat),
+        # A string (netCDF's attributes hold no lists of strings): "" when none.
+        "sites_not_in_every_particle": ", ".join(
+            name
+            for name in dict.fromkeys(
+                name
+                for trace in posterior.traces
+                for name, site in trace.sites.items()
+                if site.kind == "sample"
+            )
+            if name not in names and not all(name in t for t in posterior.traces)
+        ),
     }
     data = az.from_dict(posterior=draws, observed_data=observed)
     data.posterior.attrs.update(attributes)
