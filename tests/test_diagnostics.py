@@ -567,7 +567,9 @@ def test_a_collapse_to_one_particle_and_an_unknown_khat_are_reported() -> None:
     # k-hat that cannot be computed (a tied tail, or N < 21) is itself a warning.
     problems = weight_problems(1000, ess=1.0, khat=math.nan)
     assert problems[0].startswith("ESS is 1.0 of 1000 particles")
-    assert problems[1].startswith("Pareto k-hat cannot be computed (the largest weights tie)")
+    assert problems[1].startswith("Pareto k-hat cannot be computed (the largest weights tie")
+    assert "as the weights of discrete latents do" in problems[1]  # and what to judge by
+    assert "judge by the ESS and by independent runs" in problems[1]
     assert weight_problems(10, ess=9.0, khat=math.nan) == [
         "Pareto k-hat cannot be computed (fewer than 21 particles): how reliable these "
         "estimates are is unknown"

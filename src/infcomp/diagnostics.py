@@ -635,7 +635,13 @@ def weight_problems(
             f"bounded weights can look like a heavy tail: more particles tell them apart)"
         )
     if unknown:
-        cause = "fewer than 21 particles" if n < 21 else "the largest weights tie"
+        cause = (
+            "fewer than 21 particles"
+            if n < 21
+            else "the largest weights tie: they take few distinct values, as the weights of "
+            "discrete latents do, so no tail can be fitted; judge by the ESS and by "
+            "independent runs"
+        )
         problems.append(
             f"Pareto k-hat cannot be computed ({cause}): how reliable these estimates are "
             f"is unknown"
