@@ -28,6 +28,7 @@ from infcomp.inference.smc import (
     NOT_ESTIMABLE,
     _History,
     first_ancestors,
+    genealogy_mcse,
     genealogy_stderr,
 )
 
@@ -721,3 +722,74 @@ def test_impossible_data_are_reported_as_such_not_as_a_genealogy_problem():
     quiet = {name: torch.tensor(0.0) for name in data}
     post = ic.smc(random_walk, quiet, 100, args=(4,), ess_threshold=torch.tensor(1.0))
     assert post.num_resampling_steps == 4
+
+
+# -- Monte Carlo standard errors that follow the genealogy ---------------------------------
+
+
+def test_mcse_follows_the_genealogy_and_matches_the_spread_of_independent_runs():
+    # 12-step linear-Gaussian example, 2,000 particles, multinomial resampling, 40 runs.
+    # The spread of 40 estimates has a relative standard error of 1/sqrt(2 * 39) = 0.11:
+    # the mean reported error must be within about 3 of those of it (0.65 to 1.5 times).
+    # The per-particle formula counts the final particles as independent: for x_0, whose
+    # value ~120 first ancestors carry, it is about 6 times too small (measured 0.009
+    # against a spread of 0.058) and fails the same check.
+    steps = 12
+    torch.manual_seed(3)
+    data = ssm.simulate_data(steps)
+    runs = []
+    for seed in range(40):
+        torch.manual_seed(200 + seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ic.InferenceWarning)
+            runs.append(ic.smc(state_space, data, 2000, args=(steps,), resample="multinomial"))
+    for site in ("x_0", "x_11"):
+        for method in ("mean", "sd"):
+            estimates = [float(p.mean(site) if method == "mean" else p.std(site)) for p in runs]
+            spread = float(torch.tensor(estimates).std())
+            reported = sum(float(p.mcse(site, method)) for p in runs) / len(runs)
+            assert 0.65 < reported / spread < 1.5, (site, method, reported, spread)
+    per_particle = sum(
+        float(ic.diagnostics.mcse_mean(p.values("x_0"), p.log_weights)) for p in runs
+    ) / len(runs)
+    spread = float(torch.tensor([float(p.mean("x_0")) for p in runs]).std())
+    assert per_particle / spread < 0.3
+    # summary() shows the same errors.
+    row = runs[-1].summary().splitlines()[1].split()
+    assert row[0] == "x_0" and float(row[3]) == pytest.approx(float(runs[-1].mcse("x_0")), abs=1e-4)
+
+
+def test_without_resampling_the_mcse_is_importance_samplings():
+    torch.manual_seed(0)
+    post = ic.smc(hmm, hmm_example.simulate_data(6), 500, args=(6,), ess_threshold=0)
+    assert post.num_resampling_steps == 0
+    for method, formula in (("mean", ic.diagnostics.mcse_mean), ("sd", ic.diagnostics.mcse_sd)):
+        expected = formula(post.values("x_2").double(), post.log_weights)
+        assert torch.allclose(post.mcse("x_2", method), expected, rtol=1e-10, atol=0)
+
+
+def test_genealogy_mcse_of_one_lineage_is_not_estimable_and_batches_agree():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    weights = torch.full((4,), 0.25, dtype=torch.float64)
+    one = torch.zeros(4, dtype=torch.long)
+    assert math.isnan(float(genealogy_mcse(values, weights, one, torch.tensor(1), "mean")))
+    constant = torch.ones(4)
+    own = torch.arange(4)
+    assert float(genealogy_mcse(constant, weights, own, torch.tensor(2), "sd")) == 0.0
+    # Two lineages {0, 1} and {2, 3}: deviations -1.5, -0.5 | 0.5, 1.5, each lineage's
+    # weighted sum ∓0.5, so V = (4/3)^(R + 1) * 2 * 0.25 with R = 1.
+    two = torch.tensor([0, 0, 2, 2])
+    got = genealogy_mcse(values, weights, two, torch.tensor(1), "mean")
+    assert float(got) == pytest.approx(math.sqrt((4 / 3) ** 2 * 0.5))
+    with pytest.raises(ValueError, match="method must be"):
+        genealogy_mcse(values, weights, two, torch.tensor(1), "median")
+    # A batch of data sets: each column as its own posterior.
+    torch.manual_seed(1)
+    datasets = [hmm_example.simulate_data(8) for _ in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.InferenceWarning)
+        batch = ic.smc_batch(hmm, datasets, 300, args=(8,), resample="multinomial")
+    for index in range(3):
+        assert torch.allclose(
+            batch.mcse("x_0")[index], batch.posterior(index).mcse("x_0"), rtol=1e-9
+        )

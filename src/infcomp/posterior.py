@@ -247,12 +247,19 @@ class Posterior(WeightedParticles):
         self-normalized estimate (Owen 2013, ch. 9): :func:`~infcomp.diagnostics.mcse_mean`
         and :func:`~infcomp.diagnostics.mcse_sd`. Prefer it to ``std / sqrt(ESS)``, which
         ignores how ``f`` and the weights vary together and can be several times too
-        small, e.g. for the probability of a rare discrete assignment.
+        small, e.g. for the probability of a rare discrete assignment. Sequential Monte
+        Carlo's (:class:`~infcomp.inference.smc.SMCPosterior`) follows the particles'
+        genealogy instead (:func:`~infcomp.inference.smc.genealogy_mcse`).
 
         Raises:
             ValueError: ``method`` is neither "mean" nor "sd".
         """
-        return _mcse(self.values(quantity), self.log_weights, method)
+        return self._mcse_of(self.values(quantity), method)
+
+    def _mcse_of(self, values: Tensor, method: str) -> Tensor:
+        """:meth:`mcse` of values ``(N, ...)`` (sequential Monte Carlo's follows the
+        genealogy)."""
+        return _mcse(values, self.log_weights, method)
 
     def quantile(self, quantity: Quantity, probs: float | Sequence[float] | Tensor) -> Tensor:
         """Weighted quantiles, elementwise: the smallest value v with ``sum_{x_i <= v} w̄_i >= q``.
@@ -360,8 +367,8 @@ class Posterior(WeightedParticles):
             statistics = [
                 diagnostics.weighted_mean(flat, self.log_weights),
                 diagnostics.weighted_variance(flat, self.log_weights).sqrt(),
-                diagnostics.mcse_mean(flat, self.log_weights),
-                diagnostics.mcse_sd(flat, self.log_weights),
+                self._mcse_of(flat, "mean"),
+                self._mcse_of(flat, "sd"),
                 *diagnostics.weighted_quantile(flat, self.log_weights, [0.05, 0.5, 0.95]),
             ]
             for column, label in enumerate(_element_labels(name, values.shape[1:])):
@@ -562,7 +569,11 @@ class BatchPosterior(WeightedParticles):
         if self.trace is None:
             assert self._posteriors is not None
             return torch.stack([p.mcse(quantity, method) for p in self._posteriors])
-        return _mcse(self.values(quantity), self.log_weights, method)
+        return self._mcse_of(self.values(quantity), method)
+
+    def _mcse_of(self, values: Tensor, method: str) -> Tensor:
+        """:meth:`mcse` of values ``(N, B, ...)`` (SMC's follows the genealogy)."""
+        return _mcse(values, self.log_weights, method)
 
     def problems(self) -> str:
         """One line summarizing the data sets whose results look unreliable, or ``""``.

@@ -387,10 +387,11 @@ class SMCPosterior(Posterior):
     a resampling they tie (``khat`` is then -inf, shown as ``-`` by ``summary``). Judge
     the run by :attr:`ess_trace` and :attr:`log_evidence_stderr` instead.
 
-    Moments and their Monte Carlo standard errors (``mean``, ``mcse``, ``summary``)
-    count the final weights; a site early in a long run is estimated from the few
-    lineages that survived resampling (path degeneracy), so its ``mcse`` is too small
-    there: compare independent runs for early sites.
+    Moments (``mean``, ``std``, quantiles) count the final weights; a site early in a
+    long run is estimated from the few lineages that survived resampling (path
+    degeneracy). Their Monte Carlo standard errors (``mcse``, ``summary``) follow the
+    genealogy (:func:`genealogy_mcse`), so they grow where few lineages carry a site; with
+    few first ancestors they are uncertain themselves (:meth:`problems` cautions).
 
     In a vectorized run the traces' values are the resampled particles', but a site's
     distribution (``fn``) is the one its value was drawn from, before later resamplings:
@@ -413,6 +414,12 @@ class SMCPosterior(Posterior):
         self.resampling = DEFAULT_RESAMPLE  # set by smc
 
     khat_diagnostic = False
+
+    def _mcse_of(self, values: Tensor, method: str) -> Tensor:
+        """:meth:`mcse` follows the genealogy (:func:`genealogy_mcse`)."""
+        return genealogy_mcse(
+            values, self.weights, self.ancestors, self.num_resampling_steps, method
+        )
 
     @functools.cached_property
     def ess(self) -> Tensor:
@@ -556,6 +563,12 @@ class SMCBatchPosterior(BatchPosterior):
 
     khat_diagnostic = False
 
+    def _mcse_of(self, values: Tensor, method: str) -> Tensor:
+        """:meth:`mcse` follows the genealogy (:func:`genealogy_mcse`), per data set."""
+        return genealogy_mcse(
+            values, self.weights, self.ancestors, self.num_resampling_steps, method
+        )
+
     @functools.cached_property
     def ess(self) -> Tensor:
         """As :attr:`SMCPosterior.ess`, per data set, ``(B,)``."""
@@ -630,6 +643,61 @@ def genealogy_stderr(weights: Tensor, ancestors: Tensor, num_resampled: Tensor) 
     return torch.where(estimable, relative, math.nan).sqrt()
 
 
+def genealogy_mcse(
+    values: Tensor, weights: Tensor, ancestors: Tensor, num_resampled: Tensor | int, method: str
+) -> Tensor:
+    """The Monte Carlo standard error of SMC's weighted mean (``method="mean"``) or
+    standard deviation (``"sd"``) of ``values`` over the final particles, following
+    their genealogy (Chan & Lai 2013; Lee & Whiteley 2018, the estimator of the variance
+    of a normalized estimate)::
+
+        V̂ = (N / (N - 1))^(R + 1) Σ_e (Σ_{i: E_i = e} W_i φ_i)²,   se = sqrt(V̂),
+
+    with W the normalized final weights, E_i particle i's first ancestor, R the number of
+    resampling steps and φ the estimate's influence: ``f_i - μ̂`` for the mean,
+    ``((f_i - μ̂)² - v̂) / (2 sd)`` for the sd. Particles that share a first ancestor
+    share their errors, which the per-particle formula (:func:`~infcomp.diagnostics.
+    mcse_mean`) counts as independent: for a site early in a run it is then several
+    times too small. Without resampling (R = 0) it is that per-particle formula exactly.
+    NaN where it cannot be estimated: one particle, or all final particles of one first
+    ancestor after resampling (the sum is then 0 whatever the error); 0 for the sd of a
+    constant. Derived for multinomial resampling, like :func:`genealogy_stderr`.
+
+    Shapes: ``values`` ``(N, *batch, *event)``, ``weights`` and ``ancestors``
+    ``(N, *batch)``, ``num_resampled`` ``batch``; the result ``(*batch, *event)``, float64.
+
+    Raises:
+        ValueError: ``method`` is neither "mean" nor "sd".
+    """
+    if method not in ("mean", "sd"):
+        raise ValueError(f"method must be 'mean' or 'sd', got {method!r}")
+    num = values.shape[0]
+    f = values.to(torch.float64)
+    event = (1,) * (f.dim() - weights.dim())
+    w = weights.to(torch.float64).to(f.device).reshape(weights.shape + event)
+    deviation = f - (w * f).sum(0)
+    spread = None
+    if method == "mean":
+        influence = deviation
+    else:
+        variance = (w * deviation.square()).sum(0)
+        spread = variance.sqrt()
+        influence = (deviation.square() - variance) / (2 * spread)
+    index = ancestors.to(f.device).reshape(ancestors.shape + event).expand_as(f)
+    lineage = torch.zeros_like(f).scatter_add_(0, index, w * influence)
+    resampled = torch.as_tensor(num_resampled, dtype=torch.float64, device=f.device)
+    resampled = resampled.reshape(resampled.shape + event)
+    if num == 1:
+        return torch.full(lineage.shape[1:], math.nan, dtype=torch.float64, device=f.device)
+    factor = torch.where(resampled > 0, torch.exp((resampled + 1) * math.log(num / (num - 1))), 1.0)
+    error = (factor * lineage.square().sum(0)).sqrt()
+    one = (first_ancestors(ancestors) < 2).to(f.device).reshape(resampled.shape)
+    error = torch.where((resampled > 0) & one, math.nan, error)
+    if spread is not None:
+        error = torch.where(spread == 0, 0.0, error)
+    return error
+
+
 def first_ancestors(ancestors: Tensor) -> Tensor:
     """How many distinct first ancestors the final particles have, shape ``ancestors``'
     without its first (particle) dimension."""
@@ -667,9 +735,9 @@ FEW_ANCESTORS = 10
 def _few_ancestors(count: int) -> str:
     return (
         f"the final particles descend from only {count} first ancestors: "
-        f"log_evidence_stderr rests on {count} lineages and is unreliable (and so are "
-        f"the early sites' moments and their mcse, which count the final weights, not "
-        f"the lineages); compare independent runs, or use more particles"
+        f"log_evidence_stderr and the mcse of the estimates rest on {count} lineages and "
+        f"are unreliable (so are the early sites' moments); compare independent runs, or "
+        f"use more particles"
     )
 
 
