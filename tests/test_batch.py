@@ -139,6 +139,11 @@ def test_bad_batches_name_the_problem():
         ic.importance_batch(g.gaussian, [{"x1": 1.0, "x2": 2.0}, {"x1": 1.0}], 10)
     with pytest.raises(ic.ModelError, match="no data sets"):
         ic.importance_batch(g.gaussian, [], 10)
+    mixed = [{"x1": 1.0, "x2": 2.0}, {"x1": 1.0, "x2": 2.0}, {"x1": [1.0, 2.0], "x2": 2.0}]
+    message = r"observe site 'x1': data set 2 has shape \(2,\), data set 0 \(\)"
+    for run in (ic.importance_batch, ic.smc_batch):
+        with pytest.raises(ic.ModelError, match=message):
+            run(g.gaussian, mixed, 10)
     with pytest.raises(ic.ModelError, match="no data sets given: .* leading dimension B is 0"):
         ic.importance_batch(g.gaussian, {"x1": torch.zeros(0), "x2": torch.zeros(0)}, 10)
     with pytest.raises(ic.ModelError, match="observe site 'x2' has no observed value"):

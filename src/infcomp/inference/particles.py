@@ -329,10 +329,16 @@ def stack_datasets(
                 raise ModelError(
                     f"data set {index} names {sorted(d)}, data set 0 names {sorted(names)}"
                 )
-        try:
-            stacked = {name: torch.stack([d[name] for d in sets]) for name in sets[0]}
-        except RuntimeError as error:
-            raise ModelError(f"data sets of different shapes cannot be batched: {error}") from error
+        for name in sets[0]:
+            shapes = [tuple(d[name].shape) for d in sets]
+            other = next((i for i, shape in enumerate(shapes) if shape != shapes[0]), None)
+            if other is not None:
+                raise ModelError(
+                    f"observe site {name!r}: data set {other} has shape {shapes[other]}, "
+                    f"data set 0 {shapes[0]}: data sets of different shapes cannot be "
+                    f"batched"
+                )
+        stacked = {name: torch.stack([d[name] for d in sets]) for name in sets[0]}
     sizes = {name: (value.shape[0] if value.dim() else None) for name, value in stacked.items()}
     if not sizes or None in sizes.values() or len(set(sizes.values())) != 1:
         raise ModelError(
@@ -1430,7 +1436,9 @@ def _invalid_particles(
     run: SingleRun, batch_shape: tuple[int, ...]
 ) -> tuple[Tensor, dict[str, int]] | None:
     """The particles (a mask of ``batch_shape``) whose distributions have parameters
-    outside their ``arg_constraints`` at some site, and how many per site; None if none."""
+    outside their ``arg_constraints`` at some site, and how many per site, each counted
+    at the first site where it went wrong (a NaN passed on to later sites is not counted
+    again); None if none."""
     invalid = torch.zeros(batch_shape, dtype=torch.bool)
     counts: dict[str, int] = {}
     for prefix, tr in (("", run.model_trace), ("guide ", run.proposal_trace)):
@@ -1441,7 +1449,9 @@ def _invalid_particles(
             if bad is None or not bool(bad.any()):
                 continue
             bad = torch.broadcast_to(bad.to(invalid.device), batch_shape)
-            counts[prefix + name] = int(bad.sum())
+            new = bad & ~invalid.to(bad.device)
+            if bool(new.any()):
+                counts[prefix + name] = int(new.sum())
             invalid = invalid.to(bad.device) | bad
     return (invalid, counts) if counts else None
 
