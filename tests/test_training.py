@@ -576,7 +576,9 @@ def test_budget_training_refuses_a_function_guide_before_training():
     assert csis.num_simulations == 0 and torch.equal(weights, torch.zeros(2))
 
 
-def test_a_dataset_simulated_elsewhere_counts_in_the_budget_once(tmp_path):
+def test_the_dataset_trained_on_is_counted_kept_and_dropped(tmp_path, capsys):
+    # num_simulations counts what this CSIS ran; dataset_simulations what the last training
+    # on a budget used, wherever it was simulated (an artifact says it).
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ic.SimulationWarning)
@@ -584,15 +586,38 @@ def test_a_dataset_simulated_elsewhere_counts_in_the_budget_once(tmp_path):
     dropped = simulated.invalid["x"]
     assert len(simulated) + dropped == 400 and dropped > 0
     simulated.save(tmp_path / "shards", shard_size=150)
-    loaded = ic.TraceDataset.load(tmp_path / "shards")
-    for dataset in (simulated, loaded):
+    for dataset in (simulated, ic.TraceDataset.load(tmp_path / "shards")):
         csis = ic.CSIS(zero_scale_often)
-        with pytest.warns(ic.SimulationWarning, match="invalid parameters"):
-            csis.train(dataset=dataset, max_epochs=1, progress=False)
-        assert csis.num_simulations == 400 and csis.invalid_simulations == {"x": dropped}
-        csis.train(dataset=dataset, max_epochs=1, progress=False)  # the same dataset again
-        assert csis.num_simulations == 400
-    # Simulated by this CSIS: counted when simulated, not again when trained on.
+        csis.train(dataset=dataset, max_epochs=1, progress=False)
+        assert (csis.num_simulations, csis.dataset_simulations) == (0, 400)
+    csis.save(tmp_path / "a.pt")
+    assert ic.CSIS.load(tmp_path / "a.pt", zero_scale_often).dataset_simulations == 400
+    from infcomp import cli
+
+    assert cli.main(["info", str(tmp_path / "a.pt")]) == 0
+    assert "0 simulations run, on a dataset of 400 simulations" in capsys.readouterr().out
     csis = ic.CSIS(gaussian)
-    csis.train(dataset=csis.simulate(300), max_epochs=1, progress=False)
-    assert csis.num_simulations == 300
+    csis.train(num_simulations=300, max_epochs=1, progress=False)
+    assert (csis.num_simulations, csis.dataset_simulations) == (300, 300)
+
+
+def nan_passed_on():
+    """w's location is NaN for z < -1.5; x's location is w, so NaN there too."""
+    z = ic.sample("z", Normal(0.0, 1.0))
+    w = ic.sample("w", Normal(torch.log(z + 1.5), 1.0))
+    ic.observe("x", Normal(w, 1.0))
+
+
+def test_a_simulation_is_counted_once_at_the_site_where_it_first_went_wrong():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.SimulationWarning)
+        csis = ic.CSIS(nan_passed_on)
+        dataset = csis.simulate(600)
+    assert dataset.invalid == {"w": 600 - len(dataset)}
+    assert csis.invalid_simulations == {"w": 600 - len(dataset)}
+    # Inference counts its zero-weight particles the same way.
+    with pytest.warns(ic.InferenceWarning, match="invalid parameters"):
+        post = ic.importance(nan_passed_on, {"x": 0.0}, 600)
+    zero = int(torch.isneginf(post.log_weights).sum())
+    assert post.invalid_sites == {"w": zero} and zero > 0

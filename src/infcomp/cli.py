@@ -372,9 +372,12 @@ def info_command(options: argparse.Namespace) -> int:
     budget = metadata.get("budget")
     online = None if budget is None else "online" in budget
     validation = validation_text(config.get("validation_history", []), online)
+    trained_on = config.get("dataset_simulations", 0)
     lines.append(
         f"training: {config['num_steps']} steps, {config.get('num_simulations', 0):,} "
-        f"simulations, {config.get('training_seconds', 0.0):.1f} s, {validation}"
+        f"simulations run"
+        + (f", on a dataset of {trained_on:,} simulations" if trained_on else "")
+        + f", {config.get('training_seconds', 0.0):.1f} s, {validation}"
         + (f"; {budget}" if budget else "")
     )
     invalid = config.get("invalid_simulations", {})

@@ -16,7 +16,6 @@ import copy
 import math
 import numbers
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -261,13 +260,12 @@ class CSIS:
         self.num_steps = 0
         self.loss_history: list[float] = []
         self.validation_history: list[tuple[int, float]] = []
-        #: Joint simulations run for training (online steps and :meth:`simulate`), and
-        #: those of datasets simulated elsewhere that it trained on (kept and dropped).
+        #: Joint simulations this CSIS ran (online steps and :meth:`simulate`).
         self.num_simulations = 0
-        # The datasets whose simulations num_simulations counts (by id, while they live).
-        self._counted: weakref.WeakValueDictionary[int, TraceDataset] = (
-            weakref.WeakValueDictionary()
-        )
+        #: The simulations, kept and dropped, of the dataset its last training on a
+        #: budget used (``train(num_simulations=N)``: N; ``train(dataset=...)``: the
+        #: dataset's, wherever it was simulated); 0 before any.
+        self.dataset_simulations = 0
         #: Simulations dropped for NaN or infinite values, by the first such site.
         self.invalid_simulations: dict[str, int] = {}
         #: Simulations that raised in the model and were skipped, by the last site reached.
@@ -545,15 +543,10 @@ class CSIS:
             raise TypeError(f"dataset must be a TraceDataset, got {type(dataset).__name__}")
         else:
             self._check_dataset(dataset)
-            if self._counted.get(id(dataset)) is not dataset:
-                # Simulated elsewhere (loaded shards, another CSIS): its budget is this
-                # training's too, kept and dropped simulations alike.
-                dropped = sum(dataset.invalid.values()) + sum(dataset.failed.values())
-                self._count_simulations(
-                    len(dataset) + dropped, dataset.invalid, dataset.failed, dataset
-                )
         if len(dataset) < 2:
             raise ValueError(f"a training dataset needs at least 2 simulations, got {len(dataset)}")
+        dropped = sum(dataset.invalid.values()) + sum(dataset.failed.values())
+        self.dataset_simulations = len(dataset) + dropped
         losses = self._train_epochs(
             dataset, batch_size, validation_fraction, max_epochs, patience, average_decay, progress
         )
@@ -683,21 +676,14 @@ class CSIS:
                 check_first(batches[0])
             remaining -= asked
         dataset = TraceDataset.from_batches(batches)
-        self._count_simulations(num_simulations, dataset.invalid, dataset.failed, dataset)
+        self._count_simulations(num_simulations, dataset.invalid, dataset.failed)
         return dataset
 
     def _count_simulations(
-        self,
-        num_simulations: int,
-        invalid: dict[str, int],
-        failed: dict[str, int],
-        dataset: TraceDataset | None = None,
+        self, num_simulations: int, invalid: dict[str, int], failed: dict[str, int]
     ) -> None:
-        """Count a budget's simulations and those dropped from it (too many: an error),
-        and remember their ``dataset``, so that training on it does not count it again."""
+        """Count a budget's simulations and those dropped from it (too many: an error)."""
         check_invalid_fraction(invalid, failed, num_simulations)
-        if dataset is not None:
-            self._counted[id(dataset)] = dataset
         self.num_simulations += num_simulations
         add_counts(self.invalid_simulations, invalid)
         add_counts(self.failed_simulations, failed)
@@ -895,6 +881,7 @@ class CSIS:
                     "network": network.config_dict() if network is not None else None,
                     "num_steps": self.num_steps,
                     "num_simulations": self.num_simulations,
+                    "dataset_simulations": self.dataset_simulations,
                     "invalid_simulations": dict(self.invalid_simulations),
                     "skipped_steps": self.skipped_steps,
                     "training_seconds": self.training_seconds,
@@ -1006,6 +993,7 @@ class CSIS:
             csis.scheduler.load_state_dict(saved["scheduler"])
         csis.num_steps = int(config["num_steps"])
         csis.num_simulations = int(config.get("num_simulations", 0))
+        csis.dataset_simulations = int(config.get("dataset_simulations", 0))
         csis.invalid_simulations = {
             str(n): int(c) for n, c in config.get("invalid_simulations", {}).items()
         }

@@ -411,7 +411,7 @@ class DataParallel:
             if len(pieces) == 1:
                 pieces[0].check_minibatches()  # before spending the rest of the budget
         share = self._share(mine, pieces)
-        self.csis._count_simulations(num_simulations, share.invalid, share.failed, share)
+        self.csis._count_simulations(num_simulations, share.invalid, share.failed)
         return share
 
     def read_shards(self, folder: str | os.PathLike[str]) -> DatasetShare:
