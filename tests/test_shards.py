@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,15 +44,41 @@ def test_roundtrip_of_a_variable_structure_dataset(tmp_path: Path) -> None:
         torch.load(file, weights_only=True)
 
 
-def test_saving_again_leaves_only_the_new_shards(tmp_path: Path) -> None:
+class UserNormal(Normal):
+    """A distribution class of the user's: shards cannot hold it."""
+
+
+def unwritable():
+    """Its rare branch's structure comes last: shards are written before the error."""
+    z = ic.sample("z", Normal(0.0, 1.0))
+    if z > 1.0:
+        z = z + ic.sample("extra", UserNormal(0.0, 1.0))
+    ic.observe("x", Normal(z, 1.0))
+
+
+def test_saving_again_replaces_the_dataset_and_a_failed_save_changes_nothing(
+    tmp_path: Path,
+) -> None:
     torch.manual_seed(0)
     dataset = ic.CSIS(gaussian).simulate(300)
     (tmp_path / "notes.txt").write_text("kept")
-    (tmp_path / "shard-old.pt").write_text("not ours: kept")
+    (tmp_path / "shard-99999.pt").write_text("no manifest lists it: kept")
     assert dataset.save(tmp_path, shard_size=100) == 3
     assert dataset.save(tmp_path, shard_size=300) == 1
     left = sorted(file.name for file in tmp_path.iterdir())
-    assert left == ["manifest.json", "notes.txt", "shard-00000.pt", "shard-old.pt"]
+    assert left == ["manifest.json", "notes.txt", "shard-00000.pt", "shard-99999.pt"]
+    assert_same(dataset, TraceDataset.load(tmp_path))
+    # A save that fails (a distribution class shards cannot hold) leaves it all as it was.
+    before = {file.name: file.read_bytes() for file in tmp_path.iterdir()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ic.VectorizationNotice)
+        torch.manual_seed(1)
+        failing = ic.CSIS(unwritable).simulate(200)
+    # Its first shard holds no 'extra' site: it is written before the error.
+    assert tuple(failing.traces[0].sites) == ("z", "x") and failing.sizes[0] >= 50
+    with pytest.raises(ArtifactError, match="'extra'"):
+        failing.save(tmp_path, shard_size=50)
+    assert {file.name: file.read_bytes() for file in tmp_path.iterdir()} == before
     assert_same(dataset, TraceDataset.load(tmp_path))
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,8 @@ __all__ = [
 FORMAT = "infcomp-trace-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: The suffix of files being written, renamed when the whole dataset is written.
+PARTIAL = ".partial"
 # Attribute names that differ from the constructor's argument names.
 _ATTRIBUTE_OF: dict[tuple[type, str], str] = {(td.Independent, "base_distribution"): "base_dist"}
 _EXCLUSIVE = (("logits", "probs"), ("scale_tril", "covariance_matrix", "precision_matrix"))
@@ -66,8 +67,11 @@ _EXCLUSIVE = (("logits", "probs"), ("scale_tril", "covariance_matrix", "precisio
 def save_shards(dataset: TraceDataset, folder: str | os.PathLike[str], shard_size: int) -> int:
     """Write ``dataset`` to ``folder`` (created if needed) as shards of at most
     ``shard_size`` simulations, in the dataset's order; returns the number of shards.
-    Shard files of an earlier dataset saved in the folder that the new one does not
-    overwrite are removed (other files are left alone).
+
+    A dataset saved there before is replaced: the shards its manifest lists that the new
+    one does not overwrite are removed (other files are left alone). The shards are
+    written under temporary names first, so a save that fails leaves the folder as it
+    was.
 
     Raises:
         ValueError: ``shard_size`` is not a positive integer, or the dataset is empty
@@ -82,12 +86,23 @@ def save_shards(dataset: TraceDataset, folder: str | os.PathLike[str], shard_siz
         raise ValueError("the dataset is empty: there are no simulations to save")
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for index, batch in enumerate(dataset.batches(shard_size)):
-        name = f"shard-{index:05d}.pt"
-        record = {"traces": [_encode_trace(trace) for trace in batch.traces], "sizes": batch.sizes}
-        torch.save(record, path / name)
-        shards.append({"file": name, "size": batch.size})
+    try:
+        earlier = [shard["file"] for shard in read_manifest(path)["shards"]]
+    except ArtifactError:  # no dataset saved here, or not one this infcomp can read
+        earlier = []
+    shards: list[dict[str, Any]] = []
+    try:
+        for index, batch in enumerate(dataset.batches(shard_size)):
+            name = f"shard-{index:05d}.pt"
+            traces = [_encode_trace(trace) for trace in batch.traces]
+            torch.save({"traces": traces, "sizes": batch.sizes}, path / (name + PARTIAL))
+            shards.append({"file": name, "size": batch.size})
+    except BaseException:
+        for shard in shards:
+            (path / (shard["file"] + PARTIAL)).unlink(missing_ok=True)
+        raise
+    for shard in shards:
+        os.replace(path / (shard["file"] + PARTIAL), path / shard["file"])
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -95,12 +110,12 @@ def save_shards(dataset: TraceDataset, folder: str | os.PathLike[str], shard_siz
         "invalid": dataset.invalid,
         "failed": dataset.failed,
     }
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    # Shards of an earlier, bigger dataset saved here are not in the manifest: remove them.
+    (path / (MANIFEST + PARTIAL)).write_text(json.dumps(manifest, indent=1))
+    os.replace(path / (MANIFEST + PARTIAL), path / MANIFEST)
     written = {shard["file"] for shard in shards}
-    for stale in path.glob("shard-*.pt"):
-        if re.fullmatch(r"shard-\d{5}\.pt", stale.name) and stale.name not in written:
-            stale.unlink()
+    for name in earlier:
+        if name not in written:
+            (path / name).unlink(missing_ok=True)
     return len(shards)
 
 
