@@ -772,7 +772,11 @@ def test_genealogy_mcse_of_one_lineage_is_not_estimable_and_batches_agree():
     values = torch.tensor([1.0, 2.0, 3.0, 4.0])
     weights = torch.full((4,), 0.25, dtype=torch.float64)
     one = torch.zeros(4, dtype=torch.long)
-    assert math.isnan(float(genealogy_mcse(values, weights, one, torch.tensor(1), "mean")))
+    for method in ("mean", "sd"):
+        assert math.isnan(float(genealogy_mcse(values, weights, one, torch.tensor(1), method)))
+    # Copies of one particle: a spread of 0 from one lineage is no estimate either.
+    copies = torch.full((4,), 2.0)
+    assert math.isnan(float(genealogy_mcse(copies, weights, one, torch.tensor(3), "sd")))
     constant = torch.ones(4)
     own = torch.arange(4)
     assert float(genealogy_mcse(constant, weights, own, torch.tensor(2), "sd")) == 0.0

@@ -69,7 +69,8 @@ def importance(
             deprecated name).
         guide: the proposal: None (the prior), a guide called as
             ``guide(*args, observations=data, **kwargs)`` that samples exactly the model's
-            latent sites, or an inference network.
+            latent sites, an inference network, or a trained :class:`~infcomp.CSIS`
+            (its :meth:`~infcomp.CSIS.compiled_proposal`).
         args, kwargs: arguments of the model (and the guide).
         vectorize: ``True`` runs all particles as one batch (the model must broadcast
             over leading particle dimensions), ``False`` one by one, ``None`` tries the
