@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from infcomp._deprecation import renamed_argument, warn_renamed
-from infcomp.errors import ArtifactError, ModelError, SimulationWarning
+from infcomp.errors import ArtifactError, ArtifactWarning, ModelError, SimulationWarning
 from infcomp.inference.artifacts import (
     FORMAT,
     FORMAT_VERSION,
@@ -67,6 +67,18 @@ from infcomp.posterior import BatchPosterior, Posterior
 NETWORK_PROBE_SIZE = 64
 
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made of None, bools, numbers and strings, in lists, tuples
+    and dicts with string keys (what an artifact keeps of the model's arguments)."""
+    if value is None or type(value) in (bool, int, float, str):  # not numpy's scalars
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _plain(item) for key, item in value.items())
+    return False
 
 
 class ParameterAverage:
@@ -895,6 +907,9 @@ class CSIS:
                         "validation_size": self.validation_size,
                         "clip_grad_norm": self.clip_grad_norm,
                         "on_error": self.simulator.on_error,
+                        # The model's arguments, where they are plain values (None: not).
+                        "args": list(self.args) if _plain(self.args) else None,
+                        "kwargs": dict(self.kwargs) if _plain(self.kwargs) else None,
                     },
                     "loss_history": list(self.loss_history),
                     "validation_history": [list(item) for item in self.validation_history],
@@ -925,7 +940,10 @@ class CSIS:
         where it stopped. ``options`` are those of the
         constructor (give the same ``scheduler`` to resume its schedule); the saved
         ``prior_inflation``, ``training_batch_size``, ``num_inference_samples``,
-        ``validation_size``, ``clip_grad_norm`` and ``on_error`` are used unless given.
+        ``validation_size``, ``clip_grad_norm``, ``on_error`` and the model's ``args``
+        and ``kwargs`` are used unless given (arguments that are not plain values, such
+        as tensors or objects, are not saved: an :class:`~infcomp.errors.ArtifactWarning`
+        asks for them).
 
         The validation batch's seed is restored. With ``restore_random_state=True``, so is
         torch's global (CPU) random state at :meth:`save`, and online training continues
@@ -977,6 +995,14 @@ class CSIS:
             for group in groups[1:]:
                 optimizer.add_param_group({"params": group})
         for name, value in config.get("options", {}).items():
+            if value is None and name in ("args", "kwargs"):
+                if name not in options:
+                    warn_user(
+                        f"{where}: the model's {name} were not plain values (numbers, "
+                        f"strings, lists), so they were not saved: pass {name}= to load",
+                        ArtifactWarning,
+                    )
+                continue
             if name not in ("validation_batch_size", "validation_size") or (
                 "validation_batch_size" not in options and "validation_size" not in options
             ):
