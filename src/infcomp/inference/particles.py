@@ -1441,18 +1441,24 @@ def _invalid_particles(
     again); None if none."""
     invalid = torch.zeros(batch_shape, dtype=torch.bool)
     counts: dict[str, int] = {}
-    for prefix, tr in (("", run.model_trace), ("guide ", run.proposal_trace)):
-        for name, site in (tr.sites if tr is not None else {}).items():
-            if site.fn is None:
-                continue
-            bad = _invalid_parameters(site.fn, len(batch_shape))
-            if bad is None or not bool(bad.any()):
-                continue
-            bad = torch.broadcast_to(bad.to(invalid.device), batch_shape)
-            new = bad & ~invalid.to(bad.device)
-            if bool(new.any()):
-                counts[prefix + name] = int(new.sum())
-            invalid = invalid.to(bad.device) | bad
+    guide = run.proposal_trace.sites if run.proposal_trace is not None else {}
+    # In the order the run met them: at each model site, the guide's proposal first.
+    order = [
+        (label, site)
+        for name, model_site in run.model_trace.sites.items()
+        for label, site in (("guide " + name, guide.get(name)), (name, model_site))
+    ] + [("guide " + name, site) for name, site in guide.items() if name not in run.model_trace]
+    for label, site in order:
+        if site is None or site.fn is None:
+            continue
+        bad = _invalid_parameters(site.fn, len(batch_shape))
+        if bad is None or not bool(bad.any()):
+            continue
+        bad = torch.broadcast_to(bad.to(invalid.device), batch_shape)
+        new = bad & ~invalid.to(bad.device)
+        if bool(new.any()):
+            counts[label] = int(new.sum())
+        invalid = invalid.to(bad.device) | bad
     return (invalid, counts) if counts else None
 
 
