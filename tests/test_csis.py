@@ -440,8 +440,9 @@ def test_every_inference_function_takes_a_csis_as_guide():
     torch.manual_seed(1)
     streamed = ic.importance_stream(gaussian, DATA, 300, guide=csis)
     torch.manual_seed(1)
-    assert float(streamed.log_evidence) == pytest.approx(
-        float(ic.importance(gaussian, DATA, 300, guide=csis).log_evidence), abs=1e-5
+    # One chunk of the same 300 draws: the same log evidence.
+    assert float(streamed.log_evidence) == float(
+        ic.importance(gaussian, DATA, 300, guide=csis).log_evidence
     )
     with pytest.raises(TypeError, match="a function or an nn.Module. or a CSIS"):
         ic.importance(gaussian, DATA, 10, guide="csis")

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from torch.distributions import Normal
 
 import infcomp as ic
 from infcomp import plots
@@ -35,6 +36,11 @@ def test_weights_and_marginals_figures(tmp_path):
     figure = plots.marginals(post, prior, path=tmp_path / "marginals.png")
     assert figure.axes[0].get_xlabel() == "z"
     assert (tmp_path / "marginals.png").read_bytes()[:8] == PNG
+    # One site by name, as summary() takes it (a name of several letters, not letters).
+    two = ic.importance(
+        lambda: ic.observe("y", Normal(ic.sample("z_0", Normal(0, 1)), 1)), {"y": 0.5}, 100
+    )
+    assert [axis.get_xlabel() for axis in plots.marginals(two, sites="z_0").axes] == ["z_0"]
     # A file name where the prior's draws go is refused, not taken for draws by site.
     for where in ("marginals.png", tmp_path / "marginals.png"):
         with pytest.raises(TypeError, match=r"marginals's prior argument .* path="):

@@ -129,7 +129,7 @@ def weights(posterior: Posterior, path: Location = None) -> Any:
 def marginals(
     posterior: Posterior,
     prior: Mapping[str, Tensor] | None = None,
-    sites: Sequence[str] | None = None,
+    sites: str | Sequence[str] | None = None,
     bins: int = 40,
     path: Location = None,
 ) -> Any:
@@ -140,16 +140,19 @@ def marginals(
     Args:
         posterior: the weighted posterior.
         prior: prior draws by site name (one leading sample dimension).
-        sites: the sites to show (default: every scalar latent site in every particle).
+        sites: a site or the sites to show (default: every scalar latent site in every
+            particle).
 
     Raises:
         ImportError: matplotlib is not installed.
         ModelError: a site some particles lack.
-        TypeError: a file name as ``prior`` or ``sites`` (the file is ``path=``).
+        TypeError: a file name as ``prior`` (the file is ``path=``).
     """
     _not_a_path(prior, "prior", "marginals")
-    _not_a_path(sites, "sites", "marginals")
-    names = posterior._latent_names() if sites is None else list(sites)
+    if sites is None:
+        names = posterior._latent_names()
+    else:
+        names = [sites] if isinstance(sites, str) else list(sites)
     if sites is None:
         names = [name for name in names if posterior.values(name).dim() == 1]
     columns = min(3, max(1, len(names)))

@@ -74,6 +74,11 @@ class WeightedParticles:
         """Normalized weights ``w̄ = softmax(log w)`` over the particles."""
         return diagnostics.normalized_weights(self.log_weights)
 
+    def _mcse_of(self, values: Tensor, method: str) -> Tensor:
+        """``mcse`` of values ``(N, ...)``, over the particles (sequential Monte Carlo's
+        follows the genealogy: :func:`~infcomp.inference.smc.genealogy_mcse`)."""
+        return _mcse(values, self.log_weights, method)
+
     @functools.cached_property
     def ess(self) -> Tensor:
         """Kish's effective sample size ``(sum w)^2 / sum w^2``, between 1 and N.
@@ -255,11 +260,6 @@ class Posterior(WeightedParticles):
             ValueError: ``method`` is neither "mean" nor "sd".
         """
         return self._mcse_of(self.values(quantity), method)
-
-    def _mcse_of(self, values: Tensor, method: str) -> Tensor:
-        """:meth:`mcse` of values ``(N, ...)`` (sequential Monte Carlo's follows the
-        genealogy)."""
-        return _mcse(values, self.log_weights, method)
 
     def quantile(self, quantity: Quantity, probs: float | Sequence[float] | Tensor) -> Tensor:
         """Weighted quantiles, elementwise: the smallest value v with ``sum_{x_i <= v} w̄_i >= q``.
@@ -570,10 +570,6 @@ class BatchPosterior(WeightedParticles):
             assert self._posteriors is not None
             return torch.stack([p.mcse(quantity, method) for p in self._posteriors])
         return self._mcse_of(self.values(quantity), method)
-
-    def _mcse_of(self, values: Tensor, method: str) -> Tensor:
-        """:meth:`mcse` of values ``(N, B, ...)`` (SMC's follows the genealogy)."""
-        return _mcse(values, self.log_weights, method)
 
     def problems(self) -> str:
         """One line summarizing the data sets whose results look unreliable, or ``""``.

@@ -68,3 +68,19 @@ def program_name(program: Any) -> str:
 def warn_user(message: str, category: type[Warning]) -> None:
     """Warn, attributed to the first caller outside infcomp (the user's line)."""
     warnings.warn(message, category, stacklevel=user_stacklevel())
+
+
+def plain_value(value: Any, containers: tuple[type, ...] = (tuple,)) -> bool:
+    """Whether ``value`` is None, a bool, int, float or str (exactly: not numpy's
+    scalars), or one of ``containers`` (tuple, list, dict with string keys) of such
+    values: a model argument that can key a cache (tuples only: hashable) or be saved in
+    an artifact (all three)."""
+    if value is None or type(value) in (bool, int, float, str):
+        return True
+    if type(value) in (tuple, list) and type(value) in containers:
+        return all(plain_value(item, containers) for item in value)
+    if type(value) is dict and dict in containers:
+        return all(
+            isinstance(key, str) and plain_value(item, containers) for key, item in value.items()
+        )
+    return False

@@ -44,6 +44,7 @@ from infcomp.inference.artifacts import (
 from infcomp.inference.common import (
     Program,
     check_positive_int,
+    plain_value,
     program_name,
     untouched_random_state,
     warn_user,
@@ -67,18 +68,8 @@ from infcomp.posterior import BatchPosterior, Posterior
 NETWORK_PROBE_SIZE = 64
 
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-
-
-def _plain(value: Any) -> bool:
-    """Whether ``value`` is made of None, bools, numbers and strings, in lists, tuples
-    and dicts with string keys (what an artifact keeps of the model's arguments)."""
-    if value is None or type(value) in (bool, int, float, str):  # not numpy's scalars
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(item) for item in value)
-    if isinstance(value, dict):
-        return all(isinstance(key, str) and _plain(item) for key, item in value.items())
-    return False
+#: The containers of model arguments that an artifact keeps (see :func:`plain_value`).
+SAVED = (tuple, list, dict)
 
 
 class ParameterAverage:
@@ -908,8 +899,8 @@ class CSIS:
                         "clip_grad_norm": self.clip_grad_norm,
                         "on_error": self.simulator.on_error,
                         # The model's arguments, where they are plain values (None: not).
-                        "args": list(self.args) if _plain(self.args) else None,
-                        "kwargs": dict(self.kwargs) if _plain(self.kwargs) else None,
+                        "args": list(self.args) if plain_value(self.args, SAVED) else None,
+                        "kwargs": dict(self.kwargs) if plain_value(self.kwargs, SAVED) else None,
                     },
                     "loss_history": list(self.loss_history),
                     "validation_history": [list(item) for item in self.validation_history],

@@ -77,6 +77,7 @@ from infcomp.errors import GuideError, InferenceWarning, ModelError
 from infcomp.inference.common import (
     Program,
     check_positive_int,
+    plain_value,
     untouched_random_state,
     warn_user,
 )
@@ -303,18 +304,11 @@ def _run(
 _CHECKED: weakref.WeakKeyDictionary[Any, set[Hashable]] = weakref.WeakKeyDictionary()
 
 
-def _plain(value: Any) -> bool:
-    """None, a bool, number or string, or a tuple of them."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    return type(value) is tuple and all(_plain(item) for item in value)
-
-
 def _call_key(args: Any, kwargs: Any, data: Mapping[str, Any]) -> Hashable | None:
     """What identifies a call for the check: None (check every time) unless its
     arguments are plain values."""
     kwargs = dict(kwargs or {})
-    if not _plain(tuple(args)) or not all(_plain(value) for value in kwargs.values()):
+    if not plain_value(tuple(args)) or not all(plain_value(value) for value in kwargs.values()):
         return None
     typed = [_typed(value) for value in args]
     named = sorted((name, _typed(value)) for name, value in kwargs.items())
